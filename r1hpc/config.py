@@ -1,0 +1,214 @@
+"""Typed configuration: dataclasses owned by their components, loaded from YAML, overridden on the
+command line as ``section.key=value``.
+
+Every component declares its own ``@dataclass`` config next to its code (torchtitan's habit) and
+may define ``validate(self)`` raising :class:`ConfigError`. This module only knows how to turn a
+nested mapping into such a tree, checking every key and type, and how to report a mistake so that
+the user can find it: the file, the line, the dotted key, what was expected and what was given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the place it came from in the message."""
+
+
+@dataclasses.dataclass
+class _Source:
+    """Where values came from: a file (with line numbers per dotted key) and CLI overrides."""
+
+    name: str = "<dict>"
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)
+    overridden: set[str] = dataclasses.field(default_factory=set)
+
+    def where(self, key: str) -> str:
+        if key in self.overridden:
+            return f"command-line override '{key}'"
+        line = self.lines.get(key)
+        return f"{self.name}:{line}: key '{key}'" if line else f"{self.name}: key '{key}'"
+
+
+def _yaml_with_lines(text: str, name: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML and remember the line of every mapping key (dotted path -> 1-based line)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: not valid YAML: {e}") from None
+    lines: dict[str, int] = {}
+
+    def walk(n: Any, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    walk(node, "")
+    return data, lines
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, src: _Source) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses. Ints widen to float."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{src.where(key)}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key + ".", src)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key, src)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{src.where(key)}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{src.where(key)}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{src.where(key)}: expected a list, got {value!r}")
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]", src) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{src.where(key)}: expected a mapping, got {value!r}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key, src): _coerce(v, vt, f"{key}.{k}", src) for k, v in value.items()}
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{src.where(key)}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{src.where(key)}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, src: _Source) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{src.where(prefix + str(k))}: unknown key in section {cls.__name__}{hint}; "
+                f"known keys: {', '.join(sorted(fields))}"
+            )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, src) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{src.name}: section '{prefix.rstrip('.') or '<root>'}': {e}") from None
+    return obj
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None = None, *, source: str = "<dict>") -> T:
+    """Build a config dataclass from a plain mapping, checking keys and types."""
+    return _build(cls, data or {}, "", _Source(name=source))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value) with the value read as YAML (so 3, 0.1, true, [1,2] work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"command-line override '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] | None = None) -> T:
+    """Load ``path`` (YAML) into ``cls`` (default: :class:`r1hpc.run_config.RunConfig`), then apply
+    ``section.key=value`` overrides. Every mistake raises :class:`ConfigError` naming its place."""
+    if cls is None:
+        from r1hpc.run_config import RunConfig
+
+        cls = RunConfig  # type: ignore[assignment]
+    src = _Source()
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        src.name = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded, src.lines = _yaml_with_lines(p.read_text(), str(p))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+        src.overridden.add(key)
+    return _build(cls, data, "", src)  # type: ignore[arg-type]
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as plain data (for run directories and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

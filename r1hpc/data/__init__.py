@@ -1,0 +1,4 @@
+"""Problems, tasks, prompt templates, datasets and tokenizers."""
+from r1hpc.data.problem import Problem
+
+__all__ = ["Problem"]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the tests need (sandbox isolation). Installs only what is missing; needs root.
+set -euo pipefail
+need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "[system deps] missing: ${need[*]} (install them as root; related tests will be skipped)" >&2
+  exit 0
+fi
+echo "[system deps] apt-get install ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
