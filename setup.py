@@ -24,6 +24,8 @@ setup(
         "packaging",
         "pyyaml",
         "tqdm",
+        "psutil",
+        "jinja2",
         "tokenizers>=0.20",
         "sympy>=1.12",
         "math-verify[antlr4_13_2]>=0.7",

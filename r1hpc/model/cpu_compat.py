@@ -1,0 +1,311 @@
+"""Run megatron-core on machines without CUDA (laptops, CI) by patching the few places that assume it.
+
+megatron-core is written for GPUs; on a CPU its model code works but a handful of helpers hard-code
+``device="cuda"``, CUDA RNG state or CUDA tensor type strings. This module fixes exactly those,
+nothing else, and only when CUDA is absent. Every patch is listed in :data:`PATCHES` with the reason
+(``r1hpc info`` prints them). The patches were written against the versions in
+:data:`TESTED_MEGATRON_VERSIONS`; another version raises a clear error instead of failing somewhere
+deep inside a training step.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import queue
+from typing import Any, Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+TESTED_MEGATRON_VERSIONS = ("0.16.1",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    target: str
+    why: str
+
+
+PATCHES: list[Patch] = []
+_applied = False
+
+
+class CpuCompatError(RuntimeError):
+    """megatron-core cannot be made to run on this CPU-only machine."""
+
+
+def _is_cuda_device(dev: Any) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.startswith("cuda")
+    return isinstance(dev, int) and not isinstance(dev, bool)
+
+
+class CudaToCpuMode(TorchFunctionMode):
+    """Rewrites ``device=cuda`` arguments (and ``.cuda()`` / ``.to("cuda")``) to the CPU.
+
+    Entered only around megatron entry points that allocate on ``"cuda"`` in many places
+    (pipeline schedules, gradient clipping); the model forward itself runs without it.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+def _in_cpu_mode(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with CudaToCpuMode():
+            return fn(*args, **kwargs)
+
+    wrapper.__r1hpc_cpu_wrapped__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class CpuRNGStatesTracker:
+    """Megatron's named RNG streams (data-parallel, tensor-parallel, expert) on the CPU generator.
+
+    ``fork(name)`` swaps the CPU RNG state to the named stream and back, so dropout inside
+    tensor-parallel regions differs per TP rank exactly as megatron intends on a GPU.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.states_: dict[str, torch.Tensor] = {}
+        self.seeds_: set[int] = set()
+        self._initialized = False
+
+    def is_initialized(self) -> bool:
+        return self._initialized
+
+    def get_states(self) -> dict[str, torch.Tensor]:
+        return dict(self.states_)
+
+    def set_states(self, states: dict[str, torch.Tensor]) -> None:
+        self._initialized = True
+        self.states_ = dict(states)
+
+    def add(self, name: str, seed: int) -> None:
+        if seed in self.seeds_:
+            raise CpuCompatError(f"RNG seed {seed} already used")
+        if name in self.states_:
+            raise CpuCompatError(f"RNG state {name} already exists")
+        self._initialized = True
+        self.seeds_.add(seed)
+        self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = "model-parallel-rng"):
+        if name not in self.states_:
+            raise CpuCompatError(f"RNG state {name} was not added")
+        orig = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(orig)
+
+
+def _check_version() -> None:
+    import megatron.core
+
+    version = getattr(megatron.core, "__version__", "unknown")
+    if version not in TESTED_MEGATRON_VERSIONS:
+        raise CpuCompatError(
+            f"megatron-core {version} is installed, but r1hpc's CPU compatibility layer was written and "
+            f"tested for {', '.join(TESTED_MEGATRON_VERSIONS)}; install megatron-core=="
+            f"{TESTED_MEGATRON_VERSIONS[-1]} (see requirements/cpu-lock.txt) or run on a CUDA machine"
+        )
+
+
+def _patch(module: Any, name: str, new: Any, why: str) -> None:
+    setattr(module, name, new)
+    PATCHES.append(Patch(f"{module.__name__}.{name}", why))
+
+
+def apply() -> list[Patch]:
+    """Apply every patch once, if CUDA is absent. Returns the list applied (empty on a GPU node)."""
+    global _applied
+    if torch.cuda.is_available() or _applied:
+        return PATCHES
+    _check_version()
+
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.pipeline_parallel import schedules
+    from megatron.core.tensor_parallel import random as tp_random
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    _patch(torch.cuda, "current_device", lambda: "cpu",
+           "megatron allocates buffers on torch.cuda.current_device(); return 'cpu' so they land on the CPU")
+    _patch(torch.cuda, "synchronize", lambda *a, **k: None,
+           "distributed checkpointing synchronizes the GPU before writing; nothing to wait for on CPU")
+    _patch(fused_softmax, "get_default_causal_mask",
+           lambda sq: torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1),
+           "the default causal mask is created with device='cuda'")
+    _patch(tp_random, "initialize_rng_tracker", _init_cpu_rng_tracker,
+           "model_parallel_cuda_manual_seed seeds CUDA generators; track megatron's named RNG streams on the CPU")
+    _patch(tp_random, "_set_cuda_rng_state", lambda *a, **k: None,
+           "CUDA RNG state cannot be set without CUDA (the CPU tracker holds the streams)")
+    _patch(tp_random.torch.cuda, "manual_seed", lambda seed: None,
+           "torch.cuda.manual_seed is meaningless on CPU; per-rank CPU seeding is done by r1hpc.distributed")
+    if getattr(moe_utils, "te_general_gemm", "missing") == "missing":
+        _patch(moe_utils, "te_general_gemm", None,
+               "the MoE router references te_general_gemm, undefined when Transformer Engine is absent")
+    _patch(token_dispatcher.torch.cuda, "Stream", _NoStream,
+           "the all-to-all token dispatcher creates a side CUDA stream for device-to-host copies")
+    _patch(token_dispatcher.torch.cuda, "current_stream", lambda *a, **k: _NoStream(),
+           "the all-to-all token dispatcher waits on the current CUDA stream")
+    _patch(token_dispatcher.torch.cuda, "stream", lambda s: contextlib.nullcontext(),
+           "the all-to-all token dispatcher switches CUDA streams")
+    _patch(clip_grads, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_cpu,
+           "asserts grad.type() == 'torch.cuda.FloatTensor' and allocates an overflow buffer on cuda")
+    _patch_optimizer_norm_refs(clip_grads)
+    _patch_optimizer_classes()
+    for fname in ("forward_backward_no_pipelining", "forward_backward_pipelining_without_interleaving",
+                  "forward_backward_pipelining_with_interleaving"):
+        _patch(schedules, fname, _in_cpu_mode(getattr(schedules, fname)),
+               "pipeline schedules allocate token counters and p2p buffers with device='cuda'")
+    from megatron.core.models.common.language_module import language_module
+
+    lm = language_module.LanguageModule
+    lm.setup_embeddings_and_output_layer = _in_cpu_mode(lm.setup_embeddings_and_output_layer)
+    PATCHES.append(Patch("LanguageModule.setup_embeddings_and_output_layer",
+                         "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce"))
+    _patch_all_to_all()
+    _patch_checkpoint_writer()
+    _applied = True
+    return PATCHES
+
+
+class _NoStream:
+    """Stand-in for a CUDA stream on CPU: every wait/sync is a no-op."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, *args: Any, **kwargs: Any) -> "_NoStream":
+        return self  # stands in for the event too: its synchronize() is a no-op
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _NoStream)
+
+    __hash__ = object.__hash__
+
+
+def _init_cpu_rng_tracker(*args: Any, force_reset: bool = False, **kwargs: Any) -> None:
+    from megatron.core.tensor_parallel import random as tp_random
+
+    if tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED and not force_reset:
+        return
+    tp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+def _clip_grad_by_total_norm_cpu(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0:
+        for p in parameters:
+            grad = getattr(p, "decoupled_grad", None) if use_decoupled_grad else p.grad
+            if grad is not None:
+                grad.detach().mul_(clip_coeff)
+
+
+def _patch_optimizer_norm_refs(clip_grads: Any) -> None:
+    """The optimizer module imported the clip helper by name; point that name at the patched one."""
+    from megatron.core.optimizer import optimizer as opt_mod
+
+    _patch(opt_mod, "clip_grad_by_total_norm_fp32", clip_grads.clip_grad_by_total_norm_fp32,
+           "megatron.core.optimizer.optimizer imported clip_grad_by_total_norm_fp32 by name")
+
+
+_OPTIMIZER_METHODS = ("__init__", "step", "prepare_grads", "step_with_ready_grads", "get_grad_norm",
+                      "clip_grad_norm", "count_zeros", "reload_model_params", "state_dict", "load_state_dict",
+                      "sharded_state_dict", "_copy_model_grads_to_main_grads", "_unscale_main_grads_and_check_for_nan")
+
+
+def _patch_optimizer_classes() -> None:
+    """Optimizer constructors and steps allocate scales, norms and found-inf flags on 'cuda' in many
+    places; run those methods (a few calls per step, so no measurable cost) under CudaToCpuMode."""
+    from megatron.core.optimizer import distrib_optimizer, optimizer as opt_mod
+
+    for mod in (opt_mod, distrib_optimizer):
+        for cls in vars(mod).values():
+            if not (isinstance(cls, type) and issubclass(cls, opt_mod.MegatronOptimizer) and cls.__module__ == mod.__name__):
+                continue
+            for name in _OPTIMIZER_METHODS:
+                fn = cls.__dict__.get(name)
+                if callable(fn) and not getattr(fn, "__r1hpc_cpu_wrapped__", False):
+                    setattr(cls, name, _in_cpu_mode(fn))
+    PATCHES.append(Patch("megatron.core.optimizer.*Optimizer methods",
+                         "constructors and step() allocate loss scales, norms and found-inf flags with device='cuda'"))
+
+
+def _patch_all_to_all() -> None:
+    """gloo's all_to_all_single needs split sizes as Python lists, megatron passes tensors."""
+    from megatron.core.tensor_parallel import mappings
+
+    original = mappings.torch.distributed.all_to_all_single
+    if getattr(original, "__r1hpc_cpu_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=None, *a, **k):
+        if output_split_sizes is not None:
+            output_split_sizes = [int(n) for n in output_split_sizes]
+        if input_split_sizes is not None:
+            input_split_sizes = [int(n) for n in input_split_sizes]
+        return original(output, input, output_split_sizes, input_split_sizes, *a, **k)
+
+    all_to_all_single.__r1hpc_cpu_wrapped__ = True  # type: ignore[attr-defined]
+    PATCHES.append(Patch("torch.distributed.all_to_all_single",
+                         "gloo needs all-to-all split sizes as lists of ints; megatron's MoE dispatcher passes tensors/arrays"))
+    torch.distributed.all_to_all_single = all_to_all_single
+
+
+def _patch_checkpoint_writer() -> None:
+    """Distributed checkpointing writes through forked worker processes fed by a multiprocessing
+    Manager. Forking a process whose gloo threads are running deadlocks (seen here), so on CPU the
+    buckets are written in the calling process, one after another, with thread queues."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+
+    writer = fsa.FileSystemWriterAsync
+
+    def write_in_process(transform_list, use_msc, rank, write_buckets, global_results_queue):
+        results, done = queue.Queue(), queue.Queue()
+        collected: dict = {}
+        for i, bucket in enumerate(write_buckets):
+            done.put(i)
+            writer.write_preloaded_data(transform_list, i, bucket, results, done, True, use_msc=use_msc)
+            idx, out = results.get()
+            if isinstance(out, Exception):
+                global_results_queue.put(out)
+                return
+            collected[idx] = out
+        global_results_queue.put(collected)
+
+    _patch(fsa, "_get_write_results_queue", queue.Queue,
+           "checkpoint saving starts a multiprocessing Manager for its results queue")
+    writer.write_preloaded_data_multiproc = staticmethod(write_in_process)
+    PATCHES.append(Patch("FileSystemWriterAsync.write_preloaded_data_multiproc",
+                         "forks writer processes while gloo threads run, which deadlocks; write in-process"))

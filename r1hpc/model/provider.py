@@ -1,0 +1,159 @@
+"""Build the policy as a megatron-core ``GPTModel`` from :class:`ModelConfig` and :class:`ParallelConfig`.
+
+Layer implementation: Transformer Engine's spec when ``transformer_engine`` imports (needed for
+FP8 and the fast fused kernels on Hopper), megatron's local spec otherwise (CPU, CI). The local
+spec gets our sequence-parallel-capable RMSNorm, because megatron's torch-norm wrapper refuses SP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Optional
+
+import torch
+
+from r1hpc.config import ConfigError
+from r1hpc.distributed import ParallelConfig, sequence_parallel_enabled
+from r1hpc.model.config import ModelConfig
+from r1hpc.model.norm import RMSNorm
+
+
+def transformer_engine_available() -> bool:
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # TE imports but cannot load its CUDA libraries (CPU machine)
+        return False
+    return True
+
+
+def select_transformer_impl(model: ModelConfig, te_available: Optional[bool] = None) -> str:
+    """'transformer_engine' or 'local', as the config asks and the machine allows."""
+    te = transformer_engine_available() if te_available is None else te_available
+    if model.transformer_impl == "transformer_engine" and not te:
+        raise ConfigError("model.transformer_impl is 'transformer_engine' but transformer_engine cannot be "
+                          "imported here (install r1hpc[gpu] on a CUDA node)")
+    if model.fp8 is not None and not te:
+        raise ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine with CUDA; it is not importable "
+                          "here. FP8 is never silently dropped: remove model.fp8 or run on a Hopper node")
+    if model.transformer_impl == "auto":
+        return "transformer_engine" if te else "local"
+    return model.transformer_impl
+
+
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """Pad the vocabulary so every TP shard has the same size (megatron's make-vocab-size-divisible-by)."""
+    step = multiple * tp
+    return ((vocab_size + step - 1) // step) * step
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig):
+    """megatron's TransformerConfig for our ModelConfig (the one place the two vocabularies meet)."""
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dtype = torch.bfloat16 if model.params_dtype == "bf16" else torch.float32
+    use_cpu_init = not torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        hidden_dropout=model.dropout,
+        attention_dropout=model.dropout,
+        init_method_std=model.init_method_std,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        use_cpu_initialization=use_cpu_init,
+        perform_initialization=True,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        sequence_parallel=sequence_parallel_enabled(parallel, model),
+    )
+    if model.is_moe:
+        kwargs.update(
+            num_moe_experts=model.num_moe_experts,
+            moe_router_topk=model.moe_router_topk,
+            moe_ffn_hidden_size=model.moe_ffn_hidden_size or model.ffn_hidden_size,
+            moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+            moe_aux_loss_coeff=model.moe_aux_loss_coeff,
+            moe_router_load_balancing_type="aux_loss",
+            moe_token_dispatcher_type=model.moe_token_dispatcher_type,
+            moe_grouped_gemm=False,
+            moe_permute_fusion=False,
+            moe_router_dtype="fp32",
+        )
+    if model.fp8 is not None:
+        kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe)
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(model: ModelConfig, impl: str):
+    """The per-layer ModuleSpec: TE's, or the local one with SP-capable RMSNorm swapped in."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if impl == "transformer_engine":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+            num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False,
+            fp8=model.fp8)
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(
+        num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False, normalization="RMSNorm")
+    spec.submodules = dataclasses.replace(spec.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
+    return spec
+
+
+def build_model(model: ModelConfig, parallel: ParallelConfig, *, pre_process: Optional[bool] = None,
+                post_process: Optional[bool] = None, vp_stage: Optional[int] = None):
+    """One pipeline stage of the policy on this rank (parallel state must be initialised)."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    if model.vocab_size <= 0:
+        raise ConfigError("model.vocab_size is not set (it is normally taken from the tokenizer)")
+    impl = select_transformer_impl(model)
+    cfg = transformer_config(model, parallel)
+    spec = layer_spec(model, impl)
+    if impl == "local":
+        n_layers = get_num_layers_to_build(cfg, vp_stage=vp_stage)
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * n_layers, layer_norm=RMSNorm)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    gpt = GPTModel(
+        config=cfg,
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(model.vocab_size, parallel.tensor_model_parallel_size),
+        max_sequence_length=model.max_seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=model.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=model.rotary_base,
+    )
+    if torch.cuda.is_available():
+        gpt = gpt.cuda()
+    return gpt
+
+
+def causal_attention_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """megatron's boolean mask convention: True = masked out. Shape [1, 1, s, s]."""
+    return torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)[None, None]

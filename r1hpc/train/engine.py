@@ -1,0 +1,132 @@
+"""The megatron training engine: model chunks in megatron DDP, the megatron optimizer, and one
+``train_step`` over micro-batches through megatron's forward-backward schedule (pipelined when
+PP > 1). Pretraining, SFT and GRPO differ only in the forward-step function they pass in.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+from r1hpc.config import ConfigError
+from r1hpc.distributed import ParallelConfig
+from r1hpc.model.config import ModelConfig
+from r1hpc.model.provider import build_model
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Adam with decoupled weight decay, gradient clipping and linear warm-up."""
+
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 0
+    use_distributed_optimizer: bool = False
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"key 'lr' must be positive, got {self.lr}")
+        if self.clip_grad < 0:
+            raise ConfigError(f"key 'clip_grad' must be >= 0, got {self.clip_grad}")
+
+
+ForwardStep = Callable[[Iterable, torch.nn.Module], tuple[torch.Tensor, Callable]]
+
+
+class Engine:
+    """Owns the policy on this rank: model chunks (DDP-wrapped), optimizer, learning rate."""
+
+    def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig, optim_cfg: OptimConfig,
+                 *, trainable: bool = True) -> None:
+        from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
+                                               finalize_model_grads)
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        self.model_cfg, self.parallel_cfg, self.optim_cfg = model_cfg, parallel_cfg, optim_cfg
+        module = build_model(model_cfg, parallel_cfg)
+        self.config = module.config
+        self.optimizer = None
+        if not trainable:
+            module.requires_grad_(False)
+            module.eval()
+            self.model = [module]
+            return
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=optim_cfg.use_distributed_optimizer)
+        ddp = DistributedDataParallel(config=self.config, ddp_config=ddp_cfg, module=module)
+        self.model = [ddp]
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.no_sync_func = ddp.no_sync
+        bf16 = model_cfg.params_dtype == "bf16"
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=optim_cfg.lr, min_lr=optim_cfg.min_lr,
+                            weight_decay=optim_cfg.weight_decay, adam_beta1=optim_cfg.adam_beta1,
+                            adam_beta2=optim_cfg.adam_beta2, adam_eps=optim_cfg.adam_eps,
+                            clip_grad=optim_cfg.clip_grad, bf16=bf16,
+                            params_dtype=torch.bfloat16 if bf16 else torch.float32,
+                            use_distributed_optimizer=optim_cfg.use_distributed_optimizer),
+            self.model)
+        self.step_count = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The bare GPTModel of this rank's (only) pipeline chunk."""
+        m = self.model[0]
+        return m.module if hasattr(m, "module") else m
+
+    def _set_lr(self) -> float:
+        o = self.optim_cfg
+        lr = o.lr * min(1.0, (self.step_count + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def run_schedule(self, forward_step: ForwardStep, micro_batches: list, *, seq_length: int,
+                     micro_batch_size: int, forward_only: bool) -> list[dict]:
+        """megatron's forward-backward schedule over ``micro_batches``; returns per-micro-batch
+        metric dicts (on the last pipeline stage; empty elsewhere)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        for m in self.model:
+            m.train(not forward_only)
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=self.model,
+            num_microbatches=len(micro_batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
+            forward_only=forward_only)
+
+    def train_step(self, forward_step: ForwardStep, micro_batches: list, *, seq_length: int,
+                   micro_batch_size: int) -> dict[str, Any]:
+        """Zero grads, accumulate over micro-batches, reduce, clip, step. Returns metrics."""
+        if self.optimizer is None:
+            raise RuntimeError("train_step on an engine built with trainable=False")
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        lr = self._set_lr()
+        outputs = self.run_schedule(forward_step, micro_batches, seq_length=seq_length,
+                                    micro_batch_size=micro_batch_size, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.step_count += 1
+        return {"outputs": outputs, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "update_ok": bool(ok), "lr": lr}
+
+
+def last_stage_broadcast(values: Optional[list[float]], count: int) -> list[float]:
+    """Share metrics computed on the last pipeline stage with every rank of the pipeline."""
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return list(values or [])
+    buf = torch.zeros(count, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage():
+        buf[:] = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.broadcast(buf, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                                group=parallel_state.get_pipeline_model_parallel_group())
+    return buf.tolist()

@@ -1,0 +1,1 @@
+"""Triton kernels of r1hpc (installed as r1hpc.triton_kernels)."""
