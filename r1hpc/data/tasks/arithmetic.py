@@ -1,0 +1,88 @@
+"""Multi-digit addition and subtraction; difficulty = digits per operand.
+
+Solutions go column by column from the right, as a child would on paper. The systematic flaw
+drops every carry (borrow); where there is none to drop, a units-digit slip stands in, so a
+flawed solution is always wrong.
+"""
+from __future__ import annotations
+
+import random
+
+from r1hpc.data.problem import Problem
+from r1hpc.data.tasks.base import Solution, Task, make_problem
+
+
+def generate(rng: random.Random, difficulty: int, ops: list[str] | tuple[str, ...] = ("+",)) -> Problem:
+    if difficulty < 1:
+        raise ValueError(f"arithmetic difficulty (digits) must be >= 1, got {difficulty}")
+    if not ops or set(ops) - {"+", "-"}:
+        raise ValueError(f"arithmetic ops must be a non-empty subset of ['+', '-'], got {list(ops)}")
+    lo, hi = 10 ** (difficulty - 1), 10**difficulty - 1
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    op = rng.choice(sorted(ops))
+    if op == "-" and a < b:
+        a, b = b, a
+    value = a + b if op == "+" else a - b
+    return make_problem("arithmetic", f"Compute {a} {op} {b}", str(value), {"a": a, "b": b, "op": op})
+
+
+def _columns(a: int, b: int) -> list[tuple[int, int]]:
+    """Digit pairs from the units column up, the shorter number padded with zeros."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    width = max(len(da), len(db))
+    return [(int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0) for i in range(width)]
+
+
+def _add(a: int, b: int, drop_carries: bool, slip: bool) -> Solution:
+    steps, digits, carry = [], [], 0
+    for i, (x, y) in enumerate(_columns(a, b)):
+        total = x + y + carry
+        expr = f"{x}+{y}+{carry}" if carry else f"{x}+{y}"
+        digit = (total + 1) % 10 if slip and i == 0 else total % 10
+        carry = 0 if drop_carries else total // 10
+        steps.append(f"{expr}={total}, write {digit}" + (f", carry {carry}" if carry else ""))
+        digits.append(str(digit))
+    if carry:
+        steps.append(f"write carry {carry}")
+        digits.append(str(carry))
+    result = str(int("".join(reversed(digits))))
+    return Solution(". ".join(steps) + f". Result {result}.", result)
+
+
+def _subtract(a: int, b: int, drop_borrows: bool, slip: bool) -> Solution:
+    steps, digits, borrow = [], [], 0
+    for i, (x, y) in enumerate(_columns(a, b)):
+        top = x - borrow
+        expr = f"{x}-{borrow}-{y}" if borrow else f"{x}-{y}"
+        if top < y:
+            step, digit, borrow = f"{expr} borrow, {top + 10}-{y}={top + 10 - y}", top + 10 - y, 1
+        else:
+            step, digit, borrow = f"{expr}={top - y}", top - y, 0
+        if slip and i == 0:
+            digit = (digit + 1) % 10
+        if drop_borrows:
+            borrow = 0
+        steps.append(f"{step}, write {digit}")
+        digits.append(str(digit))
+    result = str(int("".join(reversed(digits))))
+    return Solution(". ".join(steps) + f". Result {result}.", result)
+
+
+def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
+    a, b, op = problem.extra["a"], problem.extra["b"], problem.extra["op"]
+    work = _add if op == "+" else _subtract
+    clean = work(a, b, False, False)
+    if not flawed:
+        return clean
+    dropped = work(a, b, True, False)
+    return dropped if dropped.answer != clean.answer else work(a, b, False, True)
+
+
+def check(problem: Problem, answer: str) -> bool:
+    try:
+        return int(answer.strip()) == int(problem.answer)
+    except ValueError:
+        return False
+
+
+TASK = Task("arithmetic", default_difficulty=3, generate=generate, solve=solve, check=check)
