@@ -117,9 +117,10 @@ def check(problem: Problem, answer: str) -> bool:
 
 
 def _failed_try(rng: random.Random, numbers: list[int], target: int) -> tuple[Expr, int, list[str]]:
+    """A random try that never passes through the target (a search would have stopped there)."""
     for _ in range(_MAX_TRIES):
         expr, value, steps = _random_walk(rng, numbers)
-        if value != target:
+        if not any(step.endswith(f"={target}") for step in steps):
             return expr, value, steps
     raise RuntimeError(f"every try of {numbers} reaches {target}")
 
