@@ -50,6 +50,9 @@ def test_countdown_gold_reaches_target_using_each_number_at_most_once(count):
         used = Counter(int(n) for n in re.findall(r"\d+", p.answer))
         assert not used - Counter(numbers)
         assert 1 < target <= 200 and target not in numbers
+        values = [Fraction(step.split("=")[1]) for step in evaluate(p.answer)[2]]
+        assert all(v > 0 and v.denominator == 1 for v in values)  # the worked trace stays in positive integers
+        assert target not in values[:-1]  # and does not pass the target on the way
 
 
 def test_countdown_magnitude_option():

@@ -69,9 +69,12 @@ def generate(rng: random.Random, difficulty: int, max_number: int = 20, max_targ
     for _ in range(_MAX_TRIES):
         numbers = [rng.randint(1, max_number) for _ in range(difficulty)]
         expr, target, _ = _random_walk(rng, numbers)
-        if 1 < target <= max_target and target not in numbers:
+        answer = _to_text(expr)
+        # the gold trace (steps of the printed answer) must not reach the target before its end
+        early = any(step.endswith(f"={target}") for step in evaluate(answer)[2][:-1])
+        if 1 < target <= max_target and target not in numbers and not early:
             question = f"Use {' '.join(map(str, numbers))} to make {target} with + - * /, each number at most once"
-            return make_problem("countdown", question, _to_text(expr), {"numbers": numbers, "target": target})
+            return make_problem("countdown", question, answer, {"numbers": numbers, "target": target})
     raise RuntimeError(f"no countdown problem with {difficulty} numbers <= {max_number} reaching <= {max_target}")
 
 
