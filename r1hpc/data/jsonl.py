@@ -40,8 +40,12 @@ def shared_data_dir() -> Path | None:
     return next((d / "shared" / "data" for d in repo.parents if (d / "shared" / "data").is_dir()), None)
 
 
-def _parse_line(text: str, data_source: str, seen: dict[str, int], lineno: int) -> Problem:
+def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int) -> Problem:
     """One line -> Problem; raises ValueError saying what is wrong (without the place)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
     if not text.strip():
         raise ValueError("empty line")
     try:
@@ -79,10 +83,10 @@ def load_problems(path: str | Path, data_source: str | None = None, *, skip_inva
     problems: list[Problem] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                problems.append(_parse_line(text, source, seen, lineno))
+                problems.append(_parse_line(raw, source, seen, lineno))
             except ValueError as e:
                 if not skip_invalid:
                     raise DatasetError(f"{p}:{lineno}: {e}") from None

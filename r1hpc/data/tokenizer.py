@@ -112,20 +112,26 @@ class TextTokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {p}")
         config_file = file.with_name("tokenizer_config.json")
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {"eos_token": EOS, "pad_token": PAD}
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+        else:
+            config = {"eos_token": EOS, "pad_token": PAD, "bos_token": BOS}
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: take the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         eos = _token_text(config.get("eos_token"))
         if not eos:
             raise ValueError(f"{config_file}: no eos_token")
-        return cls(
-            Tokenizer.from_file(str(file)),
-            eos_token=eos,
-            pad_token=_token_text(config.get("pad_token")),
-            bos_token=_token_text(config.get("bos_token")),
-            chat_template=template,
-        )
+        try:
+            return cls(
+                Tokenizer.from_file(str(file)),
+                eos_token=eos,
+                pad_token=_token_text(config.get("pad_token")),
+                bos_token=_token_text(config.get("bos_token")),
+                chat_template=template,
+            )
+        except ValueError as e:
+            raise ValueError(f"{file}: {e} (special tokens are read from {config_file.name} beside it)") from None
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, split_digits: bool = True) -> TextTokenizer:

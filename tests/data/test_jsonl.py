@@ -71,6 +71,13 @@ def test_bad_line_names_file_line_and_fault(tmp_path, bad, fault):
     assert str(e.value).startswith(f"{path}:3: ") and fault in str(e.value)
 
 
+def test_bad_utf8_names_its_line(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_bytes(GOOD.encode() + b'\n{"id": "\xff"}\n')
+    with pytest.raises(DatasetError, match=r"gsm8k.jsonl:2: not UTF-8"):
+        load_problems(path)
+
+
 def test_skip_invalid_counts_what_it_skips(tmp_path, caplog):
     path = tmp_path / "amc23.jsonl"
     path.write_text(f"{GOOD}\nnot json\n{{}}\n")
