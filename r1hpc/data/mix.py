@@ -80,11 +80,12 @@ def stream(cfg: TaskMixConfig, split: Split = "train", seed: int | None = None) 
 
 
 def heldout_set(cfg: TaskMixConfig, n: int | None = None) -> list[Problem]:
-    """``n`` (default ``cfg.num_heldout``) distinct held-out problems, the same for every run."""
+    """``n`` (default ``cfg.num_heldout``) distinct held-out problems. Drawn with a fixed seed, not
+    ``cfg.seed``: runs with different seeds are evaluated on the same problems."""
     n = cfg.num_heldout if n is None else n
     seen: dict[str, Problem] = {}
     draws = 0
-    for problem in stream(cfg, "heldout"):
+    for problem in stream(cfg, "heldout", seed=0):
         if len(seen) == n:
             break
         draws += 1

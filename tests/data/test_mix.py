@@ -59,6 +59,7 @@ def test_heldout_is_disjoint_from_training_for_every_seed():
         train = train_problems(dataclasses.replace(cfg, seed=seed), 3000)
         assert not held_ids & {p.id for p in train}
         assert not any(is_heldout(p, 0.2) for p in train)
+        assert heldout_set(dataclasses.replace(cfg, seed=seed), 300) == held  # one eval set for all seeds
 
 
 def test_heldout_share_matches_the_fraction():
