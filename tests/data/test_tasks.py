@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import pytest
 
+from r1hpc.data.problem import Problem
 from r1hpc.data.tasks import TASKS, get_task
 from r1hpc.data.tasks.countdown import evaluate
 
@@ -94,3 +95,18 @@ def test_bad_difficulty_or_option_is_refused(name, difficulty, options):
 def test_unknown_task_names_the_known_ones():
     with pytest.raises(KeyError, match="countdown"):
         get_task("sudoku")
+
+
+@pytest.mark.parametrize(
+    "name,extra,gold,right,wrong",
+    [
+        ("arithmetic", {}, "936", ["936", " 936\n"], ["9_36", "936.0", "0936x", "", "٩٣٦"]),
+        ("linear_equation", {}, "-4", ["-4", "-8/2", " -4 "], ["-4.0", "x=-4", "4", "1/0", "-4/1/1"]),
+        ("countdown", {"numbers": [25, 7, 4, 3], "target": 24}, "(25-7)*4/3", ["(25-7)*4/3", "4*(25-7)/3"],
+         ["(25-7)*4/3+0", "25-7*4/3", "(25-7)*4", "24", "(25-7)*4/3=24"]),
+    ],
+)
+def test_checkers(name, extra, gold, right, wrong):
+    problem = Problem("p", "q", gold, name, extra)
+    assert all(get_task(name).check(problem, a) for a in right)
+    assert not any(get_task(name).check(problem, a) for a in wrong)

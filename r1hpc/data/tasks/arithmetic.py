@@ -7,6 +7,7 @@ flawed solution is always wrong.
 from __future__ import annotations
 
 import random
+import re
 
 from r1hpc.data.problem import Problem
 from r1hpc.data.tasks.base import Solution, Task, make_problem
@@ -79,10 +80,9 @@ def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
 
 
 def check(problem: Problem, answer: str) -> bool:
-    try:
-        return int(answer.strip()) == int(problem.answer)
-    except ValueError:
-        return False
+    """Exactly the integer, digits only (int() alone would also take '9_36' or '٩')."""
+    text = answer.strip()
+    return re.fullmatch(r"-?[0-9]+", text) is not None and int(text) == int(problem.answer)
 
 
 TASK = Task("arithmetic", default_difficulty=3, generate=generate, solve=solve, check=check)

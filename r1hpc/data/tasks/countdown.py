@@ -9,6 +9,7 @@ steps. The systematic flaw is wishful arithmetic: a failed try whose last step i
 from __future__ import annotations
 
 import ast
+import operator
 import random
 from collections import Counter
 from fractions import Fraction
@@ -19,6 +20,7 @@ from r1hpc.data.tasks.base import Solution, Task, make_problem
 
 Expr = Union[int, tuple[str, "Expr", "Expr"]]
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _MAX_TRIES = 1000
 
 
@@ -45,7 +47,7 @@ def _combine(rng: random.Random, x: tuple[int, Expr], y: tuple[int, Expr]) -> tu
     op = rng.choice(choices)
     if op in "+*" and rng.random() < 0.5:
         x, y = y, x
-    value = {"+": x[0] + y[0], "-": x[0] - y[0], "*": x[0] * y[0], "/": x[0] // y[0]}[op]
+    value = (operator.floordiv if op == "/" else _APPLY[op])(x[0], y[0])  # "/" is exact here
     return (value, (op, x[1], y[1])), f"{x[0]}{op}{y[0]}={value}"
 
 
@@ -100,7 +102,7 @@ def evaluate(text: str) -> tuple[Fraction, list[int], list[str]]:
             op = _AST_OPS[type(node.op)]
             if op == "/" and right == 0:
                 raise ValueError(f"division by zero in {text!r}")
-            value = {"+": left + right, "-": left - right, "*": left * right, "/": left / right}[op]
+            value = _APPLY[op](left, right)
             steps.append(f"{left}{op}{right}={value}")
             return value
         raise ValueError(f"only integers and + - * / are allowed: {text!r}")

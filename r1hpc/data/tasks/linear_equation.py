@@ -7,6 +7,7 @@ constant (it keeps its sign), which propagates to a wrong x.
 from __future__ import annotations
 
 import random
+import re
 from fractions import Fraction
 
 from r1hpc.data.problem import Problem
@@ -57,10 +58,11 @@ def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
 
 
 def check(problem: Problem, answer: str) -> bool:
-    try:
-        return Fraction(answer.strip()) == Fraction(problem.answer)
-    except (ValueError, ZeroDivisionError):
+    """The solution as an integer or a fraction p/q (an unreduced one counts)."""
+    m = re.fullmatch(r"(-?[0-9]+)(?:/([0-9]+))?", answer.strip())
+    if m is None or m[2] is not None and int(m[2]) == 0:
         return False
+    return Fraction(int(m[1]), int(m[2] or 1)) == Fraction(problem.answer)
 
 
 TASK = Task("linear_equation", default_difficulty=2, generate=generate, solve=solve, check=check)
