@@ -1,4 +1,5 @@
 """Problems, tasks, prompt templates, datasets and tokenizers."""
+from r1hpc.data.config import DataConfig
 from r1hpc.data.corpus import CorpusConfig, build_corpus, format_completion, oracle_accuracy, parse_answer, worked_solution
 from r1hpc.data.jsonl import DatasetError, load_problems, problem_record, shared_data_dir, write_jsonl
 from r1hpc.data.mix import TaskMixConfig, heldout_set, is_heldout, stream, train_problems
@@ -10,6 +11,7 @@ from r1hpc.data.tokenizer import TextTokenizer, TokenizerConfig, build_tokenizer
 __all__ = [
     "TASKS",
     "CorpusConfig",
+    "DataConfig",
     "DatasetError",
     "Problem",
     "Task",

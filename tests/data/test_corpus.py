@@ -4,6 +4,8 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r1hpc.config import ConfigError, from_dict
 from r1hpc.data.corpus import CorpusConfig, build_corpus, oracle_accuracy, parse_answer, worked_solution
@@ -77,3 +79,17 @@ def test_parse_answer_takes_the_last_answer():
 def test_corpus_config_is_checked():
     with pytest.raises(ConfigError, match="flaw_rate"):
         from_dict(CorpusConfig, {"flaw_rate": 1.5})
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    name=st.sampled_from(sorted(TASKS)),
+    difficulty=st.integers(2, 6),
+    seed=st.integers(0, 2**32),
+    flawed=st.booleans(),
+)
+def test_any_seed_and_difficulty_solution_is_right_iff_clean(name, difficulty, seed, flawed):
+    rng = random.Random(seed)
+    problem = get_task(name).generate(rng, difficulty)
+    answer = parse_answer(worked_solution(problem, rng, flawed))
+    assert get_task(name).check(problem, answer) != flawed
