@@ -1,4 +1,4 @@
-"""Linear equations with an integer solution: a*x + b = c, or a*x + b = c*x + e from difficulty 3.
+"""Linear equations with an integer solution: a*x + b = d, or a*x + b = c*x + d from difficulty 3.
 
 Difficulty scales coefficient and solution sizes (negatives from 2). Solutions collect x on the
 left, move the constant, then divide. The systematic flaw is a sign error when moving the
