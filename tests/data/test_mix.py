@@ -1,7 +1,10 @@
 """Task mix: config checks, determinism, and a held-out split that no training stream touches."""
 import dataclasses
 import itertools
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -73,3 +76,11 @@ def test_small_problem_space_fails_clearly():
     cfg = TaskMixConfig(tasks=["arithmetic"], difficulty={"arithmetic": 1})
     with pytest.raises(RuntimeError, match="distinct held-out"):
         heldout_set(cfg, 50)
+
+
+def test_stream_is_the_same_in_another_process():
+    """Ranks and Slurm jobs must draw the same problems: nothing may depend on PYTHONHASHSEED."""
+    code = "from r1hpc.data.mix import *; print([p.id for p in train_problems(TaskMixConfig(), 20)])"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str([p.id for p in train_problems(TaskMixConfig(), 20)])
