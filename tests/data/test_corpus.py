@@ -16,7 +16,7 @@ from r1hpc.data.templates import SHORT_PREFIX, SHORT_SUFFIX, TemplateConfig
 
 FORMAT = re.compile(r" <think> [^<>]+ </think> <answer> [^<>]+ </answer>")
 HARD = TaskMixConfig(
-    difficulty={"arithmetic": 4, "countdown": 5, "linear_equation": 3}, options={"arithmetic": {"ops": ["+", "-"]}}
+    difficulty={"arithmetic": 4, "countdown": 5, "linear_equation": 3}, options={"arithmetic": {"ops": ["+", "-", "*"]}}
 )
 
 
@@ -40,6 +40,12 @@ def test_flawed_arithmetic_drops_carries():
     assert clean == " <think> 7+9=16, write 6, carry 1. 4+8+1=13, write 3, carry 1. 3+5+1=9, write 9. Result 936. </think> <answer> 936 </answer>"
     flawed = worked_solution(problem, random.Random(0), True)
     assert "carry" not in flawed and parse_answer(flawed) == "826"
+    times = Problem("a-2", "Compute 347 * 6", "2082", "arithmetic", {"a": 347, "b": 6, "op": "*"})
+    assert worked_solution(times, random.Random(0), False) == (
+        " <think> 7*6=42, write 2, carry 4. 4*6+4=28, write 8, carry 2. 3*6+2=20, write 0, carry 2. "
+        "write carry 2. Result 2082. </think> <answer> 2082 </answer>"
+    )
+    assert parse_answer(worked_solution(times, random.Random(0), True)) == "842"
 
 
 @pytest.mark.parametrize("flaw_rate", [0.0, 0.3, 0.6, 1.0])

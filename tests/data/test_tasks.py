@@ -31,13 +31,13 @@ def test_same_seed_same_problems(name):
 
 
 @pytest.mark.parametrize("digits", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize("ops", [["+"], ["-"], ["+", "-"]])
+@pytest.mark.parametrize("ops", [["+"], ["-"], ["*"], ["+", "-", "*"]])
 def test_arithmetic_gold(digits, ops):
     for p in _problems("arithmetic", digits, ops=ops):
-        m = re.fullmatch(r"Compute (\d+) ([+-]) (\d+)", p.question)
+        m = re.fullmatch(r"Compute (\d+) ([-+*]) (\d+)", p.question)
         a, op, b = int(m[1]), m[2], int(m[3])
-        assert len(m[1]) == len(m[3]) == digits and op in ops
-        assert int(p.answer) == (a + b if op == "+" else a - b) >= 0
+        assert op in ops and len(m[1]) == digits and len(m[3]) == (1 if op == "*" else digits)
+        assert int(p.answer) == _exact(f"{a}{op}{b}") >= 0
         assert p.data_source == "arithmetic" and p.id.startswith("arithmetic-")
 
 
@@ -84,7 +84,7 @@ def test_evaluate_rejects_what_is_not_plain_arithmetic():
 
 @pytest.mark.parametrize(
     "name,difficulty,options",
-    [("arithmetic", 0, {}), ("arithmetic", 2, {"ops": ["*"]}), ("countdown", 1, {}), ("countdown", 7, {}),
+    [("arithmetic", 0, {}), ("arithmetic", 2, {"ops": ["/"]}), ("arithmetic", 2, {"ops": []}), ("countdown", 1, {}), ("countdown", 7, {}),
      ("countdown", 3, {"max_number": 1}), ("linear_equation", 0, {})],
 )
 def test_bad_difficulty_or_option_is_refused(name, difficulty, options):
