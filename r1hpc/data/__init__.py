@@ -1,7 +1,7 @@
 """Problems, tasks, prompt templates, datasets and tokenizers."""
 from r1hpc.data.config import DataConfig
 from r1hpc.data.corpus import CorpusConfig, build_corpus, format_completion, oracle_accuracy, parse_answer, worked_solution
-from r1hpc.data.jsonl import DatasetError, load_problems, problem_record, shared_data_dir, write_jsonl
+from r1hpc.data.jsonl import DatasetError, load_problems, load_shared, problem_record, shared_data_dir, write_jsonl
 from r1hpc.data.mix import TaskMixConfig, heldout_set, is_heldout, stream, train_problems
 from r1hpc.data.problem import Problem
 from r1hpc.data.tasks import TASKS, Task, get_task
@@ -26,6 +26,7 @@ __all__ = [
     "heldout_set",
     "is_heldout",
     "load_problems",
+    "load_shared",
     "oracle_accuracy",
     "parse_answer",
     "problem_record",

@@ -40,6 +40,14 @@ def shared_data_dir() -> Path | None:
     return next((d / "shared" / "data" for d in repo.parents if (d / "shared" / "data").is_dir()), None)
 
 
+def load_shared(name: str) -> list[Problem]:
+    """One of the shared math sets by name ("gsm8k", "math500", "aime24", "amc23")."""
+    directory = shared_data_dir()
+    if directory is None or not (directory / f"{name}.jsonl").is_file():
+        raise FileNotFoundError(f"{name}.jsonl not found: set R1HPC_SHARED_DATA to the folder holding it")
+    return load_problems(directory / f"{name}.jsonl")
+
+
 def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int) -> Problem:
     """One line -> Problem; raises ValueError saying what is wrong (without the place)."""
     try:

@@ -3,10 +3,13 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r1hpc.data.jsonl import (
     DatasetError,
     load_problems,
+    load_shared,
     problem_record,
     provenance_path,
     shared_data_dir,
@@ -14,9 +17,11 @@ from r1hpc.data.jsonl import (
     write_jsonl,
 )
 from r1hpc.data.mix import TaskMixConfig, heldout_set
+from r1hpc.data.problem import Problem
 
 SHARED = shared_data_dir()
 EXPECTED = {"gsm8k": 8792, "math500": 500, "aime24": 30, "amc23": 83}
+GOOD = '{"id": "a", "problem": "1+1?", "answer": "2"}'
 
 
 @pytest.mark.skipif(SHARED is None, reason="no shared/data (set R1HPC_SHARED_DATA)")
@@ -34,6 +39,10 @@ def test_real_files_load_whole(name):
 def test_shared_dir_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("R1HPC_SHARED_DATA", str(tmp_path))
     assert shared_data_dir() == tmp_path
+    (tmp_path / "aime24.jsonl").write_text(GOOD + "\n")
+    assert [p.data_source for p in load_shared("aime24")] == ["aime24"]
+    with pytest.raises(FileNotFoundError, match="R1HPC_SHARED_DATA"):
+        load_shared("amc23")
     monkeypatch.setenv("R1HPC_SHARED_DATA", str(tmp_path / "nope"))
     assert shared_data_dir() is None
 
@@ -42,9 +51,6 @@ def test_source_from_filename():
     assert source_from_filename("/x/gsm8k.jsonl") == "gsm8k"
     assert source_from_filename("MATH500_test.jsonl") == "math500"
     assert source_from_filename("mine.jsonl") == "mine"
-
-
-GOOD = '{"id": "a", "problem": "1+1?", "answer": "2"}'
 
 
 @pytest.mark.parametrize(
@@ -112,3 +118,14 @@ def test_writer_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         write_jsonl(tmp_path / "x.jsonl", records(), {})
     assert list(tmp_path.iterdir()) == []
+
+
+TEXT = st.text(min_size=1).filter(str.strip)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.lists(st.tuples(TEXT, TEXT, st.dictionaries(st.text(), st.integers() | st.text(), max_size=3)), max_size=8))
+def test_any_problems_round_trip_through_the_writer(tmp_path_factory, rows):
+    problems = [Problem(f"id{i}", q, a, "mine", extra) for i, (q, a, extra) in enumerate(rows)]
+    path = write_jsonl(tmp_path_factory.mktemp("w") / "mine.jsonl", map(problem_record, problems), {})
+    assert load_problems(path) == problems
