@@ -36,6 +36,10 @@ def test_tags_and_specials_are_single_tokens(tok):
     assert tok.stop_token_ids == [tok.eos_id, tok.token_id("</answer>")]
 
 
+def test_training_is_deterministic(tok, corpus):
+    assert build_tokenizer(TokenizerConfig(vocab_size=1024), corpus).tokenizer.to_str() == tok.tokenizer.to_str()
+
+
 def test_vocab_size_is_bounded_and_digits_are_split(tok):
     assert 300 < tok.vocab_size <= 1024
     assert len(tok.encode("12345")) == 5
