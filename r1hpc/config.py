@@ -141,7 +141,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, src: _Source) -> 
         try:
             validate()
         except ConfigError as e:
-            raise ConfigError(f"{src.name}: section '{prefix.rstrip('.') or '<root>'}': {e}") from None
+            where = f"section '{prefix.rstrip('.')}': " if prefix else ""
+            raise ConfigError(f"{src.name}: {where}{e}") from None
     return obj
 
 
