@@ -27,10 +27,12 @@ def group_advantages(rewards: Tensor, estimator: Estimator = "grpo", eps: float 
     g = rewards.shape[1]
     if g < 2:
         raise ValueError(f"group-relative advantages need G >= 2 responses per prompt, got {g}")
-    r = rewards.float()
-    centred = r - r.mean(dim=1, keepdim=True)
+    # Shift by each group's first reward before averaging: an all-equal group then centres to
+    # exactly 0 (fp32 r - mean(r) can leave ~1e-7, which a ~0 std would blow up to ~0.1).
+    d = rewards.float() - rewards[:, :1].float()
+    centred = d - d.mean(dim=1, keepdim=True)
     if estimator == "grpo":
-        return centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)
+        return centred / (d.std(dim=1, unbiased=True, keepdim=True) + eps)
     if estimator == "drgrpo":
         return centred
     if estimator == "rloo":
