@@ -194,14 +194,18 @@ def _grpo_bwd_kernel(logits_ptr, stride, grad_ptr, grad_stride, target_ptr, w_pt
         tl.store(grad_row + c, g.to(grad_ptr.dtype.element_ty), mask=c < V)
 
 
-def _block_v(v: int, block_v: Optional[int]) -> int:
-    return block_v or min(4096, triton.next_power_of_2(v))
+#: Vocabulary chunk per loop step (8 KiB of bf16 per load); tests lower it to cover many chunks.
+MAX_BLOCK_V = 4096
+
+
+def _block_v(v: int) -> int:
+    return min(MAX_BLOCK_V, triton.next_power_of_2(v))
 
 
 class _TritonGRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
-                params, tp_group, vocab_start, block_v):
+                params, tp_group, vocab_start):
         temperature, eps_low, eps_high, dual_c, beta, kl_kind, ent_coef = params
         if logits.stride(1) != 1:
             logits = logits.contiguous()
@@ -220,7 +224,7 @@ class _TritonGRPOLoss(torch.autograd.Function):
             _grpo_fwd_kernel[(t,)](
                 logits, logits.stride(0), target, weights, stats, out, old_logp, advantages, ref, tis,
                 t, v, vocab_start, 1.0 / temperature, *scalars, FUSE_EPILOGUE=fuse,
-                BLOCK_V=_block_v(v, block_v), num_warps=8, **flags)
+                BLOCK_V=_block_v(v), num_warps=8, **flags)
             if not fuse:
                 stats = combine_shard_stats(stats, tp_group)
                 block_t = min(1024, triton.next_power_of_2(t))
@@ -228,22 +232,22 @@ class _TritonGRPOLoss(torch.autograd.Function):
                     stats, weights, out, old_logp, advantages, ref, tis, t, *scalars,
                     BLOCK_T=block_t, **flags)
         ctx.save_for_backward(logits, target, weights, out)
-        ctx.args = (vocab_start, 1.0 / temperature, float(ent_coef), block_v)
+        ctx.args = (vocab_start, 1.0 / temperature, float(ent_coef))
         ctx.mark_non_differentiable(out)
         return (out[ROW_LOSS.value] * weights).sum(), out
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_out):
         logits, target, weights, out = ctx.saved_tensors
-        vocab_start, inv_temp, ent_coef, block_v = ctx.args
+        vocab_start, inv_temp, ent_coef = ctx.args
         t, v = logits.shape
         grad = torch.empty_like(logits)
         if t > 0:
             _grpo_bwd_kernel[(t,)](
                 logits, logits.stride(0), grad, grad.stride(0), target, weights, out,
                 grad_loss.float().contiguous(), t, v, vocab_start, inv_temp, ent_coef,
-                HAS_ENTROPY_GRAD=ent_coef != 0.0, BLOCK_V=_block_v(v, block_v), num_warps=8)
-        return grad, None, None, None, None, None, None, None, None, None, None
+                HAS_ENTROPY_GRAD=ent_coef != 0.0, BLOCK_V=_block_v(v), num_warps=8)
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def triton_grpo_loss(
@@ -264,15 +268,13 @@ def triton_grpo_loss(
     entropy_coef: float = 0.0,
     tp_group: Optional[dist.ProcessGroup] = None,
     vocab_start_index: int = 0,
-    block_v: Optional[int] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar weighted loss (autograd to ``logits``) and per-token results with the keys of
-    :func:`r1hpc.algo.objective.token_objective`. Arguments as :func:`r1hpc.algo.grpo_loss`;
-    ``block_v`` overrides the vocabulary chunk (tests use small ones to cover many chunks)."""
+    :func:`r1hpc.algo.objective.token_objective`. Arguments as :func:`r1hpc.algo.grpo_loss`."""
     params = (float(temperature), eps_low, eps_high, dual_clip_c, beta, kl_kind, entropy_coef)
     loss, out = _TritonGRPOLoss.apply(
         logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
-        params, tp_group, int(vocab_start_index), block_v)
+        params, tp_group, int(vocab_start_index))
     flags = out[ROW_CLIP.value].to(torch.int32)
     return loss, {
         "loss": out[ROW_LOSS.value],

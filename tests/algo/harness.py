@@ -8,6 +8,7 @@ the clip range, per-response advantages.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference
 
@@ -16,7 +17,7 @@ FLAGS = ("is_clipped_low", "is_clipped_high", "is_clipped_dual")
 
 
 def make_inputs(b=4, length=12, v=300, *, dtype=torch.float32, temperature=1.0,
-                agg="seq-mean-token-mean", seed=0) -> dict:
+                agg="seq-mean-token-mean", seed=0, device="cpu") -> dict:
     g = torch.Generator().manual_seed(seed)
     t = b * length
     logits = (torch.randn(t, v, generator=g) * 3.0).to(dtype)
@@ -30,12 +31,13 @@ def make_inputs(b=4, length=12, v=300, *, dtype=torch.float32, temperature=1.0,
     old = logp + 0.4 * torch.randn(t, generator=g)
     ref = logp + 0.4 * torch.randn(t, generator=g)
     old[pad], ref[pad] = 1e4, -1e4  # garbage in padding
-    return dict(
+    out = dict(
         logits=logits, target=target, old_logp=old, ref_logp=ref,
         advantages=torch.randn(b, generator=g).repeat_interleave(length),
         weights=aggregation_weights(mask, agg).flatten(),
         tis_weight=torch.rand(t, generator=g) * 2.0,
     )
+    return {k: x.to(device) for k, x in out.items()}
 
 
 def reference(inp: dict, **kw) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -58,14 +60,16 @@ def run_impl(inp: dict, impl: str, logits=None, **kw) -> tuple[torch.Tensor, dic
     return loss.detach(), metrics, x.grad
 
 
-def assert_matches_reference(inp: dict, impl: str, **kw) -> None:
-    """Tolerances. Both sides upcast the same logits to fp32, so forward values differ only by
-    fp32 summation order over V (here ~300, values ~10): rtol 1e-5 / atol 1e-5 has ~10x margin.
-    fp32 gradients: atol 1e-6 of the largest entry. bf16 gradients are produced in fp32 and
-    rounded once, so they are compared with the reference gradient rounded to bf16, allowing
-    2 bf16 ulps (rtol 2**-7) where an fp32 difference flips a rounding boundary."""
-    ref_loss, ref_tok, ref_grad = reference(inp, **kw)
-    loss, metrics, grad = run_impl(inp, impl, **kw)
+def check_against(inp: dict, ref: tuple, loss, metrics, grad, cols: slice = slice(None)) -> None:
+    """Compare one implementation's (loss, metrics, grad[:, cols]) with ``reference(inp)``.
+
+    Tolerances. Both sides upcast the same logits to fp32, so forward values differ only by fp32
+    summation order over V (here ~300, values ~10): rtol 1e-5 / atol 1e-5 has ~10x margin; a clip
+    flag may flip for a ratio within rounding of the boundary, hence one token of clipfrac slack.
+    fp32 gradients: rtol 1e-4, atol 1e-6 of the largest entry. bf16 gradients are produced in
+    fp32 and rounded once, so they are compared with the reference gradient rounded to bf16,
+    allowing 2 bf16 ulps (rtol 2**-7) where an fp32 difference flips a rounding boundary."""
+    ref_loss, ref_tok, ref_grad = ref
     active = inp["weights"] != 0
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for key in PER_TOKEN:
@@ -75,8 +79,24 @@ def assert_matches_reference(inp: dict, impl: str, **kw) -> None:
         torch.testing.assert_close(metrics[key], expected, rtol=0, atol=1.5 / active.sum().item())
     assert grad.dtype == inp["logits"].dtype
     assert torch.all(grad[~active] == 0)
-    scale = ref_grad.abs().max().item()
+    expected, scale = ref_grad[:, cols], ref_grad.abs().max().item()
     if grad.dtype == torch.float32:
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6 * scale)
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6 * scale)
     else:
-        torch.testing.assert_close(grad.float(), ref_grad.to(grad.dtype).float(), rtol=2**-7, atol=1e-6 * scale)
+        torch.testing.assert_close(grad.float(), expected.to(grad.dtype).float(), rtol=2**-7, atol=1e-6 * scale)
+
+
+def assert_matches_reference(inp: dict, impl: str, **kw) -> None:
+    check_against(inp, reference(inp, **kw), *run_impl(inp, impl, **kw))
+
+
+def tp_check(rank: int, world: int, impl: str, dtype: torch.dtype) -> None:
+    """Run in each of ``world`` gloo processes: each holds a vocabulary shard; loss, per-token
+    values and its shard of the gradient must equal the unsharded reference."""
+    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01)
+    inp = make_inputs(v=300, dtype=dtype, temperature=0.8, seed=7)
+    shard = inp["logits"].shape[1] // world
+    cols = slice(rank * shard, (rank + 1) * shard)
+    out = run_impl(inp, impl, logits=inp["logits"][:, cols], tp_group=dist.group.WORLD,
+                   vocab_start_index=cols.start, **kw)
+    check_against(inp, reference(inp, **kw), *out, cols=cols)
