@@ -21,6 +21,7 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from r1hpc.algo.kl import K3_LOG_RATIO_CLAMP
 from r1hpc.algo.objective import LOG_RATIO_CLAMP
@@ -237,6 +238,7 @@ class _TritonGRPOLoss(torch.autograd.Function):
         return (out[ROW_LOSS.value] * weights).sum(), out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss, _grad_out):
         logits, target, weights, out = ctx.saved_tensors
         vocab_start, inv_temp, ent_coef = ctx.args

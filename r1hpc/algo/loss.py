@@ -149,6 +149,9 @@ def resolve_impl(impl: Impl, logits: Tensor) -> str:
         impl = os.environ.get(IMPL_ENV, "") or ("triton" if logits.is_cuda else "torch")
     if impl not in ("triton", "torch"):
         raise ValueError(f"grpo_loss impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("grpo_loss impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"the kernels are imported); use impl='torch' on {logits.device}")
     return impl
 
 
@@ -205,6 +208,8 @@ def grpo_loss(
     mask and aggregation in one; weight-0 tokens are skipped and get zero gradient),
     ``ref_logp [T]`` (needed for the KL term and metric), ``tis_weight [T]`` (truncated IS).
     The gradient is returned in the logits dtype; no fp32 [T, V] tensor is built on either path.
+    With ``tp_group`` every rank must pass the same per-token inputs and gets the same (full)
+    loss back: backpropagate it on every rank, do not sum it over the group.
     """
     active = weights != 0
     kwargs = dict(

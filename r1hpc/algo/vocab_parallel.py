@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 #: Stats of a token whose weight is zero: skipped, but finite (lse = 0) so nothing downstream NaNs.
 EMPTY_STATS = (0.0, 1.0, 0.0, 0.0)
@@ -84,6 +85,7 @@ class _LogpEntropy(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_logp, grad_entropy):
         logits, local, owned, active, lse, mean_z = ctx.saved_tensors
         grad = torch.zeros_like(logits)

@@ -46,12 +46,16 @@ def test_empty_batch():
 def test_impl_resolution(monkeypatch):
     x = torch.zeros(2, 3)
     monkeypatch.delenv(loss_mod.IMPL_ENV, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert loss_mod.resolve_impl("auto", x) == "torch"
     monkeypatch.setenv(loss_mod.IMPL_ENV, "triton")
     assert loss_mod.resolve_impl("auto", x) == "triton"
     assert loss_mod.resolve_impl("torch", x) == "torch"  # an explicit choice wins
     with pytest.raises(ValueError):
         loss_mod.resolve_impl("cuda", x)  # type: ignore[arg-type]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="needs CUDA"):
+        loss_mod.resolve_impl("triton", x)
 
 
 @pytest.mark.multiproc
