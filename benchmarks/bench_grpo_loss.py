@@ -58,15 +58,17 @@ def reference_loss(logits, target, old_logp, ref_logp, advantages, weights):
 
 
 def impls(device: str) -> dict:
-    """name -> callable(inp, logits) returning a scalar loss, or a string saying why it is absent."""
+    """name -> (prepare(inp) -> logits in the layout it takes, call(inp, logits) -> scalar loss),
+    or a string saying why the implementation is absent."""
     compiled = torch.compile(reference_loss)
+    flat = lambda inp: inp["logits"]  # noqa: E731
     out = {
-        "eager_reference": lambda inp, x: reference_loss(x, *_args(inp)),
-        "compiled_reference": lambda inp, x: compiled(x, *_args(inp)),
-        "ours_torch": lambda inp, x: _ours(inp, x, "torch"),
+        "eager_reference": (flat, lambda inp, x: reference_loss(x, *_args(inp))),
+        "compiled_reference": (flat, lambda inp, x: compiled(x, *_args(inp))),
+        "ours_torch": (flat, lambda inp, x: _ours(inp, x, "torch")),
     }
     if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        out["ours_triton"] = lambda inp, x: _ours(inp, x, "triton")
+        out["ours_triton"] = (flat, lambda inp, x: _ours(inp, x, "triton"))
     else:
         out["ours_triton"] = "needs CUDA (or TRITON_INTERPRET=1)"
     try:
@@ -74,7 +76,7 @@ def impls(device: str) -> dict:
     except ImportError:
         out["liger_kernel"] = "liger-kernel not installed"
     else:
-        out["liger_kernel"] = lambda inp, x: _liger(triton_grpo_loss, inp, x)
+        out["liger_kernel"] = (_liger_logits, lambda inp, x: _liger(triton_grpo_loss, inp, x))
     return out
 
 
@@ -87,15 +89,20 @@ def _ours(inp, x, impl):
                      ref_logp=inp["ref_logp"], impl=impl, **KW)[0]
 
 
-def _liger(fn, inp, x):
-    """Liger takes logits [B, L+1, V] (it drops the last position) and [B, L] per-token inputs;
-    its per-token loss is reduced here with our weights. Runs with its default in-place grad."""
+def _liger_logits(inp):
+    """Liger takes logits [B, L+1, V] and drops the last position; built once, outside the timing."""
     b, length = inp["mask"].shape
-    logits = torch.cat([x.view(b, length, -1), x.new_zeros(b, 1, x.shape[-1])], dim=1)
+    x = inp["logits"].view(b, length, -1)
+    return torch.cat([x, x.new_zeros(b, 1, x.shape[-1])], dim=1)
+
+
+def _liger(fn, inp, x):
+    """Liger's per-token loss on [B, L] inputs (advantages per response), reduced with our weights.
+    Runs with its default in-place gradient (written over the logits)."""
+    b, length = inp["mask"].shape
     view = lambda k: inp[k].view(b, length)  # noqa: E731
-    out = fn(logits, view("old_logp"), view("ref_logp"), view("target"), inp["advantages"].view(b, length)[:, 0],
-             inp["mask"], temperature=KW["temperature"], beta=KW["beta"], eps_low=KW["eps_low"],
-             eps_high=KW["eps_high"])
+    out = fn(x, view("old_logp"), view("ref_logp"), view("target"), view("advantages")[:, 0], inp["mask"],
+             temperature=KW["temperature"], beta=KW["beta"], eps_low=KW["eps_low"], eps_high=KW["eps_high"])
     loss = out[0] if isinstance(out, tuple) else out
     return loss if loss.dim() == 0 else (loss * view("weights")).sum()
 
@@ -129,14 +136,15 @@ def _peak_bytes(fn, device):
     return torch.cuda.max_memory_allocated() - base
 
 
-def measure(name, fn, inp, device, iters, warmup, peak_hbm) -> dict:
+def measure(name, impl, inp, device, iters, warmup, peak_hbm) -> dict:
     t, v = inp["logits"].shape
     elem = inp["logits"].element_size()
-    x = inp["logits"].detach().requires_grad_()
+    prepare, fn = impl
+    x = prepare(inp).detach().requires_grad_()
 
     def fwd():
         with torch.no_grad():
-            fn(inp, inp["logits"])
+            fn(inp, x)
 
     def fwd_bwd():
         x.grad = None
