@@ -156,8 +156,10 @@ def resolve_impl(impl: Impl, logits: Tensor) -> str:
 
 
 def loss_metrics(tok: dict[str, Tensor], active: Tensor) -> dict[str, Tensor]:
-    """Detached metrics: per-token logp/entropy/kl/ratio and means over active tokens."""
+    """Detached metrics: per-token logp/entropy/kl/ratio (0 where weight is 0) and scalars over
+    the tokens with weight != 0, as 0-d tensors (no host sync)."""
     n = active.sum().clamp(min=1).float()
+    per_token = {k: torch.where(active, tok[k].detach(), 0.0) for k in ("logp", "entropy", "kl", "ratio")}
 
     def mean(x: Tensor) -> Tensor:
         return (x.float() * active).sum() / n
@@ -165,18 +167,15 @@ def loss_metrics(tok: dict[str, Tensor], active: Tensor) -> dict[str, Tensor]:
     ratio = tok["ratio"].detach()
     big = torch.finfo(torch.float32).max
     return {
-        "logp": tok["logp"].detach(),
-        "entropy": tok["entropy"].detach(),
-        "kl": tok["kl"].detach(),
-        "ratio": ratio,
+        **per_token,
         "clipfrac_low": mean(tok["is_clipped_low"]),
         "clipfrac_high": mean(tok["is_clipped_high"]),
         "clipfrac_dual": mean(tok["is_clipped_dual"]),
         "ratio_mean": mean(ratio),
         "ratio_max": torch.where(active, ratio, -big).max() if ratio.numel() else ratio.sum(),
         "ratio_min": torch.where(active, ratio, big).min() if ratio.numel() else ratio.sum(),
-        "entropy_mean": mean(tok["entropy"].detach()),
-        "kl_mean": mean(tok["kl"].detach()),
+        "entropy_mean": mean(per_token["entropy"]),
+        "kl_mean": mean(per_token["kl"]),
     }
 
 
