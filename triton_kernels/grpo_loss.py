@@ -203,6 +203,23 @@ def _block_v(v: int) -> int:
     return min(MAX_BLOCK_V, triton.next_power_of_2(v))
 
 
+def shard_stats(logits: Tensor, target: Tensor, weights: Tensor, temperature: float, vocab_start: int) -> Tensor:
+    """This rank's per-token ``[T, 4]`` stats (m, s, q, x_t) in one pass over the logits, for
+    forward-only uses (old/ref log-probs); merge them with ``combine_shard_stats``."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    t, v = logits.shape
+    stats = torch.empty(t, 4, dtype=torch.float32, device=logits.device)
+    if t > 0:
+        dummy = stats  # per-token objective inputs are not read without FUSE_EPILOGUE
+        _grpo_fwd_kernel[(t,)](
+            logits, logits.stride(0), target.contiguous(), weights.float().contiguous(), stats, dummy,
+            dummy, dummy, dummy, dummy, t, v, vocab_start, 1.0 / temperature, 0.0, 0.0, 0.0, 0.0, 0.0,
+            FUSE_EPILOGUE=False, HAS_REF=False, HAS_TIS=False, HAS_DUAL=False, KL_KIND=3,
+            BLOCK_V=_block_v(v), num_warps=8)
+    return stats
+
+
 class _TritonGRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
@@ -216,22 +233,19 @@ class _TritonGRPOLoss(torch.autograd.Function):
         ref = old_logp if ref_logp is None else ref_logp.float().contiguous()
         tis = old_logp if tis_weight is None else tis_weight.float().contiguous()
         out = torch.empty(N_OUT, t, dtype=torch.float32, device=logits.device)
-        fuse = tp_world_size(tp_group) == 1
-        stats = out if fuse else torch.empty(t, 4, dtype=torch.float32, device=logits.device)
         flags = dict(HAS_REF=ref_logp is not None, HAS_TIS=tis_weight is not None,
                      HAS_DUAL=dual_c is not None, KL_KIND=KL_KINDS[kl_kind])
         scalars = (float(eps_low), float(eps_high), float(dual_c or 0.0), float(beta), float(ent_coef))
-        if t > 0:
+        if t > 0 and tp_world_size(tp_group) == 1:  # one pass: stats and epilogue in the same program
             _grpo_fwd_kernel[(t,)](
-                logits, logits.stride(0), target, weights, stats, out, old_logp, advantages, ref, tis,
-                t, v, vocab_start, 1.0 / temperature, *scalars, FUSE_EPILOGUE=fuse,
+                logits, logits.stride(0), target, weights, out, out, old_logp, advantages, ref, tis,
+                t, v, vocab_start, 1.0 / temperature, *scalars, FUSE_EPILOGUE=True,
                 BLOCK_V=_block_v(v), num_warps=8, **flags)
-            if not fuse:
-                stats = combine_shard_stats(stats, tp_group)
-                block_t = min(1024, triton.next_power_of_2(t))
-                _grpo_epilogue_kernel[(triton.cdiv(t, block_t),)](
-                    stats, weights, out, old_logp, advantages, ref, tis, t, *scalars,
-                    BLOCK_T=block_t, **flags)
+        elif t > 0:  # vocab-parallel: shard stats, one all-gather, then the epilogue over [T]
+            stats = combine_shard_stats(shard_stats(logits, target, weights, temperature, vocab_start), tp_group)
+            block_t = min(1024, triton.next_power_of_2(t))
+            _grpo_epilogue_kernel[(triton.cdiv(t, block_t),)](
+                stats, weights, out, old_logp, advantages, ref, tis, t, *scalars, BLOCK_T=block_t, **flags)
         ctx.save_for_backward(logits, target, weights, out)
         ctx.args = (vocab_start, 1.0 / temperature, float(ent_coef))
         ctx.mark_non_differentiable(out)

@@ -2,6 +2,7 @@
 tested against, and :func:`grpo_loss`, the one loss entry point the trainer calls."""
 from r1hpc.algo.advantages import group_advantages
 from r1hpc.algo.kl import kl_penalized_rewards, kl_penalty
+from r1hpc.algo.logprobs import token_logp
 from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss, grpo_token_loss_reference
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, truncated_is_weights
 
@@ -15,5 +16,6 @@ __all__ = [
     "kl_penalized_rewards",
     "kl_penalty",
     "overlong_penalty",
+    "token_logp",
     "truncated_is_weights",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference
+from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference, token_logp
 
 PER_TOKEN = ("logp", "entropy", "kl", "ratio")
 FLAGS = ("is_clipped_low", "is_clipped_high", "is_clipped_dual")
@@ -90,6 +90,18 @@ def assert_matches_reference(inp: dict, impl: str, **kw) -> None:
     check_against(inp, reference(inp, **kw), *run_impl(inp, impl, **kw))
 
 
+def assert_token_logp_matches_reference(inp: dict, impl: str, *, temperature: float = 1.0,
+                                        cols: slice = slice(None), tp_group=None) -> None:
+    """token_logp (forward-only) equals the reference's logp/entropy on unmasked tokens, 0 elsewhere."""
+    _, ref_tok, _ = reference(inp, temperature=temperature)
+    active = inp["weights"] != 0
+    logp, entropy = token_logp(inp["logits"][:, cols], inp["target"], active, temperature=temperature,
+                               vocab_start_index=cols.start or 0, tp_group=tp_group, impl=impl)
+    for got, key in ((logp, "logp"), (entropy, "entropy")):
+        torch.testing.assert_close(got[active], ref_tok[key].detach()[active], rtol=1e-5, atol=1e-5)
+        assert torch.all(got[~active] == 0)
+
+
 def tp_check(rank: int, world: int, impl: str, dtype: torch.dtype) -> None:
     """Run in each of ``world`` gloo processes: each holds a vocabulary shard; loss, per-token
     values and its shard of the gradient must equal the unsharded reference."""
@@ -100,3 +112,4 @@ def tp_check(rank: int, world: int, impl: str, dtype: torch.dtype) -> None:
     out = run_impl(inp, impl, logits=inp["logits"][:, cols], tp_group=dist.group.WORLD,
                    vocab_start_index=cols.start, **kw)
     check_against(inp, reference(inp, **kw), *out, cols=cols)
+    assert_token_logp_matches_reference(inp, impl, temperature=0.8, cols=cols, tp_group=dist.group.WORLD)

@@ -4,7 +4,7 @@ import torch
 
 from r1hpc.algo import grpo_loss, loss as loss_mod, vocab_parallel
 from tests.algo.dist_utils import run_gloo
-from tests.algo.harness import assert_matches_reference, make_inputs, tp_check
+from tests.algo.harness import assert_matches_reference, assert_token_logp_matches_reference, make_inputs, tp_check
 
 AGG = ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 OPTIONS = [  # (entropy_coef, beta, dual_clip_c, kl_kind)
@@ -62,3 +62,8 @@ def test_impl_resolution(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vocab_parallel_tp2_torch(dtype):
     run_gloo(tp_check, "torch", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logp_torch(dtype):
+    assert_token_logp_matches_reference(make_inputs(dtype=dtype, temperature=0.7, seed=4), "torch", temperature=0.7)

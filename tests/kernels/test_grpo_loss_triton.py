@@ -10,7 +10,14 @@ import torch
 
 from r1hpc.triton_kernels import grpo_loss as kernels
 from tests.algo.dist_utils import run_gloo
-from tests.algo.harness import assert_matches_reference, make_inputs, reference, run_impl, tp_check
+from tests.algo.harness import (
+    assert_matches_reference,
+    assert_token_logp_matches_reference,
+    make_inputs,
+    reference,
+    run_impl,
+    tp_check,
+)
 
 AGG = ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 F32, BF16 = torch.float32, torch.bfloat16
@@ -89,3 +96,9 @@ def test_real_shape_bf16_on_gpu(monkeypatch):
     inp = make_inputs(b=8, length=512, v=152064, dtype=BF16, temperature=0.9, seed=1, device="cuda")
     assert_matches_reference(inp, "triton", temperature=0.9, eps_high=0.28, beta=0.001, entropy_coef=0.001,
                              dual_clip_c=3.0)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_token_logp_triton(device, dtype):
+    inp = make_inputs(b=3, length=8, dtype=dtype, temperature=0.7, seed=4, device=device)
+    assert_token_logp_matches_reference(inp, "triton", temperature=0.7)
