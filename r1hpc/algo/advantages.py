@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 Estimator = Literal["grpo", "drgrpo", "rloo"]
