@@ -1,5 +1,7 @@
 """The chunked, vocab-parallel torch path of grpo_loss against the fp32 reference."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from r1hpc.algo import grpo_loss, loss as loss_mod, vocab_parallel
@@ -67,3 +69,11 @@ def test_vocab_parallel_tp2_torch(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_token_logp_torch(dtype):
     assert_token_logp_matches_reference(make_inputs(dtype=dtype, temperature=0.7, seed=4), "torch", temperature=0.7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 70), st.integers(0, 2**16))
+def test_edge_shapes(t, v, seed):
+    """Tiny and odd shapes: one token, a vocabulary of 1."""
+    inp = make_inputs(b=1, length=t, v=v, seed=seed)
+    assert_matches_reference(inp, "torch", beta=0.1, entropy_coef=0.01, dual_clip_c=3.0)

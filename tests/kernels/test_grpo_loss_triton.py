@@ -6,6 +6,8 @@ online log-sum-exp crosses chunk and masking boundaries. Tolerances: see
 tests/algo/harness.py::assert_matches_reference (shared with the torch path).
 """
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 
 from r1hpc.triton_kernels import grpo_loss as kernels
@@ -102,3 +104,12 @@ def test_real_shape_bf16_on_gpu(monkeypatch):
 def test_token_logp_triton(device, dtype):
     inp = make_inputs(b=3, length=8, dtype=dtype, temperature=0.7, seed=4, device=device)
     assert_token_logp_matches_reference(inp, "triton", temperature=0.7)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 6), st.integers(1, 70), st.sampled_from([16, 32]), st.integers(0, 2**16))
+def test_edge_shapes(device, monkeypatch, t, v, block, seed):
+    """Tiny and odd shapes: one token, a vocabulary of 1, a vocabulary smaller than the chunk."""
+    monkeypatch.setattr(kernels, "MAX_BLOCK_V", block)
+    inp = make_inputs(b=1, length=t, v=v, seed=seed, device=device)
+    assert_matches_reference(inp, "triton", beta=0.1, entropy_coef=0.01, dual_clip_c=3.0)
