@@ -14,6 +14,7 @@ gradient row is written as zeros).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -203,6 +204,11 @@ def _block_v(v: int) -> int:
     return min(MAX_BLOCK_V, triton.next_power_of_2(v))
 
 
+def _on_device(x: Tensor):
+    """Triton launches on the current CUDA device; make it the tensor's (a no-op on CPU)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def shard_stats(logits: Tensor, target: Tensor, weights: Tensor, temperature: float, vocab_start: int) -> Tensor:
     """This rank's per-token ``[T, 4]`` stats (m, s, q, x_t) in one pass over the logits, for
     forward-only uses (old/ref log-probs); merge them with ``combine_shard_stats``."""
@@ -212,11 +218,12 @@ def shard_stats(logits: Tensor, target: Tensor, weights: Tensor, temperature: fl
     stats = torch.empty(t, 4, dtype=torch.float32, device=logits.device)
     if t > 0:
         dummy = stats  # per-token objective inputs are not read without FUSE_EPILOGUE
-        _grpo_fwd_kernel[(t,)](
-            logits, logits.stride(0), target.contiguous(), weights.float().contiguous(), stats, dummy,
-            dummy, dummy, dummy, dummy, t, v, vocab_start, 1.0 / temperature, 0.0, 0.0, 0.0, 0.0, 0.0,
-            FUSE_EPILOGUE=False, HAS_REF=False, HAS_TIS=False, HAS_DUAL=False, KL_KIND=3,
-            BLOCK_V=_block_v(v), num_warps=8)
+        with _on_device(logits):
+            _grpo_fwd_kernel[(t,)](
+                logits, logits.stride(0), target.contiguous(), weights.float().contiguous(), stats, dummy,
+                dummy, dummy, dummy, dummy, t, v, vocab_start, 1.0 / temperature, 0.0, 0.0, 0.0, 0.0, 0.0,
+                FUSE_EPILOGUE=False, HAS_REF=False, HAS_TIS=False, HAS_DUAL=False, KL_KIND=3,
+                BLOCK_V=_block_v(v), num_warps=8)
     return stats
 
 
@@ -259,10 +266,11 @@ class _TritonGRPOLoss(torch.autograd.Function):
         t, v = logits.shape
         grad = torch.empty_like(logits)
         if t > 0:
-            _grpo_bwd_kernel[(t,)](
-                logits, logits.stride(0), grad, grad.stride(0), target, weights, out,
-                grad_loss.float().contiguous(), t, v, vocab_start, inv_temp, ent_coef,
-                HAS_ENTROPY_GRAD=ent_coef != 0.0, BLOCK_V=_block_v(v), num_warps=8)
+            with _on_device(logits):
+                _grpo_bwd_kernel[(t,)](
+                    logits, logits.stride(0), grad, grad.stride(0), target, weights, out,
+                    grad_loss.float().contiguous(), t, v, vocab_start, inv_temp, ent_coef,
+                    HAS_ENTROPY_GRAD=ent_coef != 0.0, BLOCK_V=_block_v(v), num_warps=8)
         return grad, None, None, None, None, None, None, None, None, None
 
 
@@ -288,9 +296,10 @@ def triton_grpo_loss(
     """Scalar weighted loss (autograd to ``logits``) and per-token results with the keys of
     :func:`r1hpc.algo.objective.token_objective`. Arguments as :func:`r1hpc.algo.grpo_loss`."""
     params = (float(temperature), eps_low, eps_high, dual_clip_c, beta, kl_kind, entropy_coef)
-    loss, out = _TritonGRPOLoss.apply(
-        logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
-        params, tp_group, int(vocab_start_index))
+    with _on_device(logits):
+        loss, out = _TritonGRPOLoss.apply(
+            logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
+            params, tp_group, int(vocab_start_index))
     flags = out[ROW_CLIP.value].to(torch.int32)
     return loss, {
         "loss": out[ROW_LOSS.value],
