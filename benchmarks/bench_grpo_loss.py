@@ -186,7 +186,7 @@ def main() -> None:
     if device == "cpu" and not args.smoke:
         p.error("no CUDA device: real figures need a GPU; use --smoke for the CPU plumbing check")
     shapes = [(64, 512)] if args.smoke else [(t, v) for t in args.T for v in args.V]
-    iters, warmup = (2, 1) if args.smoke else (args.iters, 3)
+    iters, warmup = (1, 1) if args.smoke else (args.iters, 3)
     name = device_name(device)
     peak_hbm = next((bw for key, bw in PEAK_HBM if key in name), None) if device == "cuda" else None
     rows = []
