@@ -1,0 +1,232 @@
+"""GRPO loss: the config, the aggregation weights, the fp32 reference and the one public entry
+point :func:`grpo_loss` that the trainer calls (dispatching to Triton or to chunked torch)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from r1hpc.algo.advantages import Estimator
+from r1hpc.algo.kl import KLKind
+from r1hpc.algo.objective import token_objective
+from r1hpc.algo.vocab_parallel import logp_entropy
+from r1hpc.config import ConfigError
+
+AggMode = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+Impl = Literal["auto", "triton", "torch"]
+IMPL_ENV = "R1HPC_GRPO_LOSS_IMPL"
+
+
+@dataclasses.dataclass
+class AlgoConfig:
+    """GRPO and its common variants. Defaults follow the R1 paper; DAPO sets eps_high=0.28,
+    loss_agg_mode='token-mean', beta=0, dynamic_sampling and overlong shaping; Dr.GRPO sets
+    advantage_estimator='drgrpo' and loss_agg_mode='seq-mean-token-sum-norm'."""
+
+    advantage_estimator: Estimator = "grpo"
+    adv_eps: float = 1e-6
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip_c: Optional[float] = None
+    beta: float = 0.001
+    kl_kind: KLKind = "k3"
+    kl_in_reward: bool = False
+    loss_agg_mode: AggMode = "seq-mean-token-mean"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    tis_cap: Optional[float] = None
+    dynamic_sampling: bool = False
+    max_response_len: int = 1024
+    overlong_buffer_len: int = 0
+    overlong_penalty: float = 1.0
+    impl: Impl = "auto"
+
+    def validate(self) -> None:
+        checks = [
+            (self.adv_eps > 0, "adv_eps must be > 0"),
+            (0.0 <= self.eps_low < 1.0, "eps_low must be in [0, 1)"),
+            (self.eps_high >= 0.0, "eps_high must be >= 0"),
+            (self.dual_clip_c is None or self.dual_clip_c > 1.0, "dual_clip_c must be > 1 (or null)"),
+            (self.beta >= 0.0, "beta must be >= 0"),
+            (self.entropy_coef >= 0.0, "entropy_coef must be >= 0 (it is a bonus)"),
+            (self.temperature > 0.0, "temperature must be > 0"),
+            (self.tis_cap is None or self.tis_cap > 0.0, "tis_cap must be > 0 (or null)"),
+            (self.max_response_len > 0, "max_response_len must be > 0"),
+            (0 <= self.overlong_buffer_len < self.max_response_len,
+             "overlong_buffer_len must be in [0, max_response_len)"),
+            (self.overlong_penalty >= 0.0, "overlong_penalty must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def loss_kwargs(self) -> dict:
+        """The keyword arguments of :func:`grpo_loss` this config fixes. With ``kl_in_reward`` the
+        KL already sits in the reward, so the loss gets beta = 0."""
+        return {
+            "temperature": self.temperature,
+            "eps_low": self.eps_low,
+            "eps_high": self.eps_high,
+            "dual_clip_c": self.dual_clip_c,
+            "beta": 0.0 if self.kl_in_reward else self.beta,
+            "kl_kind": self.kl_kind,
+            "entropy_coef": self.entropy_coef,
+            "impl": self.impl,
+        }
+
+
+def aggregation_weights(
+    mask: Tensor,
+    mode: AggMode,
+    max_len: Optional[int] = None,
+    *,
+    num_tokens: Optional[float] = None,
+    num_seqs: Optional[float] = None,
+) -> Tensor:
+    """fp32 weights ``[B, L]`` such that the batch loss is ``(per_token_loss * weights).sum()``.
+
+    - ``seq-mean-token-mean`` (R1 eq. 1): mean over each response's tokens, then over responses.
+    - ``token-mean`` (DAPO): sum over all tokens / number of tokens, so long responses are not
+      down-weighted.
+    - ``seq-mean-token-sum-norm`` (Dr.GRPO): sum over tokens / ``max_len`` (default L), then mean
+      over responses: a constant normaliser removes the length bias.
+
+    When one optimizer step spans several micro-batches or data-parallel ranks, pass the step's
+    global ``num_tokens`` / ``num_seqs`` so the per-micro-batch sums add up to the global mean.
+    """
+    m = mask.float()
+    seqs = float(m.shape[0]) if num_seqs is None else float(num_seqs)
+    if mode == "seq-mean-token-mean":
+        return m / (m.sum(dim=1, keepdim=True).clamp(min=1.0) * seqs)
+    if mode == "token-mean":
+        tokens = m.sum().clamp(min=1.0) if num_tokens is None else float(num_tokens)
+        return m / tokens
+    if mode == "seq-mean-token-sum-norm":
+        return m / (float(max_len if max_len is not None else m.shape[1]) * seqs)
+    raise ValueError(f"unknown loss_agg_mode {mode!r}")
+
+
+def grpo_token_loss_reference(
+    logits: Tensor,
+    target: Tensor,
+    old_logp: Tensor,
+    ref_logp: Optional[Tensor],
+    advantages: Tensor,
+    *,
+    temperature: float = 1.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip_c: Optional[float] = None,
+    beta: float = 0.0,
+    kl_kind: KLKind = "k3",
+    entropy_coef: float = 0.0,
+    tis_weight: Optional[Tensor] = None,
+    active: Optional[Tensor] = None,
+) -> dict[str, Tensor]:
+    """The fp32 reference every implementation is tested against: the plain full-vocabulary
+    ``log_softmax`` of ``logits [T, V]`` upcast to fp32, autograd for gradients. Returns per-token
+    ``loss, logp, entropy, kl, ratio, is_clipped_low/high/dual`` (all [T])."""
+    z = logits.float() / temperature
+    logprobs = torch.log_softmax(z, dim=-1)
+    logp = logprobs.gather(1, target.long()[:, None]).squeeze(1)
+    entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
+    if active is None:
+        active = torch.ones_like(logp, dtype=torch.bool)
+    return token_objective(
+        logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
+        eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta, kl_kind=kl_kind,
+        entropy_coef=entropy_coef,
+    )
+
+
+def resolve_impl(impl: Impl, logits: Tensor) -> str:
+    """Explicit 'triton'/'torch' wins; 'auto' follows $R1HPC_GRPO_LOSS_IMPL, else Triton on CUDA."""
+    if impl == "auto":
+        impl = os.environ.get(IMPL_ENV, "") or ("triton" if logits.is_cuda else "torch")
+    if impl not in ("triton", "torch"):
+        raise ValueError(f"grpo_loss impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("grpo_loss impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"the kernels are imported); use impl='torch' on {logits.device}")
+    return impl
+
+
+def loss_metrics(tok: dict[str, Tensor], active: Tensor) -> dict[str, Tensor]:
+    """Detached metrics: per-token logp/entropy/kl/ratio (0 where weight is 0) and scalars over
+    the tokens with weight != 0, as 0-d tensors (no host sync)."""
+    n = active.sum().clamp(min=1).float()
+    per_token = {k: torch.where(active, tok[k].detach(), 0.0) for k in ("logp", "entropy", "kl", "ratio")}
+
+    def mean(x: Tensor) -> Tensor:
+        return (x.float() * active).sum() / n
+
+    ratio = tok["ratio"].detach()
+    big = torch.finfo(torch.float32).max
+    return {
+        **per_token,
+        "clipfrac_low": mean(tok["is_clipped_low"]),
+        "clipfrac_high": mean(tok["is_clipped_high"]),
+        "clipfrac_dual": mean(tok["is_clipped_dual"]),
+        "ratio_mean": mean(ratio),
+        "ratio_max": torch.where(active, ratio, -big).max() if ratio.numel() else ratio.sum(),
+        "ratio_min": torch.where(active, ratio, big).min() if ratio.numel() else ratio.sum(),
+        "entropy_mean": mean(per_token["entropy"]),
+        "kl_mean": mean(per_token["kl"]),
+    }
+
+
+def grpo_loss(
+    logits: Tensor,
+    target: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    *,
+    ref_logp: Optional[Tensor] = None,
+    tis_weight: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip_c: Optional[float] = None,
+    beta: float = 0.0,
+    kl_kind: KLKind = "k3",
+    entropy_coef: float = 0.0,
+    tp_group: Optional[dist.ProcessGroup] = None,
+    vocab_start_index: int = 0,
+    impl: Impl = "auto",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar ``sum_t weights_t * loss_t`` with autograd to ``logits``, and detached metrics.
+
+    ``logits [T, V_local]`` (bf16/fp16/fp32; this rank's vocab shard starting at
+    ``vocab_start_index`` when ``tp_group`` has > 1 rank), ``target [T]`` global token ids,
+    ``old_logp, advantages, weights [T]`` (weights from :func:`aggregation_weights`, flattened:
+    mask and aggregation in one; weight-0 tokens are skipped and get zero gradient),
+    ``ref_logp [T]`` (needed for the KL term and metric), ``tis_weight [T]`` (truncated IS).
+    The gradient is returned in the logits dtype; no fp32 [T, V] tensor is built on either path.
+    With ``tp_group`` every rank must pass the same per-token inputs and gets the same (full)
+    loss back: backpropagate it on every rank, do not sum it over the group.
+    """
+    active = weights != 0
+    kwargs = dict(
+        ref_logp=ref_logp, tis_weight=tis_weight, eps_low=eps_low, eps_high=eps_high,
+        dual_clip_c=dual_clip_c, beta=beta, kl_kind=kl_kind, entropy_coef=entropy_coef,
+    )
+    if resolve_impl(impl, logits) == "triton":
+        from r1hpc.triton_kernels.grpo_loss import triton_grpo_loss
+
+        loss, tok = triton_grpo_loss(
+            logits, target, old_logp, advantages, weights, temperature=temperature,
+            tp_group=tp_group, vocab_start_index=vocab_start_index, **kwargs,
+        )
+    else:
+        logp, entropy = logp_entropy(
+            logits, target, active, temperature=temperature,
+            vocab_start_index=vocab_start_index, tp_group=tp_group,
+        )
+        tok = token_objective(logp, entropy, old_logp, advantages, active, **kwargs)
+        loss = (tok["loss"] * weights.float()).sum()
+    return loss, loss_metrics(tok, active)

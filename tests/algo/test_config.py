@@ -1,0 +1,37 @@
+import pytest
+
+from r1hpc.algo import AlgoConfig
+from r1hpc.config import ConfigError, from_dict
+
+
+def test_defaults_valid_and_dapo_overrides():
+    AlgoConfig().validate()
+    cfg = from_dict(AlgoConfig, {"eps_high": 0.28, "loss_agg_mode": "token-mean", "beta": 0,
+                                 "dynamic_sampling": True, "overlong_buffer_len": 256,
+                                 "max_response_len": 4096})
+    assert cfg.eps_high == 0.28 and cfg.beta == 0.0 and cfg.loss_agg_mode == "token-mean"
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"eps_low": 1.0}, "eps_low"),
+        ({"eps_high": -0.1}, "eps_high"),
+        ({"dual_clip_c": 1.0}, "dual_clip_c"),
+        ({"beta": -1.0}, "beta"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"tis_cap": 0.0}, "tis_cap"),
+        ({"entropy_coef": -0.01}, "entropy_coef"),
+        ({"overlong_buffer_len": 2048, "max_response_len": 1024}, "overlong_buffer_len"),
+        ({"loss_agg_mode": "sum"}, "loss_agg_mode"),
+        ({"kl_kind": "k4"}, "kl_kind"),
+    ],
+)
+def test_validate_rejects(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(AlgoConfig, bad)
+
+
+def test_loss_kwargs_moves_kl_to_reward():
+    assert AlgoConfig(beta=0.1).loss_kwargs()["beta"] == 0.1
+    assert AlgoConfig(beta=0.1, kl_in_reward=True).loss_kwargs()["beta"] == 0.0

@@ -1,0 +1,79 @@
+"""The chunked, vocab-parallel torch path of grpo_loss against the fp32 reference."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import torch
+
+from r1hpc.algo import grpo_loss, loss as loss_mod, vocab_parallel
+from tests.algo.dist_utils import run_gloo
+from tests.algo.harness import assert_matches_reference, assert_token_logp_matches_reference, make_inputs, tp_check
+
+AGG = ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+OPTIONS = [  # (entropy_coef, beta, dual_clip_c, kl_kind)
+    (0.0, 0.0, None, "k3"),
+    (0.01, 0.1, 3.0, "k3"),
+    (0.01, 0.0, None, "k1"),
+    (0.0, 0.1, 3.0, "k2"),
+]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """About 5 tokens per chunk, so every test crosses several chunks."""
+    monkeypatch.setattr(vocab_parallel, "CHUNK_BYTES", 5 * 4 * 300)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("agg, temperature", [(AGG[0], 1.0), (AGG[1], 0.7), (AGG[2], 1.3)])
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_torch_path_matches_reference(dtype, agg, temperature, opts):
+    ent, beta, dual, kl_kind = opts
+    inp = make_inputs(dtype=dtype, temperature=temperature, agg=agg, seed=10 * AGG.index(agg) + OPTIONS.index(opts))
+    assert_matches_reference(inp, "torch", temperature=temperature, eps_low=0.2, eps_high=0.28,
+                             dual_clip_c=dual, beta=beta, kl_kind=kl_kind, entropy_coef=ent)
+
+
+def test_without_ref_and_tis():
+    inp = make_inputs(seed=3)
+    inp["ref_logp"] = inp["tis_weight"] = None
+    assert_matches_reference(inp, "torch", entropy_coef=0.02)
+
+
+def test_empty_batch():
+    loss, metrics = grpo_loss(torch.zeros(0, 7, requires_grad=True), torch.zeros(0, dtype=torch.long),
+                              torch.zeros(0), torch.zeros(0), torch.zeros(0), impl="torch")
+    assert loss.item() == 0.0 and metrics["clipfrac_low"].item() == 0.0
+
+
+def test_impl_resolution(monkeypatch):
+    x = torch.zeros(2, 3)
+    monkeypatch.delenv(loss_mod.IMPL_ENV, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert loss_mod.resolve_impl("auto", x) == "torch"
+    monkeypatch.setenv(loss_mod.IMPL_ENV, "triton")
+    assert loss_mod.resolve_impl("auto", x) == "triton"
+    assert loss_mod.resolve_impl("torch", x) == "torch"  # an explicit choice wins
+    with pytest.raises(ValueError):
+        loss_mod.resolve_impl("cuda", x)  # type: ignore[arg-type]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="needs CUDA"):
+        loss_mod.resolve_impl("triton", x)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vocab_parallel_tp2_torch(dtype):
+    run_gloo(tp_check, "torch", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logp_torch(dtype):
+    assert_token_logp_matches_reference(make_inputs(dtype=dtype, temperature=0.7, seed=4), "torch", temperature=0.7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 70), st.integers(0, 2**16))
+def test_edge_shapes(t, v, seed):
+    """Tiny and odd shapes: one token, a vocabulary of 1."""
+    inp = make_inputs(b=1, length=t, v=v, seed=seed)
+    assert_matches_reference(inp, "torch", beta=0.1, entropy_coef=0.01, dual_clip_c=3.0)
