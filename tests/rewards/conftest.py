@@ -1,0 +1,18 @@
+"""Shared fixtures: one math verifier pool for the whole session (workers start once)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from r1hpc.rewards.math import math_pool
+
+
+@pytest.fixture(scope="session")
+def pool():
+    with math_pool(2) as p:
+        yield p
+
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed; "
+                                 "run scripts/install_system_deps.sh as root")
