@@ -113,7 +113,8 @@ class WorkerPool:
     def map(self, fn: Callable, args: Sequence[tuple], *, timeout_s: float, deadline: float | None = None) -> list[TaskResult]:
         """Run ``fn(*a)`` for every ``a`` in ``args``: each task gets ``timeout_s`` of wall clock
         from the moment a ready worker takes it; ``deadline`` (a ``time.monotonic()`` value) bounds
-        the whole call. A task past either limit is "timeout" and its worker is replaced."""
+        the whole call. A task past either limit is "timeout" (counted in ``timeouts``, whether it
+        had started or not) and the worker running it is replaced."""
         if self._closed:
             raise RuntimeError("WorkerPool is closed")
         results: list[TaskResult | None] = [None] * len(args)
@@ -126,6 +127,7 @@ class WorkerPool:
                 if deadline is not None and now >= deadline:
                     for i in pending:
                         results[i] = TaskResult("timeout")
+                    self.timeouts += len(pending)
                     pending.clear()
                 for w in list(self._workers):
                     if w.task is not None and (now >= w.deadline or (deadline is not None and now >= deadline)):
