@@ -110,6 +110,25 @@ class WorkerPool:
         w.kill()
         self._workers[self._workers.index(w)] = self._spawn()
 
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start every worker now and wait until each has finished importing (optional: ``map``
+        starts them lazily)."""
+        if self._closed:
+            raise RuntimeError("WorkerPool is closed")
+        end = time.monotonic() + timeout_s
+        with self._lock:
+            self._fill()
+            while not all(w.ready for w in self._workers):
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"reward workers not ready after {timeout_s} s")
+                for conn in wait([w.conn for w in self._workers if not w.ready], timeout=left):
+                    self._receive(next(x for x in self._workers if x.conn is conn), [])
+
+    def _fill(self) -> None:
+        while len(self._workers) < self.size:
+            self._workers.append(self._spawn())
+
     def map(self, fn: Callable, args: Sequence[tuple], *, timeout_s: float, deadline: float | None = None) -> list[TaskResult]:
         """Run ``fn(*a)`` for every ``a`` in ``args``: each task gets ``timeout_s`` of wall clock
         from the moment a ready worker takes it; ``deadline`` (a ``time.monotonic()`` value) bounds
@@ -119,8 +138,7 @@ class WorkerPool:
             raise RuntimeError("WorkerPool is closed")
         results: list[TaskResult | None] = [None] * len(args)
         with self._lock:
-            while len(self._workers) < self.size:
-                self._workers.append(self._spawn())
+            self._fill()
             pending = list(range(len(args)))[::-1]
             while pending or any(w.task is not None for w in self._workers):
                 now = time.monotonic()
