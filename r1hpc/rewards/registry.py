@@ -91,6 +91,13 @@ class RewardsConfig:
         self.format.validate()
 
 
+def _extra(problem: Problem, key: str):
+    try:
+        return problem.extra[key]
+    except KeyError:
+        raise ValueError(f"problem {problem.id!r} (data_source {problem.data_source!r}) lacks extra[{key!r}]") from None
+
+
 class RewardScorer:
     """Scores a rollout batch; owns the verifier process pool (a context manager; ``close()``).
 
@@ -162,7 +169,7 @@ class RewardScorer:
         if name == "code":
             return self._code(items, problems, deadline)
         if name == "countdown":
-            return [countdown_reward(x, problems[i].extra["numbers"], problems[i].extra["target"],
+            return [countdown_reward(x, _extra(problems[i], "numbers"), _extra(problems[i], "target"),
                                      exact_use=cfg.countdown_exact_use) for i, _, x in items]
         if name == "format":
             return [format_reward(x, partial=cfg.format.partial, starts_in_think=cfg.format.starts_in_think)
@@ -176,7 +183,7 @@ class RewardScorer:
     def _code(self, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem], deadline: float) -> list[float]:
         cfg = self.config.code
         ex = ThreadPoolExecutor(max_workers=self.workers)
-        futures = [ex.submit(code_reward, x, problems[i].extra["tests"], entry_point=problems[i].extra.get("entry_point"),
+        futures = [ex.submit(code_reward, x, _extra(problems[i], "tests"), entry_point=problems[i].extra.get("entry_point"),
                              timeout_s=max(0.1, min(cfg.timeout_s, deadline - time.monotonic())), config=cfg)
                    for i, _, x in items]
         wait(futures, timeout=max(0.0, deadline - time.monotonic()))

@@ -12,6 +12,7 @@ Layers, outermost first (see docs/rewards.md for what holds where):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -72,6 +73,22 @@ class SandboxConfig:
 _warned = False
 
 
+@functools.lru_cache(maxsize=None)
+def _bwrap_usable() -> bool:
+    """bwrap is installed and may create namespaces here (a cluster may forbid user namespaces)."""
+    if shutil.which("bwrap") is None:
+        return False
+    try:
+        probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("bubblewrap probe failed: %s", e)
+        return False
+    if probe.returncode != 0:
+        log.warning("bubblewrap is installed but cannot sandbox here: %s", probe.stderr.strip()[:300])
+    return probe.returncode == 0
+
+
 def _interpreter(cfg: SandboxConfig) -> str:
     if cfg.python:
         return cfg.python
@@ -82,14 +99,14 @@ def _use_bwrap(cfg: SandboxConfig) -> bool:
     global _warned
     if cfg.isolation == "none":
         return False
-    if shutil.which("bwrap"):
+    if _bwrap_usable():
         return True
     if cfg.isolation == "bwrap":
-        raise RuntimeError("bubblewrap (bwrap) is not installed; install it or set isolation='none'")
+        raise RuntimeError("bubblewrap (bwrap) is missing or cannot create namespaces here; fix that or set isolation='none'")
     if not _warned:
         _warned = True
-        log.warning("bubblewrap (bwrap) not found: sandboxed code runs WITHOUT network, filesystem or "
-                    "PID isolation (rlimits and a session only). Install bubblewrap.")
+        log.warning("bubblewrap unusable: sandboxed code runs WITHOUT network, filesystem or PID isolation "
+                    "(rlimits, a session and, as root, a throwaway uid only). Install bubblewrap.")
     return False
 
 

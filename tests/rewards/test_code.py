@@ -62,3 +62,16 @@ def test_code_config_validation():
         CodeConfig(speed_bonus=2).validate()
     with pytest.raises(ConfigError):
         CodeConfig(sandbox=SandboxConfig(max_processes=0)).validate()
+
+
+def test_missing_bwrap_falls_back_with_a_warning(monkeypatch, caplog):
+    from r1hpc.rewards import sandbox
+
+    monkeypatch.setattr(sandbox, "_bwrap_usable", lambda: False)
+    monkeypatch.setattr(sandbox, "_warned", False)
+    with caplog.at_level("WARNING", logger="r1hpc.rewards.sandbox"):
+        r = sandbox.run_python("print(6 * 7)")
+    assert r.status == "ok" and r.stdout == "42\n"
+    assert "WITHOUT network" in caplog.text
+    with pytest.raises(RuntimeError, match="bubblewrap"):
+        sandbox.run_python("print(1)", config=SandboxConfig(isolation="bwrap"))

@@ -89,3 +89,8 @@ def test_config_from_dict_and_errors():
 def test_unknown_data_source_is_a_clear_error(scorer):
     with pytest.raises(ValueError, match="no rewards configured for data_source 'poetry'"):
         scorer.score_batch(["x"], [_p("poetry")])
+
+
+def test_missing_problem_extra_is_a_clear_error(scorer):
+    with pytest.raises(ValueError, match=r"lacks extra\['numbers'\]"):
+        scorer.score_batch(["<answer>1</answer>"], [_p("countdown")])
