@@ -41,7 +41,9 @@ class MathConfig:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
 
 
-def _spray_key(answer: str) -> object:
+def _spray_key(answer: str, cap: int) -> object:
+    if len(answer) > cap:
+        return answer  # too long to normalise cheaply; it differs from any capped answer anyway
     num = plain_number(answer)
     return num if num is not None else canonical(answer)
 
@@ -52,7 +54,7 @@ def prepare(response: str, gold: str, cfg: MathConfig) -> float | tuple[str, str
     pred = ext.answer
     if pred is None or len(pred) > cfg.max_answer_chars:
         return 0.0
-    if len({_spray_key(b) for b in ext.boxed}) > 1:
+    if len({_spray_key(b, cfg.max_answer_chars) for b in ext.boxed}) > 1:
         return 0.0  # several different boxed answers: spraying earns nothing
     gold = gold.strip()
     if canonical(pred) == canonical(gold):

@@ -95,6 +95,8 @@ def test_no_answer_and_oversized_inputs(pool):
     t0 = time.monotonic()
     assert math_reward(huge, "7", pool=pool) == 1.0
     assert math_reward("{" * 500_000 + r"\boxed{7}", "7", pool=pool) == 1.0
+    assert math_reward(r"\boxed{" + "1" * 150_000 + "x} then " + r"\boxed{7}", "7", pool=pool) == 0.0
+    assert math_reward(r"\boxed{" + "9" * 150_000 + "}", "9", pool=pool) == 0.0
     assert time.monotonic() - t0 < 30  # linear-time extraction; a correctness bound, not a benchmark
 
 
