@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Literal
 
@@ -34,6 +35,8 @@ STATUSES = ("ok", "error", "timeout", "memory", "output_limit")
 _SANDBOX_DIR = "/tmp/work"  # the working dir as the program sees it under bubblewrap
 _MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc")
 _UID_RANGE = (200_000, 299_999)
+_uids_in_use: set[int] = set()
+_uid_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +77,7 @@ _warned = False
 
 
 @functools.lru_cache(maxsize=None)
-def _bwrap_usable() -> bool:
+def bwrap_usable() -> bool:
     """bwrap is installed and may create namespaces here (a cluster may forbid user namespaces)."""
     if shutil.which("bwrap") is None:
         return False
@@ -99,7 +102,7 @@ def _use_bwrap(cfg: SandboxConfig) -> bool:
     global _warned
     if cfg.isolation == "none":
         return False
-    if _bwrap_usable():
+    if bwrap_usable():
         return True
     if cfg.isolation == "bwrap":
         raise RuntimeError("bubblewrap (bwrap) is missing or cannot create namespaces here; fix that or set isolation='none'")
@@ -155,6 +158,18 @@ def _preexec(limits: dict[int, int]):
     return apply
 
 
+def _take_uid() -> int | None:
+    """A throwaway uid no other run of this process holds (only as root, with setpriv)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    with _uid_lock:
+        uid = random.randint(*_UID_RANGE)
+        while uid in _uids_in_use:
+            uid = random.randint(*_UID_RANGE)
+        _uids_in_use.add(uid)
+        return uid
+
+
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process whose real uid is the run's throwaway uid (escaped daemons)."""
     for pid in os.listdir("/proc"):
@@ -177,7 +192,7 @@ def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb
     cfg = config or SandboxConfig()
     bwrap = _use_bwrap(cfg)
     limits = _limits(timeout_s, memory_mb, cfg)
-    uid = random.randint(*_UID_RANGE) if os.geteuid() == 0 and shutil.which("setpriv") else None
+    uid = _take_uid()
     workdir = tempfile.mkdtemp(prefix="r1hpc-sbx-")
     try:
         with open(os.path.join(workdir, "main.py"), "w") as f:
@@ -193,6 +208,7 @@ def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb
         return _execute(cmd, workdir, env, stdin.encode(), timeout_s, uid, preexec, cfg)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        _uids_in_use.discard(uid)
 
 
 def _execute(cmd: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeout_s: float, uid: int | None,

@@ -1,11 +1,10 @@
 """Shared fixtures: one math verifier pool for the whole session (workers start once)."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from r1hpc.rewards.math import math_pool
+from r1hpc.rewards.sandbox import bwrap_usable
 
 
 @pytest.fixture(scope="session")
@@ -15,5 +14,5 @@ def pool():
         yield p
 
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed; "
-                                 "run scripts/install_system_deps.sh as root")
+needs_bwrap = pytest.mark.skipif(not bwrap_usable(), reason="bubblewrap (bwrap) is not installed or cannot create "
+                                 "namespaces here; run scripts/install_system_deps.sh as root")

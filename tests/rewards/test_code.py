@@ -67,7 +67,7 @@ def test_code_config_validation():
 def test_missing_bwrap_falls_back_with_a_warning(monkeypatch, caplog):
     from r1hpc.rewards import sandbox
 
-    monkeypatch.setattr(sandbox, "_bwrap_usable", lambda: False)
+    monkeypatch.setattr(sandbox, "bwrap_usable", lambda: False)
     monkeypatch.setattr(sandbox, "_warned", False)
     with caplog.at_level("WARNING", logger="r1hpc.rewards.sandbox"):
         r = sandbox.run_python("print(6 * 7)")
