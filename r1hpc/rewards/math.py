@@ -61,7 +61,9 @@ def prepare(response: str, gold: str, cfg: MathConfig) -> float | tuple[str, str
         return 1.0
     g, p = plain_number(gold), plain_number(pred)
     if g is not None and p is not None:
-        return float(numbers_equal(g, p))
+        same = numbers_equal(g, p)
+        if same is not None:
+            return float(same)
     return gold, pred
 
 

@@ -67,9 +67,23 @@ def _is_unit(unit: str | None) -> bool:
     return unit[0].isspace() or words[0].lower() in _GLUED_UNITS
 
 
-def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
-    """Exact equality; a percentage also matches its fraction (50% == 50 == 0.5)."""
+def _terminates(x: Fraction) -> bool:
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool | None:
+    """Exact equality; a percentage also matches its fraction (50% == 50 == 0.5). None (undecided)
+    when they differ and one has no finite decimal expansion: whether 0.333333 counts as 1/3 is
+    left to math-verify's rounding rule, so both paths agree."""
     def values(x: tuple[Fraction, bool]) -> set[Fraction]:
         return {x[0], x[0] / 100} if x[1] else {x[0]}
 
-    return bool(values(a) & values(b))
+    if values(a) & values(b):
+        return True
+    if all(_terminates(v) for v in values(a) | values(b)):
+        return False
+    return None

@@ -2,10 +2,10 @@ import time
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from r1hpc.config import ConfigError
-from r1hpc.rewards.math import MathConfig, math_reward, math_reward_batch, prepare
+from r1hpc.rewards.math import MathConfig, math_reward, math_reward_batch, prepare, verify_pair
 from r1hpc.rewards.normalize import plain_number
 
 # (gold, predicted answer, equivalent?)
@@ -20,7 +20,8 @@ CASES = [
     # fractions
     ("1/2", "0.5", True), (r"\frac{1}{2}", "0.5", True), (r"\frac{1}{2}", r"\dfrac{1}{2}", True),
     (r"\frac{1}{2}", r"\tfrac12", True), (r"\frac{2}{4}", r"\frac{1}{2}", True), (r"-\frac{3}{4}", "-0.75", True),
-    (r"\frac{-3}{4}", "-3/4", True), (r"\frac{1}{3}", "0.333", False), (r"\frac{1}{2}", r"\frac{1}{3}", False),
+    (r"\frac{-3}{4}", "-3/4", True), (r"\frac{1}{3}", "0.333", False), (r"\frac{1}{3}", "0.333333", True),
+    ("2/3", "0.666667", True), ("2/3", "0.6667", False), (r"\frac{1}{2}", r"\frac{1}{3}", False),
     ("3/4", "6/8", True), ("7/2", "3.5", True), ("7/2", "2/7", False),
     # percentages
     ("50", r"50\%", True), (r"50\%", "50", True), (r"50\%", "0.5", True), ("25%", "25", True),
@@ -79,6 +80,7 @@ def test_plain_numbers_never_reach_the_pool():
     for resp, gold in [(r"\boxed{1,000}", "1000"), (r"\boxed{\frac{1}{2}}", "0.5"), (r"\boxed{7}", "8"), ("<answer>12</answer>", "12")]:
         assert not isinstance(prepare(resp, gold, cfg), tuple)
     assert isinstance(prepare(r"\boxed{\sqrt{4}}", "2", cfg), tuple)
+    assert isinstance(prepare(r"\boxed{0.333333}", "1/3", cfg), tuple)  # math-verify's rounding rule decides
 
 
 def test_spraying_earns_nothing(pool):
@@ -134,3 +136,22 @@ def test_fast_path_fractions_roundtrip(f):
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-10**6, max_value=10**6))
 def test_fast_path_decimals_exact(d):
     assert plain_number(str(d))[0] == Fraction(d)
+
+
+def _written(value: Fraction, style: int) -> str:
+    if style == 0 or value.denominator == 1:
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    if style == 1:
+        sign = "-" if value < 0 else ""
+        return rf"{sign}\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
+    return f"{float(value):.6f}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.fractions(min_value=-1000, max_value=1000, max_denominator=12), st.fractions(min_value=-1000, max_value=1000, max_denominator=12),
+       st.integers(0, 2), st.integers(0, 2), st.booleans())
+def test_fast_path_agrees_with_math_verify(a, b, style_a, style_b, same):
+    gold, pred = _written(a, style_a), _written(a if same else b, style_b)
+    decided = prepare(rf"\boxed{{{pred}}}", gold, MathConfig())
+    if not isinstance(decided, tuple):
+        assert decided == float(verify_pair(gold, pred)), (gold, pred)
