@@ -25,6 +25,7 @@ from r1hpc.rewards.spans import select_span
 TERM_KEYS = {"math": "accuracy", "code": "accuracy", "countdown": "accuracy", "format": "format",
              "language": "language", "reward_model": "reward_model", "judge": "judge"}
 MODEL_TERMS = ("reward_model", "judge")
+WHOLE_RESPONSE_TERMS = ("math", "countdown", "format")
 
 
 @dataclasses.dataclass
@@ -79,6 +80,9 @@ class RewardsConfig:
             for t in terms:
                 if t.name not in TERM_KEYS:
                     raise ConfigError(f"sources.{source}: unknown reward {t.name!r}; known: {', '.join(TERM_KEYS)}")
+                if t.name in WHOLE_RESPONSE_TERMS and t.span != "all":
+                    raise ConfigError(f"sources.{source}: {t.name!r} finds its own answer in the whole response; "
+                                      f"span must be 'all', got {t.span!r}")
                 if t.out_key in keys or t.out_key == "total":
                     raise ConfigError(f"sources.{source}: key {t.out_key!r} used twice (or reserved); set 'key'")
                 keys.add(t.out_key)

@@ -80,6 +80,8 @@ def test_config_from_dict_and_errors():
         from_dict(RewardsConfig, {"sources": {"x": [{"name": "magic"}]}})
     with pytest.raises(ConfigError, match="used twice"):
         from_dict(RewardsConfig, {"sources": {"x": [{"name": "math"}, {"name": "code"}]}})
+    with pytest.raises(ConfigError, match="span must be 'all'"):
+        from_dict(RewardsConfig, {"sources": {"x": [{"name": "math", "span": "answer"}]}})
     with pytest.raises(ConfigError, match="language"):
         from_dict(RewardsConfig, {"language": "klingon"})
     with pytest.raises(ConfigError, match="needs models"):
