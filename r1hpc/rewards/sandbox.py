@@ -261,6 +261,11 @@ def _execute(cmd: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeou
                     break
             if overflow:
                 break
+        if not (timed_out or overflow) and exited_at is None:
+            try:  # the program closed its pipes but may still be running
+                proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                timed_out = True
     finally:
         sel.close()
         _kill_group(proc, uid)

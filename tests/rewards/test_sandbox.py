@@ -45,6 +45,11 @@ def test_infinite_loop_times_out():
     assert r.status == "timeout" and r.wall_s < 3
 
 
+def test_closing_its_pipes_does_not_end_the_run_early():
+    r = run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(0.5)\nwhile True: pass", timeout_s=1.5)
+    assert r.status == "timeout" and r.wall_s >= 1.4
+
+
 def test_sigterm_ignored_still_killed():
     marker = _marker()
     code = f"import signal, subprocess\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsubprocess.run(['sleep', '{marker}'])"
