@@ -80,6 +80,12 @@ def bench_math() -> dict:
             scores = math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
             out[f"ours_{name}_per_s"] = rate(len(pairs), time.perf_counter() - t)
             out[f"ours_{name}_correct"] = int(sum(scores))
+    with math_pool(1) as pool:  # how the pool scales with workers on this machine
+        pool.start()
+        pairs = latex(500)
+        t = time.perf_counter()
+        math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
+        out["ours_latex_1worker_per_s"] = rate(len(pairs), time.perf_counter() - t)
     logging.disable(logging.CRITICAL)
     for i, (name, make) in enumerate(RUNS.items()):
         pairs = make(100 * i + 1000)
