@@ -136,6 +136,8 @@ class WorkerPool:
         had started or not) and the worker running it is replaced."""
         if self._closed:
             raise RuntimeError("WorkerPool is closed")
+        if not args:
+            return []
         results: list[TaskResult | None] = [None] * len(args)
         with self._lock:
             self._fill()
@@ -152,11 +154,16 @@ class WorkerPool:
                         results[w.task] = TaskResult("timeout")
                         self.timeouts += 1
                         self._replace(w)
-                for w in self._workers:
+                for w in list(self._workers):
                     if w.ready and w.task is None and pending:
                         w.task = pending.pop()
                         w.deadline = now + timeout_s
-                        w.conn.send((fn, args[w.task]))
+                        try:
+                            w.conn.send((fn, args[w.task]))
+                        except OSError:  # died while idle: retry the task on a fresh worker
+                            pending.append(w.task)
+                            self.crashes += 1
+                            self._replace(w)
                 if not pending and all(w.task is None for w in self._workers):
                     break
                 waits = [w.deadline for w in self._workers if w.task is not None]
