@@ -170,20 +170,35 @@ def _take_uid() -> int | None:
         return uid
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is the run's throwaway uid (escaped daemons)."""
+def _live_pids(uid: int) -> list[int]:
+    """Processes (zombies aside) whose real uid is ``uid``."""
+    pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            os.kill(int(pid), signal.SIGKILL)
-                        break
-        except (OSError, ValueError):
+                fields = dict(line.split(":", 1) for line in f if line.startswith(("State:", "Uid:")))
+            if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in ("Z", "X"):
+                pids.append(int(pid))
+        except (OSError, ValueError, KeyError):
             continue
+    return pids
+
+
+def _kill_uid(uid: int, patience_s: float = 2.0) -> None:
+    """SIGKILL every process of the run's throwaway uid (escaped daemons included) and wait until
+    they are gone, so nothing of the run is left when ``run_python`` returns."""
+    end = time.monotonic() + patience_s
+    while (pids := _live_pids(uid)) and time.monotonic() < end:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    if pids:
+        log.warning("sandbox uid %d still has processes %s after SIGKILL", uid, pids)
 
 
 def run_python(code: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = 1024,
