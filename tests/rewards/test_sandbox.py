@@ -3,7 +3,6 @@ and touches nothing outside the run's own temp dir."""
 import os
 import random
 import socket
-import time
 
 import pytest
 
