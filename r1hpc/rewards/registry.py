@@ -44,6 +44,10 @@ class RewardTerm:
     def out_key(self) -> str:
         return self.key or TERM_KEYS[self.name]
 
+    @property
+    def model_name(self) -> str:
+        return self.model or self.out_key
+
 
 def _terms(accuracy: str, format_weight: float = 0.1) -> list[RewardTerm]:
     return [RewardTerm(accuracy), RewardTerm("format", format_weight)]
@@ -117,8 +121,8 @@ class RewardScorer:
         self.models = dict(models or {})
         for source, terms in self.config.sources.items():
             for t in terms:
-                if t.name in MODEL_TERMS and (t.model or t.out_key) not in self.models:
-                    raise ConfigError(f"sources.{source}: term {t.name!r} needs models[{(t.model or t.out_key)!r}]")
+                if t.name in MODEL_TERMS and t.model_name not in self.models:
+                    raise ConfigError(f"sources.{source}: term {t.name!r} needs models[{t.model_name!r}]")
         self.workers = self.config.workers or os.cpu_count() or 1
         self.pool = math_pool(self.workers)
         self.code_timeouts = 0
@@ -205,7 +209,7 @@ class RewardScorer:
         out: list[float] = [0.0] * len(items)
         by_model: dict[str, list[int]] = {}
         for j, (_, t, _) in enumerate(items):
-            by_model.setdefault(t.model or t.out_key, []).append(j)
+            by_model.setdefault(t.model_name, []).append(j)
         for name, idx in by_model.items():
             fn = as_score_fn(self.models[name])
             values = fn([problems[items[j][0]].question for j in idx], [items[j][2] for j in idx])
@@ -216,7 +220,7 @@ class RewardScorer:
     def _judge(self, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem]) -> list[float]:
         out = []
         for i, t, x in items:
-            judge = self.models[t.model or t.out_key]
+            judge = self.models[t.model_name]
             judge = judge if isinstance(judge, JudgeReward) else JudgeReward(judge)
             out.append(judge(problems[i].question, problems[i].answer, x))
         return out
