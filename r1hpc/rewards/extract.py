@@ -12,7 +12,7 @@ import re
 FALLBACKS = ("answer_is", "gsm8k_hash", "last_number")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
-_ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:)\s*:?", re.I)
+_ANSWER_IS_RE = re.compile(r"answer\s*(?:is\b|:)\s*:?", re.I)
 _HASH_RE = re.compile(r"####")
 NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|[+-]?\.\d+")
 

@@ -26,6 +26,7 @@ def test_fallbacks_are_opt_in_and_ordered():
     assert extract_answer(text, ("last_number",)).answer == "5"
     assert extract_answer("work\n#### 1,234", ("gsm8k_hash",)).answer == "1,234"
     assert extract_answer(r"the answer is $\frac{1}{2}$.", ("answer_is",)).answer == r"\frac{1}{2}"
+    assert extract_answer("the answer isn't obvious", ("answer_is",)).answer is None
 
 
 def test_unknown_fallback_is_a_clear_error():
