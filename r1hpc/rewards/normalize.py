@@ -1,0 +1,89 @@
+"""Cheap, bounded answer normalisation and the exact fast path for plain numbers.
+
+A training step scores hundreds of arithmetic answers; comparing "1,000", "1000.0", "\\frac{2}{4}"
+or "50\\%" needs no sympy. Only linear regexes on length-capped text run here, in-process; anything
+that is not a plain number goes to the verifier pool (see ``r1hpc.rewards.math``).
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf|operatorname)\s*\{([^{}]*)\}")
+_SPACING = re.compile(r"\\[!,;: ]|\\left|\\right|~")
+_DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\circ|\\degree")
+_LHS = re.compile(r"^[a-zA-Z]\s*=\s*(?=[^=]+$)")
+_NUM = r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+"
+_PLAIN = re.compile(rf"^(?P<num>{_NUM})(?:\s*/\s*(?P<den>\d+))?(?:\s*(?P<pct>%))?(?P<unit>\s*[a-zA-Z][a-zA-Z .]*)?$")
+# Words after a number that are units, not mathematics ("2 pi" is not 2). Glued to the number only
+# known units count ("5cm" is 5, "5ab" is not).
+_MATH_WORDS = frozenset("pi sqrt ln log sin cos tan cot sec csc exp infty inf i e".split())
+_GLUED_UNITS = frozenset("cm mm km kg mg lb lbs ft mph ml hr hrs min sec".split())
+_FRAC = re.compile(r"^(?P<sign>[+-]?)\\frac\s*(?:\{\s*(?P<a>[+-]?\d+)\s*\}|(?P<a1>\d))\s*(?:\{\s*(?P<b>\d+)\s*\}|(?P<b1>\d))\s*(?P<pct>%)?$")
+
+
+def canonical(answer: str) -> str:
+    """Formatting-only normalisation: spacing macros, ``$``, ``\\text{}`` wrappers, ``\\dfrac``,
+    degrees, a leading ``x =``, a trailing period, whitespace. Meaning is unchanged."""
+    s = answer.strip().strip("$").strip()
+    s = _SPACING.sub(" ", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\%", "%").replace("\\$", "")
+    s = _WRAPPERS.sub(lambda m: " " + m.group(1) + " ", s)
+    s = _DEGREES.sub("", s)
+    s = _LHS.sub("", s.strip())
+    s = s.strip().rstrip(".").strip()
+    return " ".join(s.split())
+
+
+def plain_number(answer: str) -> tuple[Fraction, bool] | None:
+    """(exact value, written as a percentage) for integers, decimals, ``a/b``, ``\\frac{a}{b}``,
+    thousands separators, trailing unit words and ``%``; None for anything else."""
+    s = canonical(answer)
+    m = _PLAIN.match(s)
+    if m and _is_unit(m.group("unit")):
+        value = Fraction(m.group("num").replace(",", ""))
+        if m.group("den"):
+            den = int(m.group("den"))
+            if den == 0 or "." in m.group("num"):
+                return None
+            value /= den
+        return value, bool(m.group("pct"))
+    m = _FRAC.match(s)
+    if m:
+        den = int(m.group("b") or m.group("b1"))
+        if den == 0:
+            return None
+        value = Fraction(int(m.group("a") or m.group("a1")), den)
+        return (-value if m.group("sign") == "-" else value), bool(m.group("pct"))
+    return None
+
+
+def _is_unit(unit: str | None) -> bool:
+    if not unit:
+        return True
+    words = [w.rstrip(".") for w in unit.split()]
+    if any(len(w) < 2 or not w.isalpha() or w.lower() in _MATH_WORDS for w in words):
+        return False
+    return unit[0].isspace() or words[0].lower() in _GLUED_UNITS
+
+
+def _terminates(x: Fraction) -> bool:
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool | None:
+    """Exact equality; a percentage also matches its fraction (50% == 50 == 0.5). None (undecided)
+    when they differ and one has no finite decimal expansion: whether 0.333333 counts as 1/3 is
+    left to math-verify's rounding rule, so both paths agree."""
+    def values(x: tuple[Fraction, bool]) -> set[Fraction]:
+        return {x[0], x[0] / 100} if x[1] else {x[0]}
+
+    if values(a) & values(b):
+        return True
+    if all(_terminates(v) for v in values(a) | values(b)):
+        return False
+    return None

@@ -1,0 +1,149 @@
+"""Attack suite: each attack is contained, reported with the right status, leaves nothing running
+and touches nothing outside the run's own temp dir."""
+import os
+import random
+import socket
+
+import pytest
+
+from r1hpc.rewards.code import code_reward
+from r1hpc.rewards.sandbox import SandboxConfig, run_python
+
+from .conftest import needs_bwrap
+
+pytestmark = needs_bwrap
+
+
+def _marker() -> str:
+    """A unique sleep duration: it shows up in the cmdline of anything the attack leaves running."""
+    return f"987.{random.randrange(10**6, 10**7)}"
+
+
+def _alive(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def test_plain_run_stdin_and_exit_code():
+    r = run_python("import sys\nprint(input()[::-1])\nsys.exit(3)", stdin="abc\n")
+    assert (r.status, r.exit_code, r.stdout) == ("error", 3, "cba\n")
+    assert run_python("print(1)").status == "ok"
+    assert run_python("input()").status == "error"  # stdin is only the given text: EOF, not the terminal
+
+
+def test_infinite_loop_times_out():
+    r = run_python("while True: pass", timeout_s=1.0)
+    assert r.status == "timeout" and r.wall_s < 3
+
+
+def test_closing_its_pipes_does_not_end_the_run_early():
+    r = run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(0.5)\nwhile True: pass", timeout_s=1.5)
+    assert r.status == "timeout" and r.wall_s >= 1.4
+
+
+def test_sigterm_ignored_still_killed():
+    marker = _marker()
+    code = f"import signal, subprocess\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsubprocess.run(['sleep', '{marker}'])"
+    r = run_python(code, timeout_s=1.0)
+    assert r.status == "timeout" and _alive(marker) == []
+
+
+def test_fork_bomb_is_bounded_and_reaped():
+    marker = _marker()
+    code = (
+        "import os\nn = 0\nfor _ in range(300):\n"
+        "    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
+        f"    if pid == 0:\n        os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+        "    n += 1\nprint(n, flush=True)\n"
+    )
+    r = run_python(code, timeout_s=5.0, config=SandboxConfig(max_processes=32))
+    assert r.status == "ok" and int(r.stdout) < 32
+    assert _alive(marker) == []
+
+
+def test_memory_bomb():
+    assert run_python("x = bytearray(8 * 1024**3)", memory_mb=256).status == "memory"
+    r = run_python("x = []\nfor _ in range(1500): x.append(' ' * 10**6)", memory_mb=256, timeout_s=10)
+    assert r.status == "memory"
+
+
+def test_gigabyte_of_output_is_cut():
+    r = run_python("import sys\nwhile True: sys.stdout.write('x' * 10**6)", timeout_s=10,
+                   config=SandboxConfig(max_output_bytes=100_000))
+    assert r.status == "output_limit" and len(r.stdout) == 100_000 and r.wall_s < 5
+
+
+def test_files_outside_the_work_dir_survive(tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    code = (
+        "import os, shutil\n"
+        f"for act in (lambda: os.remove({str(canary)!r}), lambda: open({str(canary)!r}, 'w').write('x'),\n"
+        f"            lambda: shutil.rmtree({str(tmp_path)!r}), lambda: open('/etc/r1hpc-pwned', 'w'),\n"
+        f"            lambda: open({os.getcwd() + '/pwned.txt'!r}, 'w')):\n"
+        "    try:\n        act()\n        print('DID', flush=True)\n    except OSError as e:\n        print('blocked', type(e).__name__)\n"
+        "open('inside.txt', 'w').write('fine')\nprint(open('inside.txt').read())\n"
+    )
+    r = run_python(code)
+    assert "DID" not in r.stdout and r.stdout.endswith("fine\n"), r
+    assert canary.read_text() == "alive"
+    assert not os.path.exists("/etc/r1hpc-pwned") and not os.path.exists("pwned.txt")
+
+
+def test_parent_environment_secret_is_not_visible(monkeypatch):
+    secret = f"s3cret-{random.randrange(10**9)}"
+    monkeypatch.setenv("R1HPC_TEST_SECRET", secret)
+    code = (
+        "import os, glob\nprint(os.environ.get('R1HPC_TEST_SECRET'))\n"
+        "for p in glob.glob('/proc/*/environ'):\n"
+        "    try:\n        print(open(p, 'rb').read())\n    except OSError:\n        pass\n"
+    )
+    r = run_python(code)
+    assert r.status == "ok" and secret not in r.stdout and secret not in r.stderr
+
+
+def test_no_network_even_to_a_loopback_listener():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('CONNECTED')")
+        assert r.status == "error" and "CONNECTED" not in r.stdout
+        with pytest.raises(socket.timeout):
+            server.accept()
+
+
+def test_double_forked_daemon_does_not_outlive_the_run():
+    marker = _marker()
+    code = (
+        "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        f"        os.execv('/bin/sleep', ['sleep', '{marker}'])\n    os._exit(0)\nprint('parent done')\n"
+    )
+    r = run_python(code, timeout_s=5)
+    assert r.status == "ok" and r.wall_s < 4
+    assert _alive(marker) == []
+
+
+def test_work_dir_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))")
+    assert r.status == "ok" and r.stdout == "xxx\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_early_exit_earns_nothing():
+    tests = "assert solve() == 2\n"
+    assert code_reward("def solve():\n    return 2\n", tests) == 1.0
+    assert code_reward("import sys\ndef solve(): return 0\nsys.exit(0)", tests) == 0.0
+    assert code_reward("import os\ndef solve(): return 0\nos._exit(0)", tests) == 0.0
+    spoof = "import os\ndef solve(): return 0\nprint(open(__file__).read())\nos._exit(0)"
+    assert code_reward(spoof, tests) == 0.0
