@@ -16,12 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1hpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
+    _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
             from r1hpc.info import print_info
 
             print_info()
+            return 0
+        if args.command == "train":
+            from r1hpc.config import load_config
+            from r1hpc.train.r1zero import run_r1zero
+
+            run_r1zero(load_config(args.config, args.overrides))
             return 0
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)

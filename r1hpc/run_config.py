@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from r1hpc.algo.loss import AlgoConfig
 from r1hpc.config import ConfigError
 from r1hpc.data.config import DataConfig
 from r1hpc.distributed import ParallelConfig, check_layout
+from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
+from r1hpc.rewards.registry import RewardsConfig
+from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import OptimConfig
+from r1hpc.train.grpo import GRPOConfig
+from r1hpc.train.pretrain import PretrainConfig
 
 
 @dataclasses.dataclass
@@ -30,6 +36,14 @@ class RunConfig:
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
+    rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)
+        if self.algo.max_response_len != self.rollout.max_new_tokens and self.algo.overlong_buffer_len:
+            raise ConfigError("algo.max_response_len must equal rollout.max_new_tokens when overlong shaping is on")

@@ -1,0 +1,49 @@
+"""Turn rollout samples into padded micro-batches for megatron's schedule.
+
+Row i holds ``prompt + response`` right-padded; ``targets`` are the next tokens; ``response_mask``
+marks positions whose *next* token is a response token (the tokens the policy is trained on).
+Every data-parallel rank must run the same number of micro-batches (megatron's DDP reduces once per
+step), so ranks with fewer rows get all-zero-weight filler micro-batches.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from r1hpc.rollout.generate import Sample
+
+
+def pack_rows(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """[B, L] tokens, targets, response_mask and rollout log-probs aligned with targets."""
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    width = max(lengths) - 1
+    B = len(samples)
+    tokens = torch.full((B, width), pad_id, dtype=torch.long)
+    targets = torch.full((B, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, width), dtype=torch.bool)
+    rollout_logp = torch.zeros((B, width))
+    for i, s in enumerate(samples):
+        seq = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
+        n, p = len(seq) - 1, len(s.prompt_ids)
+        tokens[i, :n] = seq[:-1]
+        targets[i, :n] = seq[1:]
+        mask[i, p - 1:n] = True
+        rollout_logp[i, p - 1:n] = s.logprobs
+    return {"tokens": tokens, "targets": targets, "response_mask": mask, "rollout_logp": rollout_logp}
+
+
+def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro: int) -> list[dict[str, torch.Tensor]]:
+    """Split a row batch into exactly ``num_micro`` micro-batches, trimming each to its own longest
+    row; missing ones are zero-weight filler (one padding row) so every DP rank runs the same count."""
+    rows = batch["tokens"].shape[0]
+    out = []
+    for m in range(num_micro):
+        lo, hi = m * micro_batch_size, min((m + 1) * micro_batch_size, rows)
+        if lo >= hi:
+            out.append({k: v[:1].clone().zero_() if v.dtype != torch.bool else v[:1] & False for k, v in batch.items()})
+            continue
+        mb = {k: v[lo:hi] for k, v in batch.items()}
+        used = int(mb["response_mask"].any(0).nonzero().max()) + 1 if mb["response_mask"].any() else 1
+        out.append({k: (v[:, :used] if v.dim() == 2 else v) for k, v in mb.items()})
+    return out

@@ -1,0 +1,119 @@
+"""Pretrain a tiny base model on the synthetic corpus: it learns the R1-Zero format and the shape of
+the worked solutions, but the corpus is systematically flawed (``data.corpus.flaw_rate``), so the
+base is weak at the tasks and leaves room for RL (the R1-Zero setting)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from r1hpc.config import ConfigError, to_dict
+from r1hpc.data.corpus import build_corpus
+from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
+from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.train.engine import Engine, OptimConfig
+from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Next-token training of the base. ``reuse`` skips it when ``<run dir>/base`` already holds a
+    base built from the same model, data and pretrain settings (checked by hash)."""
+
+    steps: int = 600
+    batch_size: int = 32
+    micro_batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    reuse: bool = True
+    base_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        if min(self.steps, self.batch_size, self.micro_batch_size) < 1:
+            raise ConfigError("steps, batch_size and micro_batch_size must be >= 1")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                              f"({self.micro_batch_size})")
+
+
+def base_fingerprint(cfg) -> str:
+    relevant = {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "pretrain": to_dict(cfg.pretrain),
+                "seed": cfg.run.seed}
+    relevant["pretrain"].pop("reuse", None)
+    relevant["pretrain"].pop("base_dir", None)
+    relevant["model"].pop("vocab_size", None)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_is_ready(base_dir: Path, fingerprint: str) -> bool:
+    meta = base_dir / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint
+
+
+def prepare_tokenizer(cfg, base_dir: Path) -> tuple[TextTokenizer, list[tuple[str, str]]]:
+    corpus = build_corpus(cfg.data.mix, cfg.data.corpus, cfg.data.template)
+    tok_path = base_dir / "tokenizer.json"
+    tok = TextTokenizer.load(tok_path) if tok_path.is_file() else build_tokenizer(cfg.data.tokenizer, corpus)
+    return tok, corpus
+
+
+def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[list[int]]:
+    seqs = [tok.encode(p + c) + [tok.eos_id] for p, c in corpus]
+    return [s for s in seqs if len(s) <= max_len]
+
+
+def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """Train the base and write ``base_dir/{weights/, tokenizer.json, meta.json}``. Collective."""
+    from megatron.core import parallel_state
+
+    t0 = time.perf_counter()
+    rank0 = torch.distributed.get_rank() == 0
+    tok, corpus = prepare_tokenizer(cfg, base_dir)
+    if rank0:
+        base_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(base_dir)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
+    p = cfg.pretrain
+    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, warmup_steps=p.warmup_steps, weight_decay=0.01,
+                                                     clip_grad=1.0))
+    seqs = encode_corpus(tok, corpus, model_cfg.max_seq_length + 1)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    rng = random.Random(cfg.run.seed)
+    per_rank = p.batch_size // dp
+    losses = []
+    for step in range(p.steps):
+        batch = rng.sample(seqs, p.batch_size)[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        micro = []
+        for i in range(0, len(batch), p.micro_batch_size):
+            chunk = batch[i:i + p.micro_batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width))
+            for j, s in enumerate(chunk):
+                ids[j, :len(s)] = torch.tensor(s)
+                mask[j, :len(s)] = 1
+            micro.append(make_lm_batch(ids, mask))
+        width = max(m["tokens"].shape[1] for m in micro)
+        out = engine.train_step(lm_forward_step, micro, seq_length=width, micro_batch_size=p.micro_batch_size)
+        if out["outputs"]:
+            losses.append(sum(float(o["lm_loss"]) for o in out["outputs"]) / len(out["outputs"]))
+        if rank0 and (step % 50 == 0 or step == p.steps - 1) and losses:
+            log(f"[pretrain] step {step + 1}/{p.steps} loss {losses[-1]:.4f} ({time.perf_counter() - t0:.0f}s)")
+    save_model_weights(engine.module, base_dir / "weights")
+    meta = {"fingerprint": base_fingerprint(cfg), "steps": p.steps, "final_loss": losses[-1] if losses else None,
+            "wall_s": time.perf_counter() - t0, "vocab_size": tok.vocab_size,
+            "params": sum(x.numel() for x in engine.module.parameters())}
+    if rank0:
+        (base_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    torch.distributed.barrier()
+    return meta
+
+
+def load_base(engine: Engine, base_dir: Path) -> None:
+    load_model_weights(engine.module, base_dir / "weights")

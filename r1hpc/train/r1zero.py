@@ -1,0 +1,130 @@
+"""The R1-Zero job: pretrain (or reuse) a weak base, evaluate held-out pass@1, run GRPO straight
+from the base with rule-based rewards, evaluate again, and write the run directory
+(resolved config, metrics.jsonl, TensorBoard, curves.png, summary.json)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from r1hpc.config import dump_yaml
+from r1hpc.data.mix import heldout_set, stream
+from r1hpc.data.templates import render_prompt
+from r1hpc.distributed import destroy_distributed, init_distributed
+from r1hpc.eval.heldout import evaluate_pass_at_1
+from r1hpc.monitor.metrics import MetricsLogger
+from r1hpc.monitor.plots import plot_training
+from r1hpc.rewards.registry import RewardScorer
+from r1hpc.train.engine import Engine
+from r1hpc.train.grpo import GRPOTrainer
+from r1hpc.train.pretrain import base_fingerprint, base_is_ready, load_base, prepare_tokenizer, pretrain
+
+
+def run_r1zero(cfg) -> dict:
+    env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
+    rank0 = env.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else run_dir / "base"
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+    t_start = time.perf_counter()
+
+    fingerprint = base_fingerprint(cfg)
+    if cfg.pretrain.reuse and base_is_ready(base_dir, fingerprint):
+        say(f"[base] reusing {base_dir}")
+        base_meta = json.loads((base_dir / "meta.json").read_text())
+    else:
+        say(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
+        base_meta = pretrain(cfg, cfg.parallel, base_dir, log=say)
+    tok, _ = prepare_tokenizer(cfg, base_dir)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
+
+    policy = Engine(model_cfg, cfg.parallel, cfg.optim)
+    load_base(policy, base_dir)
+    reference = None
+    if cfg.algo.beta > 0:
+        reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
+        load_base(reference, base_dir)
+
+    render = partial(render_prompt, cfg=cfg.data.template)
+    heldout = heldout_set(cfg.data.mix, cfg.eval.num_problems)
+    scorer = RewardScorer(cfg.rewards)
+    logger = MetricsLogger(run_dir, enabled=rank0)
+    evals = []
+
+    def evaluate(step: int) -> dict:
+        t = time.perf_counter()
+        result = evaluate_pass_at_1(policy.module, tok, heldout, render, scorer, cfg.eval, model_cfg.max_seq_length)
+        result["step"] = step
+        result["eval_s"] = time.perf_counter() - t
+        evals.append(result)
+        say("[eval] step %d: " % step + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
+                                                 if k.startswith("pass@1") or k == "format"))
+        return result
+
+    try:
+        before = evaluate(0)
+        trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
+                              grpo=cfg.grpo, render=render, problems=stream(cfg.data.mix, "train", seed=cfg.run.seed),
+                              seed=cfg.run.seed)
+        t_grpo = time.perf_counter()
+        progress = _progress(cfg.grpo.steps, rank0)
+        steps_done = 0
+        for step in range(1, cfg.grpo.steps + 1):
+            metrics = trainer.train_step()
+            logger.log(step, metrics)
+            steps_done = step
+            progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}",
+                                 len=f"{metrics.get('response_length/mean', 0):.0f}")
+            progress.update(1)
+            if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0 and step < cfg.grpo.steps:
+                logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items() if k != "step"})
+            limit = cfg.grpo.time_limit_minutes
+            if limit is not None and _agreed_stop(time.perf_counter() - t_grpo > 60 * limit):
+                say(f"[grpo] time limit of {limit} min reached after {step} steps")
+                break
+        progress.close()
+        grpo_s = time.perf_counter() - t_grpo
+        after = evaluate(steps_done)
+        logger.log(steps_done, {f"eval/{k}": v for k, v in after.items() if k != "step"})
+    finally:
+        scorer.close()
+        logger.close()
+    summary = {
+        "pass_at_1_before": before["pass@1"], "pass_at_1_after": after["pass@1"],
+        "per_task_before": {k: v for k, v in before.items() if k.startswith("pass@1/")},
+        "per_task_after": {k: v for k, v in after.items() if k.startswith("pass@1/")},
+        "format_before": before["format"], "format_after": after["format"],
+        "grpo_steps": steps_done, "grpo_wall_s": grpo_s, "grpo_steps_per_min": 60 * steps_done / max(grpo_s, 1e-9),
+        "pretrain_wall_s": base_meta.get("wall_s"), "base_params": base_meta.get("params"),
+        "total_wall_s": time.perf_counter() - t_start, "world_size": env.world_size,
+        "tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size, "evals": evals,
+    }
+    if rank0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_training(run_dir / "metrics.jsonl", run_dir / "curves.png", evals)
+        say(f"\n[summary] held-out pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f} after {steps_done} GRPO "
+            f"steps in {grpo_s / 60:.1f} min ({summary['grpo_steps_per_min']:.1f} steps/min); run dir {run_dir}")
+        for k in sorted(summary["per_task_after"]):
+            say(f"          {k}: {summary['per_task_before'].get(k, 0):.3f} -> {summary['per_task_after'][k]:.3f}")
+    destroy_distributed()
+    return summary
+
+
+def _agreed_stop(local: bool) -> bool:
+    """All ranks stop at the same step (ranks' clocks differ)."""
+    flag = torch.tensor(float(local))
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="GRPO", disable=not enabled, dynamic_ncols=True)
