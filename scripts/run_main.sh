@@ -6,4 +6,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 r1hpc info
-exec r1hpc train configs/tiny_dense.yaml "$@"
+exec r1hpc train configs/tiny_r1zero.yaml "$@"

@@ -41,7 +41,7 @@ def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro:
     for m in range(num_micro):
         lo, hi = m * micro_batch_size, min((m + 1) * micro_batch_size, rows)
         if lo >= hi:
-            out.append({k: v[:1].clone().zero_() if v.dtype != torch.bool else v[:1] & False for k, v in batch.items()})
+            out.append({k: torch.zeros((1, 1), dtype=v.dtype) for k, v in batch.items()})
             continue
         mb = {k: v[lo:hi] for k, v in batch.items()}
         used = int(mb["response_mask"].any(0).nonzero().max()) + 1 if mb["response_mask"].any() else 1

@@ -213,7 +213,7 @@ class GRPOTrainer:
         num_updates = self.cfg.mini_batches * self.cfg.epochs
         metrics: dict[str, float] = {}
         if rows is not None:
-            n_micro_all = self._global_micro_count(rows["tokens"].shape[0])
+            n_micro_all = max(1, self._global_micro_count(rows["tokens"].shape[0]))
             micro_all = split_rows(rows, self.cfg.micro_batch_size, n_micro_all)
             need_old = num_updates > 1 or self.algo.tis_cap is not None
             if need_old:
@@ -265,15 +265,15 @@ class GRPOTrainer:
                 rows[key] = full
         return rows
 
-    def _global_micro_count(self, local_rows: int, parts: int = 1) -> int:
-        per_part = math.ceil(local_rows / parts)
-        n = torch.tensor(float(math.ceil(per_part / self.cfg.micro_batch_size)))
+    def _global_micro_count(self, local_rows: int) -> int:
+        """Micro-batches every DP rank runs: the most any rank needs (0 when no rank has rows)."""
+        n = torch.tensor(float(math.ceil(local_rows / self.cfg.micro_batch_size)))
         if self.dp > 1:
             from megatron.core import parallel_state
 
             torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX,
                                          group=parallel_state.get_data_parallel_group())
-        return max(1, int(n))
+        return int(n)
 
     def _dp_sum(self, value: float) -> float:
         if self.dp == 1:
@@ -315,6 +315,8 @@ class GRPOTrainer:
                 keep = sub["weights"].sum(1) > 0
                 sub = {k: v[keep] for k, v in sub.items()}
                 n_micro = self._global_micro_count(int(keep.sum()))
+                if n_micro == 0:  # every group on every rank has zero advantage: nothing to learn
+                    continue
                 micro = split_rows(sub, self.cfg.micro_batch_size, n_micro)
                 scale = float(n_micro * self.dp)
                 step = partial(self._loss_step, _vocab_start(self.policy), scale, on_policy)
@@ -326,8 +328,7 @@ class GRPOTrainer:
                         totals[k] = totals.get(k, 0.0) + float(v)
         tokens = max(totals.pop("tokens", 0.0), 1.0)
         stats = {f"actor/{k}": v / tokens for k, v in totals.items()}
-        stats["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        stats["actor/lr"] = out["lr"]
+        stats["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
         stats["actor/updates"] = float(len(grad_norms))
         return stats
 
