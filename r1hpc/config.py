@@ -43,12 +43,14 @@ class _Source:
     overridden: set[str] = dataclasses.field(default_factory=set)
 
     def where(self, key: str) -> str:
-        if key in self.overridden:
-            return f"command-line override '{key}'"
-        line = self.lines.get(key)
+        base = key.split("[", 1)[0]  # a list item is found where its list is: 'a.b[2]' -> 'a.b'
+        parts = base.split(".")
+        if any(".".join(parts[:i]) in self.overridden for i in range(1, len(parts) + 1)):
+            return f"command-line override '{key}'"  # the key, or a mapping holding it, was overridden
+        line = self.lines.get(base)
         if line:
             return f"{self.name}:{line}: key '{key}'"
-        below = sorted(k for k in self.overridden if k.startswith(key + "."))
+        below = sorted(k for k in self.overridden if k.startswith(base + "."))
         if below:  # e.g. 'run.seed.x=1' made 'run.seed' a mapping
             return f"command-line override '{below[0]}'"
         return f"{self.name}: key '{key}'"

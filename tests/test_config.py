@@ -287,3 +287,15 @@ def test_parse_override_keeps_text_and_splits_at_the_first_equals():
     assert parse_override("run.name=a=b") == ("run.name", "a=b")
     assert parse_override(" run.name = x") == ("run.name", "x")
     assert parse_override("run.name=") == ("run.name", "")
+
+
+def test_list_item_and_mapping_value_errors_name_their_override():
+    with pytest.raises(ConfigError, match=r"^command-line override 'data\.mix\.tasks\[1\]': expected str, got int 3$"):
+        load_config(None, ["data.mix.tasks=[arithmetic, 3]"])
+    with pytest.raises(ConfigError, match=r"^command-line override 'data\.mix\.difficulty\.arithmetic': expected int"):
+        load_config(None, ["data.mix.difficulty={arithmetic: hard}"])
+
+
+def test_list_item_error_from_a_file_names_the_line(tmp_path):
+    msg = load_error(tmp_path, "data:\n  mix:\n    seed: 3\n    tasks: [arithmetic, 3]\n")
+    assert msg.startswith(f"{tmp_path / 'run.yaml'}:4: key 'data.mix.tasks[1]'")
