@@ -13,6 +13,7 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 from typing import Any, Callable
 
 # Compiled extensions (added by the csrc work); 'not built' until then.
@@ -113,6 +114,12 @@ def _cpu_patches() -> list[dict] | str:
 
 def collect_info() -> dict:
     """Versions, devices, extensions, launcher and CPU patches as plain data."""
+    with warnings.catch_warnings():  # megatron warns at import that TE is absent; the report says so itself
+        warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
+        return _collect()
+
+
+def _collect() -> dict:
     return {
         "r1hpc": _dist_version("r1hpc"),
         "python": {"version": platform.python_version(), "executable": sys.executable},

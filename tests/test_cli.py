@@ -1,6 +1,7 @@
 """``r1hpc info`` runs as a user would run it and names every piece; broken pieces are reported, not fatal."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,14 +11,18 @@ from r1hpc import info
 
 
 def test_info_command_prints_versions_and_patches():
-    proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "info"], capture_output=True, text=True, timeout=120)
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "info"], capture_output=True, text=True, timeout=120,
+                          env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert f"torch: version={torch.__version__}" in out
     assert "megatron-core: version=0.16.1" in out
     assert "triton: version=" in out
     assert f"cuda extension: module={info.CUDA_EXTENSION}, status=not built" in out
-    assert "launch: rank=0, world_size=1" in out
+    assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=29500, launcher=single" in out
+    assert "Transformer Engine and Apex are not installed" not in proc.stderr
     if not torch.cuda.is_available():
         assert "transformer impl (default model): local" in out
         assert "cpu compat patches:" in out
