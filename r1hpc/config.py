@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,15 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 class ConfigError(ValueError):
@@ -33,17 +43,24 @@ class _Source:
     overridden: set[str] = dataclasses.field(default_factory=set)
 
     def where(self, key: str) -> str:
-        if key in self.overridden:
-            return f"command-line override '{key}'"
-        line = self.lines.get(key)
-        return f"{self.name}:{line}: key '{key}'" if line else f"{self.name}: key '{key}'"
+        base = key.split("[", 1)[0]  # a list item is found where its list is: 'a.b[2]' -> 'a.b'
+        parts = base.split(".")
+        if any(".".join(parts[:i]) in self.overridden for i in range(1, len(parts) + 1)):
+            return f"command-line override '{key}'"  # the key, or a mapping holding it, was overridden
+        line = self.lines.get(base)
+        if line:
+            return f"{self.name}:{line}: key '{key}'"
+        below = sorted(k for k in self.overridden if k.startswith(base + "."))
+        if below:  # e.g. 'run.seed.x=1' made 'run.seed' a mapping
+            return f"command-line override '{below[0]}'"
+        return f"{self.name}: key '{key}'"
 
 
 def _yaml_with_lines(text: str, name: str) -> tuple[Any, dict[str, int]]:
     """Parse YAML and remember the line of every mapping key (dotted path -> 1-based line)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{name}: not valid YAML: {e}") from None
     lines: dict[str, int] = {}
@@ -160,7 +177,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -116,16 +116,22 @@ class LaunchEnv:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """First host of a Slurm node list such as ``gpu-[003-005,010],login1`` -> ``gpu-003``."""
-    nodelist = nodelist.strip()
-    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
-    if not m:
+    """First host of a Slurm node list such as ``gpu-[003-005,010],login1`` -> ``gpu-003``.
+
+    Commas inside brackets separate ranges, outside they separate hosts; a host may hold several
+    bracket groups (``rack[1-2]-n[01-04]`` -> ``rack1-n01``), each contributing its first value.
+    """
+    host, depth = "", 0
+    for ch in nodelist.strip():
+        if ch == "," and depth == 0:
+            break
+        depth += (ch == "[") - (ch == "]")
+        if depth < 0 or depth > 1:
+            raise ValueError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
+        host += ch
+    if depth or not host:
         raise ValueError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
-    prefix, ranges = m.group(1), m.group(2)
-    if ranges is None:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], host)
 
 
 def detect_launch_env(env: Optional[dict] = None) -> LaunchEnv:

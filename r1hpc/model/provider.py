@@ -34,6 +34,9 @@ def select_transformer_impl(model: ModelConfig, te_available: Optional[bool] = N
     if model.transformer_impl == "transformer_engine" and not te:
         raise ConfigError("model.transformer_impl is 'transformer_engine' but transformer_engine cannot be "
                           "imported here (install r1hpc[gpu] on a CUDA node)")
+    if model.fp8 is not None and model.transformer_impl == "local":
+        raise ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine layers, but model.transformer_impl "
+                          "is 'local'; set it to 'auto' or 'transformer_engine'")
     if model.fp8 is not None and not te:
         raise ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine with CUDA; it is not importable "
                           "here. FP8 is never silently dropped: remove model.fp8 or run on a Hopper node")

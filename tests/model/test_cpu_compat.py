@@ -1,0 +1,108 @@
+"""The CPU compatibility layer: idempotent, documented, version-guarded, and its cuda->cpu mapping.
+
+Applying the patches changes torch and megatron process-wide, so that runs in a spawned rank;
+the version guard raises before patching anything, so it is tested here with monkeypatch.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1hpc.model import cpu_compat
+from r1hpc.model.cpu_compat import CpuCompatError, CpuRNGStatesTracker, CudaToCpuMode
+from tests.multiproc import run_workers
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the patches apply only without CUDA")
+
+
+def _apply_twice() -> dict:
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+    from megatron.core.pipeline_parallel import schedules
+
+    first = [(p.target, p.why) for p in cpu_compat.apply()]
+    patched = (torch.cuda.current_device, schedules.forward_backward_no_pipelining,
+               LanguageModule.setup_embeddings_and_output_layer, torch.distributed.all_to_all_single)
+    second = [(p.target, p.why) for p in cpu_compat.apply()]
+    again = (torch.cuda.current_device, schedules.forward_backward_no_pipelining,
+             LanguageModule.setup_embeddings_and_output_layer, torch.distributed.all_to_all_single)
+    return {"first": first, "second": second, "same_objects": all(a is b for a, b in zip(patched, again)),
+            "current_device": torch.cuda.current_device()}
+
+
+@pytest.fixture(scope="module")
+def applied() -> dict:
+    (out,) = run_workers(_apply_twice, 1)
+    return out
+
+
+@no_cuda
+@pytest.mark.multiproc
+def test_apply_twice_is_idempotent(applied):
+    assert applied["first"] and applied["second"] == applied["first"]
+    assert applied["same_objects"]
+    assert applied["current_device"] == "cpu"
+
+
+@no_cuda
+@pytest.mark.multiproc
+def test_every_patch_says_what_and_why(applied):
+    targets = [t for t, _ in applied["first"]]
+    assert len(set(targets)) == len(targets)
+    for target, why in applied["first"]:
+        assert "." in target and len(why) > 20, (target, why)
+
+
+@no_cuda
+def test_untested_megatron_version_is_refused(monkeypatch):
+    import megatron.core
+
+    monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
+    monkeypatch.setattr(cpu_compat, "_applied", False)
+    monkeypatch.setattr(cpu_compat, "PATCHES", [])
+    with pytest.raises(CpuCompatError) as e:
+        cpu_compat.apply()
+    msg = str(e.value)
+    assert "megatron-core 0.99.0 is installed" in msg
+    assert all(v in msg for v in cpu_compat.TESTED_MEGATRON_VERSIONS)
+    assert cpu_compat.PATCHES == []  # refused before patching anything
+
+
+def test_cuda_to_cpu_mode_maps_devices():
+    t = torch.arange(3.0)
+    with CudaToCpuMode():
+        made = [torch.zeros(2, device="cuda"), torch.empty(2, device=torch.device("cuda", 1)),
+                torch.ones(2, device=0), torch.full((2,), 1.0, device="cuda:0")]
+        moved = [t.cuda(), t.to("cuda"), t.to(torch.device("cuda")), t.to("cuda", torch.float64),
+                 t.to(device="cuda")]
+        kept = [torch.zeros(2, device="cpu"), t.to(torch.float64), t.to(dtype=torch.int64)]
+    assert all(x.device.type == "cpu" for x in made + moved + kept)
+    assert moved[3].dtype == torch.float64 and kept[1].dtype == torch.float64 and kept[2].dtype == torch.int64
+    assert torch.equal(moved[0], t)
+
+
+def test_cuda_to_cpu_mode_is_scoped():
+    with CudaToCpuMode():
+        pass
+    if not torch.cuda.is_available():
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.zeros(1, device="cuda")
+
+
+def test_cpu_rng_tracker_forks_named_streams():
+    tracker = CpuRNGStatesTracker()
+    tracker.add("tp", 5)
+    torch.manual_seed(0)
+    outside = torch.rand(2)
+    torch.manual_seed(0)
+    with tracker.fork("tp"):
+        a = torch.rand(2)
+    assert torch.equal(torch.rand(2), outside)  # the default stream did not move
+    assert torch.equal(a, torch.rand(2, generator=torch.Generator().manual_seed(5)))
+    with tracker.fork("tp"):
+        b = torch.rand(2)
+    assert not torch.equal(a, b)  # the named stream advanced
+    with pytest.raises(CpuCompatError, match="already used"):
+        tracker.add("other", 5)
+    with pytest.raises(CpuCompatError, match="was not added"):
+        with tracker.fork("missing"):
+            pass

@@ -1,0 +1,53 @@
+"""``r1hpc info`` runs as a user would run it and names every piece; broken pieces are reported, not fatal."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from r1hpc import info
+
+
+def test_info_command_prints_versions_and_patches():
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "info"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"torch: version={torch.__version__}" in out
+    assert "megatron-core: version=0.16.1" in out
+    assert "triton: version=" in out
+    assert f"cuda extension: module={info.CUDA_EXTENSION}, status=not built" in out
+    assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=29500, launcher=single" in out
+    assert "Transformer Engine and Apex are not installed" not in proc.stderr
+    if not torch.cuda.is_available():
+        assert "transformer impl (default model): local" in out
+        assert "cpu compat patches:" in out
+        assert "  torch.cuda.current_device: megatron allocates buffers" in out
+
+
+def test_extension_status(tmp_path, monkeypatch):
+    (tmp_path / "r1hpc_broken_ext.py").write_text("raise ImportError('undefined symbol: foo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert info._extension("r1hpc_no_such_ext")["status"] == "not built"
+    assert info._extension("r1hpc_broken_ext")["status"] == "import failed: ImportError: undefined symbol: foo"
+    assert info._extension("json")["status"] == "ok"
+
+
+def test_format_info_shows_devices_and_failures():
+    text = info.format_info({
+        "torch": {"version": "2.13.0", "cuda_build": "12.8", "cuda_available": True,
+                  "devices": [{"name": "NVIDIA H100 80GB HBM3", "capability": "9.0"}]},
+        "transformer-engine": info._probe(lambda: 1 / 0),
+        "cpu compat patches": "none (CUDA is available)",
+    })
+    assert text.splitlines() == [
+        "torch: version=2.13.0, cuda_build=12.8, cuda_available=True",
+        "cuda devices: 1",
+        "  [0] NVIDIA H100 80GB HBM3 (compute capability 9.0)",
+        "transformer-engine: unavailable (ZeroDivisionError: division by zero)",
+        "cpu compat patches: none (CUDA is available)",
+    ]
