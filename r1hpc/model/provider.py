@@ -6,6 +6,7 @@ spec gets our sequence-parallel-capable RMSNorm, because megatron's torch-norm w
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 from typing import Optional
@@ -160,3 +161,25 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, pre_process: Op
 def causal_attention_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """megatron's boolean mask convention: True = masked out. Shape [1, 1, s, s]."""
     return torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)[None, None]
+
+
+_SP_FLAGS = ("sequence_parallel", "reduce_scatter_embeddings")
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(model: torch.nn.Module):
+    """Run a forward without sequence parallelism (decode steps of one token cannot be split across
+    TP ranks). megatron requires SP for MoE+TP only while training; its own inference turns it off
+    the same way: the shared config flag plus the flags layers copied from it at init (linears, embedding)."""
+    config = model.config
+    flagged = [(m, name) for m in model.modules() for name in _SP_FLAGS if getattr(m, name, None) is True]
+    saved = config.sequence_parallel
+    config.sequence_parallel = False
+    for m, name in flagged:
+        setattr(m, name, False)
+    try:
+        yield
+    finally:
+        config.sequence_parallel = saved
+        for m, name in flagged:
+            setattr(m, name, True)

@@ -61,8 +61,20 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         raise NotImplementedError("rollout with pipeline parallelism > 1 is not supported; use TP/EP for the "
                                   "policy during rollout")
+    from r1hpc.model.provider import sequence_parallel_off
+
     was_training = model.training
     model.eval()
+    with sequence_parallel_off(model):
+        results = _generate_all(model, prompts, vocab_size=vocab_size, stop_ids=stop_ids, temperature=temperature,
+                                top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                max_seq_length=max_seq_length, generator=generator, max_batch_rows=max_batch_rows)
+    model.train(was_training)
+    return results
+
+
+def _generate_all(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
+                  max_seq_length, generator, max_batch_rows) -> list[Sample]:
     buckets: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         buckets[len(p)].append(i)
@@ -76,7 +88,6 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
                     temperature=temperature, top_p=top_p, top_k=top_k,
                     max_new_tokens=min(max_new_tokens, max_seq_length - length), generator=generator)):
                 results[i] = s
-    model.train(was_training)
     return results  # type: ignore[return-value]
 
 

@@ -1,0 +1,20 @@
+"""KV-cached rollout on the megatron model equals recomputing the whole prefix each step, and
+tensor parallelism (gathered vocab-parallel logits) changes nothing."""
+import pytest
+
+from tests.multiproc import run_workers
+from tests.rollout.workers import greedy_both_ways
+
+pytestmark = pytest.mark.multiproc
+
+
+def test_kv_cache_greedy_equals_full_recompute_and_tp2_equals_tp1(tmp_path):
+    ckpt = str(tmp_path / "w")
+    (one,) = run_workers(greedy_both_ways, 1, {}, ckpt, "save")
+    assert one["cached"] == one["naive"]
+    assert one["logp_finite"]
+    assert all(len(r) == 12 or not t for r, t in zip(one["cached"], one["truncated"]))
+    assert one["cached"][0] == one["cached"][1]  # identical prompts, greedy: identical responses
+    two = run_workers(greedy_both_ways, 2, {"tensor_model_parallel_size": 2}, ckpt, "load")
+    for r in two:
+        assert r["cached"] == one["cached"]

@@ -1,0 +1,43 @@
+"""Rank functions for rollout tests (spawned by tests.multiproc.run_workers)."""
+from __future__ import annotations
+
+import torch
+
+from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
+from r1hpc.model.config import ModelConfig
+from r1hpc.model.provider import build_model, causal_attention_mask, sequence_parallel_off
+from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.rollout.generate import generate
+
+MODEL = dict(vocab_size=97, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+             num_query_groups=2, max_seq_length=64, num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=64)
+PROMPTS = [[5, 6, 7], [5, 6, 7], [8, 9, 10, 11, 12], [3]]
+
+
+def greedy_both_ways(parallel_kw: dict, ckpt: str, mode: str) -> dict:
+    """Greedy rollout with the KV cache, and the same by re-running the full prefix each step."""
+    model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig(**parallel_kw)
+    init_distributed(parallel_cfg, model_cfg, seed=3)
+    model = build_model(model_cfg, parallel_cfg)
+    (save_model_weights if mode == "save" else load_model_weights)(model, ckpt)
+    model.eval()
+    stop = [96]
+    cached = generate(model, PROMPTS, vocab_size=97, stop_ids=stop, temperature=0.0, max_new_tokens=12,
+                      max_seq_length=64)
+    naive = []
+    with torch.no_grad(), sequence_parallel_off(model):
+        for p in PROMPTS:
+            seq = list(p)
+            for _ in range(12):
+                t = torch.tensor([seq])
+                logits = model(t, torch.arange(len(seq))[None], causal_attention_mask(len(seq)),
+                               runtime_gather_output=True)[0, -1, :97]
+                seq.append(int(logits.argmax()))
+                if seq[-1] in stop:
+                    break
+            naive.append(seq[len(p):])
+    out = {"cached": [s.response_ids for s in cached], "naive": naive,
+           "logp_finite": all(bool(torch.isfinite(s.logprobs).all()) for s in cached),
+           "truncated": [s.truncated for s in cached]}
+    destroy_distributed()
+    return out

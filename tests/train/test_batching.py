@@ -1,0 +1,32 @@
+"""Rollout samples -> padded rows and micro-batches: alignment of targets, masks and log-probs."""
+import torch
+
+from r1hpc.rollout.generate import Sample
+from r1hpc.train.batching import pack_rows, split_rows
+
+
+def _sample(prompt, response):
+    return Sample(prompt, response, torch.arange(len(response), dtype=torch.float) + 0.5,
+                  torch.zeros(len(response)), truncated=False)
+
+
+def test_targets_mask_and_logprobs_line_up():
+    rows = pack_rows([_sample([1, 2, 3], [7, 8]), _sample([4], [9, 10, 11, 12])], pad_id=0)
+    assert rows["tokens"].shape == (2, 4)
+    # row 0: tokens 1 2 3 7 | targets 2 3 7 8 | trained on predicting 7 and 8
+    assert rows["tokens"][0].tolist() == [1, 2, 3, 7]
+    assert rows["targets"][0].tolist() == [2, 3, 7, 8]
+    assert rows["response_mask"][0].tolist() == [False, False, True, True]
+    assert rows["rollout_logp"][0].tolist() == [0.0, 0.0, 0.5, 1.5]
+    # row 1: prompt of one token: every target is a response token
+    assert rows["targets"][1].tolist() == [9, 10, 11, 12]
+    assert rows["response_mask"][1].all()
+
+
+def test_split_pads_with_zero_weight_filler_and_trims_width():
+    rows = pack_rows([_sample([1], [2]), _sample([1], [2]), _sample([1, 2, 3, 4], [5, 6, 7])], pad_id=0)
+    micro = split_rows(rows, micro_batch_size=2, num_micro=3)
+    assert len(micro) == 3
+    assert micro[0]["tokens"].shape == (2, 1)  # trimmed to the longest row of the micro-batch
+    assert micro[1]["tokens"].shape == (1, 6)
+    assert not micro[2]["response_mask"].any()  # filler
