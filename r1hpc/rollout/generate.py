@@ -1,15 +1,13 @@
 """Rollout: G responses per prompt from the current policy, with megatron's KV cache.
 
-Prompts are bucketed by token length so each bucket decodes as one dense batch with no padding
-(exact RoPE positions, no attention masks); the G copies of a prompt always share a bucket. Each
-bucket prefills once, then decodes one token per step through megatron's ``StaticInferenceContext``
-until every row has stopped (EOS, ``</answer>``) or reached ``max_new_tokens``. Under TP the logits
+Prompts of any lengths decode together: left-padded, with the pad keys masked. Each batch prefills
+once, then decodes one token per step through megatron's ``StaticInferenceContext`` until every
+row has stopped (EOS, ``</answer>``) or reached ``max_new_tokens``. Under TP the logits
 are gathered and every TP rank draws the same sample from an identically seeded generator.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Sequence
 
 import torch
@@ -75,53 +73,58 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
 
 def _generate_all(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
                   max_seq_length, generator, max_batch_rows) -> list[Sample]:
-    buckets: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        buckets[len(p)].append(i)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     results: list[Sample | None] = [None] * len(prompts)
-    for length in sorted(buckets):
-        rows = buckets[length]
-        for start in range(0, len(rows), max_batch_rows):
-            chunk = rows[start:start + max_batch_rows]
-            for i, s in zip(chunk, _generate_bucket(
-                    model, [prompts[i] for i in chunk], vocab_size=vocab_size, stop_ids=stop_ids,
-                    temperature=temperature, top_p=top_p, top_k=top_k,
-                    max_new_tokens=min(max_new_tokens, max_seq_length - length), generator=generator)):
-                results[i] = s
+    for start in range(0, len(order), max_batch_rows):
+        chunk = order[start:start + max_batch_rows]
+        longest = len(prompts[chunk[-1]])
+        for i, s in zip(chunk, _generate_batch(
+                model, [prompts[i] for i in chunk], vocab_size=vocab_size, stop_ids=stop_ids,
+                temperature=temperature, top_p=top_p, top_k=top_k,
+                max_new_tokens=min(max_new_tokens, max_seq_length - longest), generator=generator)):
+            results[i] = s
     return results  # type: ignore[return-value]
 
 
-def _generate_bucket(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
-                     generator) -> list[Sample]:
+def _generate_batch(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
+                    generator) -> list[Sample]:
+    """Left-pad the prompts, mask the pad keys, prefill once and decode until every row stopped.
+
+    RoPE depends only on the distance between query and key, and every real token of a row is
+    shifted by the same pad count, so the padded batch computes what each prompt alone would."""
     from megatron.core.inference.contexts import StaticInferenceContext
 
-    from r1hpc.model.provider import causal_attention_mask
-
     device = next(model.parameters()).device
-    batch, length = len(prompts), len(prompts[0])
+    batch, length = len(prompts), max(len(p) for p in prompts)
     if max_new_tokens < 1:
-        raise ConfigError(f"prompt of {length} tokens leaves no room to generate within model.max_seq_length")
+        raise ConfigError(f"a prompt of {length} tokens leaves no room to generate within model.max_seq_length")
+    pads = torch.tensor([length - len(p) for p in prompts], device=device)
+    tokens = torch.zeros((batch, length), dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        tokens[b, length - len(p):] = torch.tensor(p, dtype=torch.long)
+    # True = masked: keys that are padding, and (in the prefill) keys in the future
+    pad_keys = torch.arange(length + max_new_tokens, device=device)[None] < pads[:, None]  # [b, L + new]
+    prefill_mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), 1)[None, None]
+    prefill_mask = prefill_mask | pad_keys[:, None, None, :length]
+    positions = (torch.arange(length, device=device)[None] - pads[:, None]).clamp(min=0)
     ctx = StaticInferenceContext(batch, length + max_new_tokens)
-    tokens = torch.tensor(prompts, dtype=torch.long, device=device)
-    positions = torch.arange(length, device=device)[None].expand(batch, -1)
-    logits = model(tokens, positions, causal_attention_mask(length, device), inference_context=ctx,
-                   runtime_gather_output=True)[:, -1]
+    logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
     ctx.sequence_len_offset += length
     stop = torch.tensor(list(stop_ids), device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out_tokens, out_logp, out_ent = [], [], []
     for step in range(max_new_tokens):
-        logits = logits[:, :vocab_size]  # drop the TP padding of the vocabulary
-        tok, logp, ent = sample_tokens(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       generator=generator)
+        tok, logp, ent = sample_tokens(logits[:, :vocab_size], temperature=temperature, top_k=top_k, top_p=top_p,
+                                       generator=generator)  # [:, :vocab_size] drops the TP vocab padding
         out_tokens.append(tok.cpu())
         out_logp.append(logp.cpu())
         out_ent.append(ent.cpu())
         done |= torch.isin(tok, stop)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        pos = torch.full((batch, 1), length + step, device=device)
-        logits = model(tok[:, None], pos, None, inference_context=ctx, runtime_gather_output=True)[:, -1]
+        mask = pad_keys[:, None, None, :length + step + 1]
+        logits = model(tok[:, None], (positions[:, -1:] + step + 1), mask, inference_context=ctx,
+                       runtime_gather_output=True)[:, -1]
         ctx.sequence_len_offset += 1
     toks, logps, ents = torch.stack(out_tokens, 1), torch.stack(out_logp, 1), torch.stack(out_ent, 1)
     stop_cpu = stop.cpu()
