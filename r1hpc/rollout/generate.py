@@ -111,30 +111,43 @@ def _generate_batch(model, prompts, *, vocab_size, stop_ids, temperature, top_p,
     logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
     ctx.sequence_len_offset += length
     stop = torch.tensor(list(stop_ids), device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out_tokens, out_logp, out_ent = [], [], []
+    toks = torch.zeros((batch, max_new_tokens), dtype=torch.long)
+    logps, ents = torch.zeros((batch, max_new_tokens)), torch.zeros((batch, max_new_tokens))
+    done = torch.zeros(batch, dtype=torch.bool)
+    active = torch.arange(batch)  # original rows still decoding, in KV-cache row order
     for step in range(max_new_tokens):
         tok, logp, ent = sample_tokens(logits[:, :vocab_size], temperature=temperature, top_k=top_k, top_p=top_p,
                                        generator=generator)  # [:, :vocab_size] drops the TP vocab padding
-        out_tokens.append(tok.cpu())
-        out_logp.append(logp.cpu())
-        out_ent.append(ent.cpu())
-        done |= torch.isin(tok, stop)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        toks[active, step], logps[active, step], ents[active, step] = tok.cpu(), logp.cpu(), ent.cpu()
+        done[active] |= torch.isin(tok, stop).cpu()
+        running = ~done[active]
+        if not bool(running.any()) or step == max_new_tokens - 1:
             break
-        mask = pad_keys[:, None, None, :length + step + 1]
-        logits = model(tok[:, None], (positions[:, -1:] + step + 1), mask, inference_context=ctx,
-                       runtime_gather_output=True)[:, -1]
+        if int(running.sum()) <= 0.75 * len(active):  # long tail: drop finished rows from the batch
+            keep = running.nonzero().squeeze(1)
+            _compact_kv_cache(ctx, keep.to(device))
+            active, tok = active[keep], tok[keep.to(device)]
+        rows = active.to(device)
+        logits = model(tok[:, None], positions[rows, -1:] + step + 1, pad_keys[rows, None, None, :length + step + 1],
+                       inference_context=ctx, runtime_gather_output=True)[:, -1]
         ctx.sequence_len_offset += 1
-    toks, logps, ents = torch.stack(out_tokens, 1), torch.stack(out_logp, 1), torch.stack(out_ent, 1)
     stop_cpu = stop.cpu()
     samples = []
     for b in range(batch):
-        hits = torch.isin(toks[b], stop_cpu).nonzero()
-        n = int(hits[0]) + 1 if len(hits) else toks.shape[1]
-        samples.append(Sample(list(prompts[b]), toks[b, :n].tolist(), logps[b, :n], ents[b, :n],
+        hits = torch.isin(toks[b, :step + 1], stop_cpu).nonzero()
+        n = int(hits[0]) + 1 if len(hits) else step + 1
+        samples.append(Sample(list(prompts[b]), toks[b, :n].tolist(), logps[b, :n].clone(), ents[b, :n].clone(),
                               truncated=not len(hits)))
     return samples
+
+
+def _compact_kv_cache(ctx, keep: torch.Tensor) -> None:
+    """Move the KV-cache rows ``keep`` to the front: megatron's static context serves a decode batch
+    of b rows from the first b rows of each layer's [seq, batch, heads, dim] memory."""
+    n = len(keep)
+    for layer, (k_mem, v_mem) in ctx.key_value_memory_dict.items():
+        k_mem[:, :n] = k_mem[:, keep]
+        v_mem[:, :n] = v_mem[:, keep]
 
 
 def response_text(tok, sample: Sample) -> str:

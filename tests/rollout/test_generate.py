@@ -8,13 +8,20 @@ from tests.rollout.workers import greedy_both_ways
 pytestmark = pytest.mark.multiproc
 
 
-def test_kv_cache_greedy_equals_full_recompute_and_tp2_equals_tp1(tmp_path):
+# A rare stop token (rows run to the limit) and a dense stop set (rows stop at different steps, so
+# finished rows are compacted out of the KV cache mid-decode).
+@pytest.mark.parametrize("stop", [[96], list(range(0, 97, 5))], ids=["rare-stop", "staggered-stops"])
+def test_kv_cache_greedy_equals_full_recompute_and_tp2_equals_tp1(tmp_path, stop):
     ckpt = str(tmp_path / "w")
-    (one,) = run_workers(greedy_both_ways, 1, {}, ckpt, "save")
+    (one,) = run_workers(greedy_both_ways, 1, {}, ckpt, "save", stop)
     assert one["cached"] == one["naive"]
     assert one["logp_finite"]
     assert all(len(r) == 12 or not t for r, t in zip(one["cached"], one["truncated"]))
     assert one["cached"][0] == one["cached"][1]  # identical prompts, greedy: identical responses
-    two = run_workers(greedy_both_ways, 2, {"tensor_model_parallel_size": 2}, ckpt, "load")
+    if stop != [96]:
+        stopped_early = sum(len(r) < 12 for r in one["cached"])
+        # at least a quarter of the rows stopped while others ran on: the cache was compacted
+        assert 2 <= stopped_early < len(one["cached"]), one["cached"]
+    two = run_workers(greedy_both_ways, 2, {"tensor_model_parallel_size": 2}, ckpt, "load", stop)
     for r in two:
         assert r["cached"] == one["cached"]

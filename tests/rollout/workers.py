@@ -11,17 +11,16 @@ from r1hpc.rollout.generate import generate
 
 MODEL = dict(vocab_size=97, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
              num_query_groups=2, max_seq_length=64, num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=64)
-PROMPTS = [[5, 6, 7], [5, 6, 7], [8, 9, 10, 11, 12], [3]]
+PROMPTS = [[5, 6, 7], [5, 6, 7], [8, 9, 10, 11, 12], [3], [40, 41], [50, 51, 52, 53, 54, 55], [60], [70, 71, 72]]
 
 
-def greedy_both_ways(parallel_kw: dict, ckpt: str, mode: str) -> dict:
+def greedy_both_ways(parallel_kw: dict, ckpt: str, mode: str, stop: list[int]) -> dict:
     """Greedy rollout with the KV cache, and the same by re-running the full prefix each step."""
     model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig(**parallel_kw)
     init_distributed(parallel_cfg, model_cfg, seed=3)
     model = build_model(model_cfg, parallel_cfg)
     (save_model_weights if mode == "save" else load_model_weights)(model, ckpt)
     model.eval()
-    stop = [96]
     cached = generate(model, PROMPTS, vocab_size=97, stop_ids=stop, temperature=0.0, max_new_tokens=12,
                       max_seq_length=64)
     naive = []
