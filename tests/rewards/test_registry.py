@@ -59,7 +59,7 @@ def test_synthetic_batch_never_touches_the_pool():
         problems = [_p("arithmetic", str(n)) for n in range(256)]
         out = s.score_batch([FMT.format(think="t", answer=str(n)) for n in range(256)], problems)
         assert all(o["accuracy"] == 1.0 for o in out)
-        assert s.pool._workers == []  # no worker process was ever started
+        assert s.pool.started == 0  # no worker process was ever started
 
 
 def test_batch_deadline_bounds_a_hanging_batch():
