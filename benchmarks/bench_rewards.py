@@ -35,7 +35,7 @@ def latex(offset: int) -> list[tuple[str, str]]:
             (f"[{k},{k + 1})", rf"\boxed{{[{k}, {k + 1})}}"),
             (rf"\{{{k},{k + 1},{k + 2}\}}", rf"\boxed{{\{{{k + 2},{k + 1},{k}\}}}}"),
             (rf"(\frac{{1}}{{2}}, {k})", rf"\boxed{{(0.5, {k})}}"),
-            (rf"\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}", rf"\boxed{{\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}}}"),
+            (rf"\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}", rf"\boxed{{\begin{{bmatrix}}{k} & 2\\ 3 & 4\end{{bmatrix}}}}"),
             (rf"\frac{{\pi}}{{{k + 1}}}", rf"\boxed{{\pi/{k + 1}}}"),
             (rf"(-\infty, {k}]", rf"\boxed{{(-\infty,{k}]}}"),
             (rf"{k}\sqrt{{2}}", rf"\boxed{{\sqrt{{{2 * k * k}}}}}"),
