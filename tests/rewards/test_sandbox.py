@@ -39,6 +39,16 @@ def test_plain_run_stdin_and_exit_code():
     assert run_python("input()").status == "error"  # stdin is only the given text: EOF, not the terminal
 
 
+def test_signals_are_reported_as_negative_exit_codes():
+    r = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGABRT)")
+    assert (r.status, r.exit_code) == ("error", -6)
+
+
+def test_cpu_limit_is_a_timeout():
+    r = run_python("import resource, time\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True: pass", timeout_s=10)
+    assert (r.status, r.exit_code) == ("timeout", -24)  # SIGXCPU, before the 10 s wall clock
+
+
 def test_infinite_loop_times_out():
     r = run_python("while True: pass", timeout_s=1.0)
     assert r.status == "timeout" and r.wall_s < 3
