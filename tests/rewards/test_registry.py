@@ -97,3 +97,17 @@ def test_unknown_data_source_is_a_clear_error(scorer):
 def test_missing_problem_extra_is_a_clear_error(scorer):
     with pytest.raises(ValueError, match=r"lacks extra\['numbers'\]"):
         scorer.score_batch(["<answer>1</answer>"], [_p("countdown")])
+
+
+def test_yaml_config_with_overrides(tmp_path):
+    from r1hpc.config import load_config
+
+    path = tmp_path / "rewards.yaml"
+    path.write_text("language: zh\nsources:\n  countdown:\n    - {name: countdown}\n    - {name: format, weight: 0.2}\n"
+                    "  gsm8k:\n    - {name: math}\n    - {name: language, weight: 0.1, span: think}\n")
+    cfg = load_config(path, ["batch_timeout_s=30", "math.fallbacks=[answer_is, last_number]"], cls=RewardsConfig)
+    assert cfg.language == "zh" and cfg.batch_timeout_s == 30.0 and cfg.math.fallbacks == ["answer_is", "last_number"]
+    assert [t.out_key for t in cfg.sources["gsm8k"]] == ["accuracy", "language"]
+    path.write_text("sources:\n  gsm8k:\n    - {name: math, wieght: 2}\n")
+    with pytest.raises(ConfigError, match="wieght"):
+        load_config(path, cls=RewardsConfig)
