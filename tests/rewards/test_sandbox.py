@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from r1hpc.rewards.code import code_reward
 from r1hpc.rewards.sandbox import SandboxConfig, run_python
 
 from .conftest import needs_bwrap
@@ -148,12 +147,3 @@ def test_work_dir_is_removed(tmp_path, monkeypatch):
     r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))")
     assert r.status == "ok" and r.stdout == "xxx\n"
     assert os.listdir(tmp_path) == []
-
-
-def test_early_exit_earns_nothing():
-    tests = "assert solve() == 2\n"
-    assert code_reward("def solve():\n    return 2\n", tests) == 1.0
-    assert code_reward("import sys\ndef solve(): return 0\nsys.exit(0)", tests) == 0.0
-    assert code_reward("import os\ndef solve(): return 0\nos._exit(0)", tests) == 0.0
-    spoof = "import os\ndef solve(): return 0\nprint(open(__file__).read())\nos._exit(0)"
-    assert code_reward(spoof, tests) == 0.0
