@@ -43,6 +43,11 @@ def test_without_bwrap_the_sentinel_still_decides():
     assert code_reward("while True: pass", "", timeout_s=1, config=cfg) == 0.0
 
 
+def test_main_block_of_the_program_does_not_run():
+    prog = "def f():\n    return 1\n\nif __name__ == '__main__':\n    print(f(int(input())))\n"
+    assert code_reward(prog, "assert f() == 1") == 1.0
+
+
 def test_tests_that_print_do_not_confuse_the_sentinel():
     assert code_reward("def f():\n    print('noise', end='')\n    return 1", "assert f() == 1") == 1.0
 
