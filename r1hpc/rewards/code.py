@@ -4,6 +4,8 @@ Passing is proven by a random per-run sentinel that the harness prints after the
 never by the exit code, so ``sys.exit(0)``/``os._exit(0)`` before the tests earns nothing. The
 sentinel reaches the harness through stdin (consumed before the program starts) and lives only in
 a local of the harness, so it is neither in the source on disk nor in the program's globals.
+The program runs as module "solution" (as HumanEval's harness does), so its own
+``if __name__ == "__main__":`` demo block does not run and cannot block on input.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ _PYTHON_TAGS = {"python", "py", "python3"}
 _HARNESS = """\
 import sys
 def _r1hpc_run(token):
-    exec(compile(SOURCE, "solution.py", "exec"), {{"__name__": "__main__"}})
+    exec(compile(SOURCE, "solution.py", "exec"), {{"__name__": "solution"}})
     sys.stdout.flush()
     print("\\n" + token, flush=True)
 SOURCE = {source!r}

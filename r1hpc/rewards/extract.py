@@ -12,6 +12,7 @@ import re
 FALLBACKS = ("answer_is", "gsm8k_hash", "last_number")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+_BRACE_RE = re.compile(r"\\[{}]|[{}]")
 _ANSWER_IS_RE = re.compile(r"answer\s*(?:is\b|:)\s*:?", re.I)
 _HASH_RE = re.compile(r"####")
 NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|[+-]?\.\d+")
@@ -26,25 +27,23 @@ class Extraction:
 
 
 def match_braces(text: str) -> dict[int, int]:
-    """Map the index of every '{' to the index of its matching '}' (unescaped braces, one pass)."""
+    """Map the index of every '{' to the index of its matching '}' (unescaped braces, one pass
+    over the braces only)."""
     stack: list[int] = []
     pairs: dict[int, int] = {}
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in "{}":
-            i += 2
-            continue
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            pairs[stack.pop()] = i
-        i += 1
+    for m in _BRACE_RE.finditer(text):
+        tok = m.group()
+        if tok == "{":
+            stack.append(m.start())
+        elif tok == "}" and stack:
+            pairs[stack.pop()] = m.start()
     return pairs
 
 
 def boxed_answers(text: str) -> list[str]:
     """Contents of every ``\\boxed{..}``/``\\fbox{..}`` (nested braces allowed) and ``\\boxed 5``, in order."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
     pairs = match_braces(text)
     found = []
     for m in _BOX_RE.finditer(text):

@@ -103,6 +103,11 @@ class WorkerPool:
         if pool is not None:
             pool.close()
 
+    @property
+    def started(self) -> int:
+        """Worker processes started and not yet stopped (0 until the first task or ``start``)."""
+        return len(self._workers)
+
     def _spawn(self) -> _Worker:
         return _Worker(self._ctx, self.memory_mb, self.preload)
 

@@ -41,7 +41,8 @@ _uid_lock = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one run. ``status`` is one of ok/error/timeout/memory/output_limit."""
+    """Outcome of one run. ``status`` is one of ok/error/timeout/memory/output_limit; ``exit_code``
+    is negative for a signal (as in ``subprocess``), also under bubblewrap."""
 
     status: str
     exit_code: int | None
@@ -290,6 +291,8 @@ def _execute(cmd: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeou
     for stream in (proc.stdout, proc.stderr, proc.stdin):
         stream.close()
     code = proc.returncode
+    if cmd[0] == "bwrap" and 128 < code <= 128 + 64:
+        code = 128 - code  # bwrap reports a signal as 128 + n; report -n as subprocess does
     return ExecResult(_status(code, stderr, timed_out, overflow), code, stdout, stderr, wall)
 
 
@@ -306,8 +309,7 @@ def _kill_group(proc: subprocess.Popen, uid: int | None) -> None:
 def _status(code: int | None, stderr: str, timed_out: bool, overflow: bool) -> str:
     if overflow:
         return "output_limit"
-    cpu_killed = code in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
-    if timed_out or cpu_killed:
+    if timed_out or code == -signal.SIGXCPU:
         return "timeout"
     if code == 0:
         return "ok"

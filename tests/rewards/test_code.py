@@ -5,8 +5,6 @@ from r1hpc.config import ConfigError
 from r1hpc.rewards.code import CodeConfig, code_reward, code_reward_batch, extract_code
 from r1hpc.rewards.sandbox import SandboxConfig
 
-from .conftest import needs_bwrap
-
 
 @pytest.fixture(scope="module")
 def humaneval():
@@ -18,7 +16,6 @@ def _broken(p: dict, i: int) -> str:
     return p["prompt"] + ("    return None\n" if i % 2 else "    raise NotImplementedError\n")
 
 
-@needs_bwrap
 def test_humaneval_canonical_pass_and_broken_fail(humaneval):
     programs = [p["prompt"] + p["canonical_solution"] for p in humaneval]
     programs += [_broken(p, i) for i, p in enumerate(humaneval)]
@@ -44,6 +41,11 @@ def test_without_bwrap_the_sentinel_still_decides():
     assert code_reward("def f():\n    return 2\n", "assert f() == 1", config=cfg) == 0.0
     assert code_reward("import sys\nsys.exit(0)", "assert False", config=cfg) == 0.0
     assert code_reward("while True: pass", "", timeout_s=1, config=cfg) == 0.0
+
+
+def test_main_block_of_the_program_does_not_run():
+    prog = "def f():\n    return 1\n\nif __name__ == '__main__':\n    print(f(int(input())))\n"
+    assert code_reward(prog, "assert f() == 1") == 1.0
 
 
 def test_tests_that_print_do_not_confuse_the_sentinel():
@@ -75,3 +77,12 @@ def test_missing_bwrap_falls_back_with_a_warning(monkeypatch, caplog):
     assert "WITHOUT network" in caplog.text
     with pytest.raises(RuntimeError, match="bubblewrap"):
         sandbox.run_python("print(1)", config=SandboxConfig(isolation="bwrap"))
+
+
+def test_early_exit_earns_nothing():
+    tests = "assert solve() == 2\n"
+    assert code_reward("def solve():\n    return 2\n", tests) == 1.0
+    assert code_reward("import sys\ndef solve(): return 0\nsys.exit(0)", tests) == 0.0
+    assert code_reward("import os\ndef solve(): return 0\nos._exit(0)", tests) == 0.0
+    spoof = "import os\ndef solve(): return 0\nprint(open(__file__).read())\nos._exit(0)"
+    assert code_reward(spoof, tests) == 0.0

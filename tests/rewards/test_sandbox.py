@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from r1hpc.rewards.code import code_reward
 from r1hpc.rewards.sandbox import SandboxConfig, run_python
 
 from .conftest import needs_bwrap
@@ -37,6 +36,16 @@ def test_plain_run_stdin_and_exit_code():
     assert (r.status, r.exit_code, r.stdout) == ("error", 3, "cba\n")
     assert run_python("print(1)").status == "ok"
     assert run_python("input()").status == "error"  # stdin is only the given text: EOF, not the terminal
+
+
+def test_signals_are_reported_as_negative_exit_codes():
+    r = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGABRT)")
+    assert (r.status, r.exit_code) == ("error", -6)
+
+
+def test_cpu_limit_is_a_timeout():
+    r = run_python("import resource, time\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True: pass", timeout_s=10)
+    assert (r.status, r.exit_code) == ("timeout", -24)  # SIGXCPU, before the 10 s wall clock
 
 
 def test_infinite_loop_times_out():
@@ -78,7 +87,7 @@ def test_memory_bomb():
 def test_gigabyte_of_output_is_cut():
     r = run_python("import sys\nwhile True: sys.stdout.write('x' * 10**6)", timeout_s=10,
                    config=SandboxConfig(max_output_bytes=100_000))
-    assert r.status == "output_limit" and len(r.stdout) == 100_000 and r.wall_s < 5
+    assert r.status == "output_limit" and len(r.stdout) == 100_000
 
 
 def test_files_outside_the_work_dir_survive(tmp_path):
@@ -129,7 +138,7 @@ def test_double_forked_daemon_does_not_outlive_the_run():
         f"        os.execv('/bin/sleep', ['sleep', '{marker}'])\n    os._exit(0)\nprint('parent done')\n"
     )
     r = run_python(code, timeout_s=5)
-    assert r.status == "ok" and r.wall_s < 4
+    assert r.status == "ok" and r.stdout == "parent done\n"
     assert _alive(marker) == []
 
 
@@ -138,12 +147,3 @@ def test_work_dir_is_removed(tmp_path, monkeypatch):
     r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))")
     assert r.status == "ok" and r.stdout == "xxx\n"
     assert os.listdir(tmp_path) == []
-
-
-def test_early_exit_earns_nothing():
-    tests = "assert solve() == 2\n"
-    assert code_reward("def solve():\n    return 2\n", tests) == 1.0
-    assert code_reward("import sys\ndef solve(): return 0\nsys.exit(0)", tests) == 0.0
-    assert code_reward("import os\ndef solve(): return 0\nos._exit(0)", tests) == 0.0
-    spoof = "import os\ndef solve(): return 0\nprint(open(__file__).read())\nos._exit(0)"
-    assert code_reward(spoof, tests) == 0.0
