@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.multiproc import run_workers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _with_group(fn, args) -> None:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+                            rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
     finally:
@@ -24,5 +20,4 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
 
 def run_gloo(fn, *args, world: int = 2) -> None:
     """``fn(rank, world, *args)`` on ``world`` spawned processes; a failure in any raises here."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+    run_workers(_with_group, world, fn, args)
