@@ -6,7 +6,6 @@ import pytest
 from r1hpc.rewards.math import math_pool
 from r1hpc.rewards.sandbox import bwrap_usable
 
-
 @pytest.fixture(scope="session")
 def pool():
     with math_pool(2) as p:

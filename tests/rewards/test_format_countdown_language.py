@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from r1hpc.rewards.countdown import countdown_reward
 from r1hpc.rewards.format import format_reward
@@ -38,6 +38,7 @@ def test_format_partial_credit_and_prompt_opened_think():
     assert format_reward("so 2+3=5</think><answer>5</answer>") == 0.0
 
 
+@settings(deadline=None)  # correctness, not speed: a busy machine must not fail it
 @given(st.text(max_size=80))
 def test_format_score_is_bounded(text):
     assert 0.0 <= format_reward(text, partial=0.5) <= 1.0
@@ -71,6 +72,7 @@ def test_countdown_exact_use_and_missing_tag():
     assert countdown_reward("(1+2)*3", [1, 2, 3], 9) == 0.0
 
 
+@settings(deadline=None)  # correctness, not speed: a busy machine must not fail it
 @given(st.lists(st.integers(1, 100), min_size=2, max_size=4))
 def test_countdown_sum_of_all_numbers(numbers):
     expr = "+".join(map(str, numbers))
