@@ -12,6 +12,7 @@ import datetime
 import os
 import random
 import re
+import socket
 from typing import Literal, Optional
 
 import numpy as np
@@ -145,7 +146,14 @@ def detect_launch_env(env: Optional[dict] = None) -> LaunchEnv:
         port = int(env.get("MASTER_PORT", 20000 + job_id % 20000))
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          env.get("MASTER_ADDR", first_slurm_host(nodelist)), port, "slurm")
-    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
+    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else free_port()  # alone: any port will do
+    return LaunchEnv(0, 1, 0, "127.0.0.1", port, "single")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import tempfile
 import time
 import traceback
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from r1hpc.distributed import free_port
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:

@@ -46,7 +46,10 @@ def test_slurm_env_prefers_step_nodelist_and_explicit_master():
 
 
 def test_single_process():
-    assert detect_launch_env({}) == LaunchEnv(0, 1, 0, "127.0.0.1", 29500, "single")
+    env = detect_launch_env({})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.launcher) == (0, 1, 0, "127.0.0.1", "single")
+    assert 0 < env.master_port < 65536  # a free port, so two single-process runs on one machine never collide
+    assert detect_launch_env({"MASTER_PORT": "29611"}).master_port == 29611
     assert detect_launch_env({"MASTER_PORT": "31000"}).master_port == 31000
     assert detect_launch_env({"SLURM_PROCID": "0"}).launcher == "single"  # a login shell in an allocation
 
