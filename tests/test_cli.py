@@ -21,7 +21,8 @@ def test_info_command_prints_versions_and_patches():
     assert "megatron-core: version=0.16.1" in out
     assert "triton: version=" in out
     assert f"cuda extension: module={info.CUDA_EXTENSION}, status=not built" in out
-    assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=29500, launcher=single" in out
+    assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=" in out
+    assert "launcher=single" in out
     assert "Transformer Engine and Apex are not installed" not in proc.stderr
     if not torch.cuda.is_available():
         assert "transformer impl (default model): local" in out
