@@ -62,9 +62,8 @@ def _tp_group():
 def _vocab_start(engine: Engine) -> int:
     from megatron.core import parallel_state
 
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    padded = engine.module.vocab_size if hasattr(engine.module, "vocab_size") else None
-    return parallel_state.get_tensor_model_parallel_rank() * (padded // tp) if padded else 0
+    shard = engine.module.vocab_size // parallel_state.get_tensor_model_parallel_world_size()  # padded vocab
+    return parallel_state.get_tensor_model_parallel_rank() * shard
 
 
 def _logits(model, mb: dict) -> torch.Tensor:
@@ -294,16 +293,13 @@ class GRPOTrainer:
             rows["tis_weight"] = truncated_is_weights(rows["old_logp"], rows["rollout_logp"], self.algo.tis_cap)
         on_policy = self.cfg.mini_batches * self.cfg.epochs == 1 and self.algo.tis_cap is None
         G = self.rollout_cfg.group_size
-        order = torch.arange(B)
         totals: dict[str, float] = {}
         grad_norms = []
         for epoch in range(self.cfg.epochs):
             for part in range(self.cfg.mini_batches):
-                idx = order[part::self.cfg.mini_batches] if self.cfg.mini_batches > 1 else order
-                # whole groups share a mini-batch so the group baseline stays within it
-                if self.cfg.mini_batches > 1:
-                    groups = torch.arange(B // G)[part::self.cfg.mini_batches]
-                    idx = (groups[:, None] * G + torch.arange(G)[None]).view(-1)
+                # whole groups share a mini-batch, so every group's rows are updated together
+                groups = torch.arange(B // G)[part::self.cfg.mini_batches]
+                idx = (groups[:, None] * G + torch.arange(G)[None]).view(-1)
                 sub = {k: v[idx] for k, v in rows.items()}
                 n_seqs, n_tokens = self._dp_sum(float(len(idx))), self._dp_sum(float(sub["response_mask"].sum()))
                 sub["weights"] = aggregation_weights(sub["response_mask"], self.algo.loss_agg_mode,
