@@ -295,7 +295,7 @@ class GRPOTrainer:
         G = self.rollout_cfg.group_size
         totals: dict[str, float] = {}
         grad_norms = []
-        for epoch in range(self.cfg.epochs):
+        for _ in range(self.cfg.epochs):
             for part in range(self.cfg.mini_batches):
                 # whole groups share a mini-batch, so every group's rows are updated together
                 groups = torch.arange(B // G)[part::self.cfg.mini_batches]
