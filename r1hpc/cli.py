@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1hpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
+    _add_config_args(sub.add_parser("pretrain", help="train (or reuse) the recipe's weak base model only"))
     _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
     args = parser.parse_args(argv)
     try:
@@ -23,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.info import print_info
 
             print_info()
+            return 0
+        if args.command == "pretrain":
+            from r1hpc.config import load_config
+            from r1hpc.train.pretrain import run_pretrain
+
+            run_pretrain(load_config(args.config, args.overrides))
             return 0
         if args.command == "train":
             from r1hpc.config import load_config

@@ -30,6 +30,7 @@ class PretrainConfig:
     batch_size: int = 32
     micro_batch_size: int = 32
     lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     warmup_steps: int = 30
     reuse: bool = True
     base_dir: Optional[str] = None
@@ -37,6 +38,8 @@ class PretrainConfig:
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.micro_batch_size) < 1:
             raise ConfigError("steps, batch_size and micro_batch_size must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size})")
@@ -80,7 +83,8 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         tok.save(base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     p = cfg.pretrain
-    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, warmup_steps=p.warmup_steps, weight_decay=0.01,
+    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, min_lr=p.lr * p.min_lr_ratio, warmup_steps=p.warmup_steps,
+                                                     decay_steps=p.steps, weight_decay=0.01,
                                                      clip_grad=1.0))
     seqs = encode_corpus(tok, corpus, model_cfg.max_seq_length + 1)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
@@ -113,6 +117,32 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         (base_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     torch.distributed.barrier()
     return meta
+
+
+def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """The run's base model: reused when ``base_dir`` holds one built from the same settings,
+    pretrained otherwise. Returns (base_dir, its meta). Collective."""
+    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+    if cfg.pretrain.reuse and base_is_ready(base_dir, base_fingerprint(cfg)):
+        log(f"[base] reusing {base_dir}")
+        return base_dir, json.loads((base_dir / "meta.json").read_text())
+    log(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
+    return base_dir, pretrain(cfg, cfg.parallel, base_dir, log=log)
+
+
+def run_pretrain(cfg) -> dict:
+    """``r1hpc pretrain``: the base alone, on however many ranks were launched."""
+    from r1hpc.distributed import destroy_distributed, init_distributed
+
+    env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
+    try:
+        base_dir, meta = ensure_base(cfg, log=print if env.rank == 0 else (lambda *a, **k: None))
+        if env.rank == 0:
+            print(f"[base] {base_dir}: {meta['params']:,} parameters, final loss {meta['final_loss']:.4f}, "
+                  f"{meta['wall_s']:.0f} s")
+        return meta
+    finally:
+        destroy_distributed()
 
 
 def load_base(engine: Engine, base_dir: Path) -> None:

@@ -21,7 +21,7 @@ from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
-from r1hpc.train.pretrain import base_fingerprint, base_is_ready, load_base, prepare_tokenizer, pretrain
+from r1hpc.train.pretrain import ensure_base, load_base, prepare_tokenizer
 
 
 def run_r1zero(cfg) -> dict:
@@ -29,19 +29,12 @@ def run_r1zero(cfg) -> dict:
     rank0 = env.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else run_dir / "base"
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
     t_start = time.perf_counter()
 
-    fingerprint = base_fingerprint(cfg)
-    if cfg.pretrain.reuse and base_is_ready(base_dir, fingerprint):
-        say(f"[base] reusing {base_dir}")
-        base_meta = json.loads((base_dir / "meta.json").read_text())
-    else:
-        say(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
-        base_meta = pretrain(cfg, cfg.parallel, base_dir, log=say)
+    base_dir, base_meta = ensure_base(cfg, log=say)
     tok, _ = prepare_tokenizer(cfg, base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
 
