@@ -67,6 +67,11 @@ def run_r1zero(cfg) -> dict:
                               grpo=cfg.grpo, render=render, problems=stream(cfg.data.mix, "train", seed=cfg.run.seed),
                               seed=cfg.run.seed)
         t_grpo = time.perf_counter()
+
+        def _grpo_seconds() -> float:
+            """Training time only: held-out evaluations in between do not count."""
+            return time.perf_counter() - t_grpo - sum(e["eval_s"] for e in evals[1:])
+
         progress = _progress(cfg.grpo.steps, rank0)
         steps_done = 0
         for step in range(1, cfg.grpo.steps + 1):
@@ -79,11 +84,11 @@ def run_r1zero(cfg) -> dict:
             if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0 and step < cfg.grpo.steps:
                 logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items() if k != "step"})
             limit = cfg.grpo.time_limit_minutes
-            if limit is not None and _agreed_stop(time.perf_counter() - t_grpo > 60 * limit):
+            if limit is not None and _agreed_stop(_grpo_seconds() > 60 * limit):
                 say(f"[grpo] time limit of {limit} min reached after {step} steps")
                 break
         progress.close()
-        grpo_s = time.perf_counter() - t_grpo
+        grpo_s = _grpo_seconds()
         after = evaluate(steps_done)
         logger.log(steps_done, {f"eval/{k}": v for k, v in after.items() if k != "step"})
     finally:
