@@ -102,6 +102,13 @@ class Engine:
         self.step_count = 0
 
     @property
+    def seq_multiple(self) -> int:
+        """Sequence lengths must be a multiple of this: sequence parallelism splits them over TP ranks."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
+
+    @property
     def module(self) -> torch.nn.Module:
         """The bare GPTModel of this rank's (only) pipeline chunk."""
         m = self.model[0]

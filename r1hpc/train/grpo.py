@@ -66,9 +66,20 @@ def _vocab_start(engine: Engine) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * shard
 
 
-def _logits(model, mb: dict) -> torch.Tensor:
+def _logits(model, mb: dict, vocab_start: int, vocab_size: int) -> torch.Tensor:
+    """This rank's [b, s, V_local] logits with megatron's vocab padding (to a multiple of 128 x TP)
+    masked out: the sampler draws from the real vocabulary only, so the trainer's log-probs and
+    entropies must too (and must not depend on the TP size through the padding)."""
     tokens = mb["tokens"]
-    return model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
+    logits = model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
+    real = vocab_size - vocab_start
+    if real >= logits.shape[-1]:
+        return logits
+    padding = torch.arange(logits.shape[-1], device=logits.device) >= real
+    return logits.masked_fill(padding, _MASKED_LOGIT)
+
+
+_MASKED_LOGIT = -1e4  # exp() is exactly 0 in fp32 and bf16, yet finite: p * logit stays 0, not nan
 
 
 def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logits: torch.Tensor):
@@ -190,7 +201,7 @@ class GRPOTrainer:
 
     def _logp_step(self, vocab_start: int, data_iterator, model):
         mb = next(data_iterator)
-        return _logits(model, mb), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
+        return _logits(model, mb, vocab_start, self.tok.vocab_size), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
@@ -213,7 +224,7 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         if rows is not None:
             n_micro_all = max(1, self._global_micro_count(rows["tokens"].shape[0]))
-            micro_all = split_rows(rows, self.cfg.micro_batch_size, n_micro_all)
+            micro_all = split_rows(rows, self.cfg.micro_batch_size, n_micro_all, self.policy.seq_multiple)
             need_old = num_updates > 1 or self.algo.tis_cap is not None
             if need_old:
                 old = self._forward_logp(self.policy, micro_all)
@@ -260,7 +271,8 @@ class GRPOTrainer:
                     lo = m * mbs
                     n = min(mbs, B - lo)
                     if n > 0:
-                        full[lo:lo + n, :mb[key].shape[1]] = mb[key][:n]
+                        width = min(L, mb[key].shape[1])  # micro-batches may be padded past L
+                        full[lo:lo + n, :width] = mb[key][:n, :width]
                 rows[key] = full
         return rows
 
@@ -313,7 +325,7 @@ class GRPOTrainer:
                 n_micro = self._global_micro_count(int(keep.sum()))
                 if n_micro == 0:  # every group on every rank has zero advantage: nothing to learn
                     continue
-                micro = split_rows(sub, self.cfg.micro_batch_size, n_micro)
+                micro = split_rows(sub, self.cfg.micro_batch_size, n_micro, self.policy.seq_multiple)
                 scale = float(n_micro * self.dp)
                 step = partial(self._loss_step, _vocab_start(self.policy), scale, on_policy)
                 width = max(mb["tokens"].shape[1] for mb in micro)
@@ -330,7 +342,7 @@ class GRPOTrainer:
 
     def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
         mb = next(data_iterator)
-        logits = _logits(model, mb)
+        logits = _logits(model, mb, vocab_start, self.tok.vocab_size)
         if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
             with torch.no_grad():
                 sel = mb["response_mask"]

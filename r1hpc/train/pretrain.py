@@ -17,6 +17,7 @@ from r1hpc.config import ConfigError, to_dict
 from r1hpc.data.corpus import build_corpus
 from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
 from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.train.batching import round_up
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch
 
@@ -96,7 +97,7 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         micro = []
         for i in range(0, len(batch), p.micro_batch_size):
             chunk = batch[i:i + p.micro_batch_size]
-            width = max(len(s) for s in chunk)
+            width = round_up(max(len(s) for s in chunk) - 1, engine.seq_multiple) + 1  # inputs = width - 1
             ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width))
             for j, s in enumerate(chunk):
