@@ -148,3 +148,5 @@ def run_pretrain(cfg) -> dict:
 
 def load_base(engine: Engine, base_dir: Path) -> None:
     load_model_weights(engine.module, base_dir / "weights")
+    if engine.optimizer is not None:  # bf16/fp16: the fp32 main copies were taken at construction
+        engine.optimizer.reload_model_params()
