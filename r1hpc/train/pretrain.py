@@ -33,6 +33,9 @@ class PretrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     warmup_steps: int = 30
+    # train on prompt tokens too; off by default: a prompt's digits are random, and their large,
+    # irreducible loss would dominate the clipped gradient of a tiny model
+    prompt_loss: bool = False
     reuse: bool = True
     base_dir: Optional[str] = None
 
@@ -67,9 +70,11 @@ def prepare_tokenizer(cfg, base_dir: Path) -> tuple[TextTokenizer, list[tuple[st
     return tok, corpus
 
 
-def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[list[int]]:
-    seqs = [tok.encode(p + c) + [tok.eos_id] for p, c in corpus]
-    return [s for s in seqs if len(s) <= max_len]
+def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per pair. Prompt and completion are encoded apart, as a rollout
+    sees them (the prompt alone, then sampled tokens), so no BPE merge crosses the boundary."""
+    seqs = [(tok.encode(p), tok.encode(c) + [tok.eos_id]) for p, c in corpus]
+    return [(p + c, len(p)) for p, c in seqs if len(p) + len(c) <= max_len]
 
 
 def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) -> dict:
@@ -97,12 +102,12 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         micro = []
         for i in range(0, len(batch), p.micro_batch_size):
             chunk = batch[i:i + p.micro_batch_size]
-            width = round_up(max(len(s) for s in chunk) - 1, engine.seq_multiple) + 1  # inputs = width - 1
+            width = round_up(max(len(s) for s, _ in chunk) - 1, engine.seq_multiple) + 1  # inputs = width - 1
             ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width))
-            for j, s in enumerate(chunk):
+            for j, (s, n_prompt) in enumerate(chunk):
                 ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+                mask[j, 0 if p.prompt_loss else n_prompt:len(s)] = 1
             micro.append(make_lm_batch(ids, mask))
         width = max(m["tokens"].shape[1] for m in micro)
         out = engine.train_step(lm_forward_step, micro, seq_length=width, micro_batch_size=p.micro_batch_size)
