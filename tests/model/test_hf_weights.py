@@ -4,7 +4,7 @@ round trip) with logits equal to transformers' own forward; export writes the ve
 (bitwise), re-import gives identical parameters, and the exported folder loads in transformers.
 
 Tolerance: fp32 throughout; megatron and transformers sum in different orders, so logits agree to
-``ATOL`` absolute (logits here have magnitude ~1).
+``ATOL`` absolute (seen: at most 4.5e-6).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.multiproc import run_workers
 
 transformers = pytest.importorskip("transformers")
 
-ATOL = 1e-4
+ATOL = 2e-5
 BATCH, SEQ, VOCAB = 2, 12, 100  # 100: not a multiple of 128, so the vocab padding is exercised
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, initializer_range=0.2)
