@@ -191,3 +191,34 @@ def test_exported_folder_loads_in_transformers(hf_models, converted):
     folder = converted["root"] / "qwen2_moe"
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     assert torch.equal(_hf_logits(model, _tokens()), hf_models["qwen2_moe"][1])
+
+
+def _cli_round_trip(hf_dir: str, root: str) -> list[int]:
+    """Both ``r1hpc convert`` commands in one spawned process, each with its own rendezvous."""
+    import os
+
+    from r1hpc.cli import main
+    from r1hpc.distributed import free_port
+
+    codes = [main(["convert", "hf-to-megatron", hf_dir, f"{root}/megatron", "model.params_dtype=fp32"])]
+    os.environ["MASTER_PORT"] = str(free_port())
+    codes.append(main(["convert", "megatron-to-hf", f"{root}/megatron", f"{root}/hf"]))
+    return codes
+
+
+@pytest.mark.multiproc
+def test_cli_converts_both_ways_with_config_and_tokenizer(hf_models, tmp_path):
+    hf_dir, expected = hf_models["qwen2"]
+    assert run_workers(_cli_round_trip, 1, hf_dir, str(tmp_path)) == [[0, 0]]
+    meta = json.loads((tmp_path / "megatron" / "convert.json").read_text())
+    assert meta["family"] == "qwen2" and meta["model"]["add_qkv_bias"] and meta["model"]["tie_embeddings"]
+    assert (tmp_path / "megatron" / "weights" / "metadata.json").is_file()
+    exported = tmp_path / "hf"
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= {
+        p.name for p in exported.iterdir()}
+    model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    assert torch.equal(_hf_logits(model, _tokens()), expected)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (exported / name).read_bytes() == (Path(hf_dir) / name).read_bytes()
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(exported)
+    assert tok("w1 w7 w98")["input_ids"] == [1, 7, 98]

@@ -112,7 +112,7 @@ def _require(hf_cfg: dict, where: str, key: str, ok: Callable[[object], bool], w
 def model_config_from_hf(hf_cfg: dict, *, base: Optional[ModelConfig] = None,
                          has_qkv_bias: Optional[bool] = None, where: str = "config.json") -> ModelConfig:
     """Our ModelConfig for an HF config.json. Non-architecture keys (dtype, implementation, MoE
-    dispatcher, dropout, max_seq_length when set) are kept from ``base``. ``has_qkv_bias``: whether
+    dispatcher, dropout, max_seq_length: a run setting) are kept from ``base``. ``has_qkv_bias``: whether
     the checkpoint holds q/k/v biases (None: the family's convention)."""
     family = family_of(hf_cfg, where)
     base = base or ModelConfig()
@@ -140,8 +140,6 @@ def model_config_from_hf(hf_cfg: dict, *, base: Optional[ModelConfig] = None,
         num_moe_experts=None, moe_shared_expert_intermediate_size=None, moe_shared_expert_gate=False,
         moe_router_pre_softmax=False, hf_path=None,
     )
-    if base.max_seq_length == ModelConfig.max_seq_length:
-        arch["max_seq_length"] = hf_cfg.get("max_position_embeddings", base.max_seq_length)
     if family.model_type == "mixtral":
         arch.update(num_moe_experts=hf_cfg["num_local_experts"], moe_router_topk=hf_cfg["num_experts_per_tok"],
                     moe_ffn_hidden_size=hf_cfg["intermediate_size"],
