@@ -117,3 +117,39 @@ def test_streaming_writer_refuses_a_tensor_out_of_plan(tmp_path):
     with pytest.raises(RuntimeError, match="plan expected a"):
         writer.write("b", torch.zeros(3))
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_r1zero_refuses_hf_path_instead_of_ignoring_it():
+    from r1hpc.config import ConfigError, load_config
+    from r1hpc.train.r1zero import run_r1zero
+
+    cfg = load_config("configs/ci_r1zero.yaml", ["model.hf_path=/models/qwen2"])
+    with pytest.raises(ConfigError, match="model.hf_path"):
+        run_r1zero(cfg)
+
+
+@pytest.mark.parametrize("model_kw, family, fault", [
+    (dict(add_qkv_bias=True), "llama", "Q/K/V biases"),
+    (dict(), "qwen2", "no Q/K/V biases"),
+    (dict(num_moe_experts=4), "llama", "MoE"),
+    (dict(num_moe_experts=4, moe_shared_expert_intermediate_size=8, moe_shared_expert_gate=True), "mixtral",
+     "a shared expert"),
+    (dict(num_moe_experts=4, moe_shared_expert_intermediate_size=8, add_qkv_bias=True), "qwen2_moe",
+     "without its sigmoid gate"),
+])
+def test_exports_a_family_cannot_represent_are_refused(model_kw, family, fault):
+    from r1hpc.model.hf.families import check_exportable
+
+    with pytest.raises(UnsupportedHFFeature, match=fault):
+        check_exportable(ModelConfig(**model_kw), FAMILIES[family])
+
+
+@pytest.mark.parametrize("model_kw, family", [
+    (dict(), "llama"), (dict(add_qkv_bias=True), "qwen2"), (dict(num_moe_experts=4), "mixtral"),
+    (dict(num_moe_experts=4, moe_shared_expert_intermediate_size=8, moe_shared_expert_gate=True,
+          add_qkv_bias=True), "qwen2_moe"),
+])
+def test_family_chosen_for_a_model_without_an_imported_config(model_kw, family):
+    from r1hpc.model.hf.families import family_for_model
+
+    assert family_for_model(ModelConfig(**model_kw)).model_type == family

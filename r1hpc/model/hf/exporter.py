@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from r1hpc.model.config import ModelConfig
-from r1hpc.model.hf.families import Family, family_for_model, family_of, hf_config_from_model
+from r1hpc.model.hf.families import Family, check_exportable, family_for_model, family_of, hf_config_from_model
 from r1hpc.model.hf.importer import ASSETS_DIR, META_FILE, WEIGHTS_DIR, copy_assets, local_param_specs, tp_coords
 from r1hpc.model.hf.layout import REPLICATED, global_plan, hf_shapes, merge_shards
 from r1hpc.model.hf.safetensors_io import StreamingWriter
@@ -46,6 +46,7 @@ def export_hf_weights(chunks, model: ModelConfig, out_dir: str | Path, *, family
                       dtype: Optional[torch.dtype] = None, max_shard_bytes: int = 5 * 2**30) -> None:
     """Collective: write the model's weights as safetensors into ``out_dir`` (rank 0 writes)."""
     family = family or family_for_model(model)
+    check_exportable(model, family)
     rank = torch.distributed.get_rank()
     owned = _owned_shards(chunks, model)
     table: list = [None] * torch.distributed.get_world_size()

@@ -192,5 +192,27 @@ def hf_config_from_model(model: ModelConfig, family: Family, dtype: str, templat
 def family_for_model(model: ModelConfig) -> Family:
     """The family an export writes when no imported config.json says which."""
     if model.is_moe:
-        return FAMILIES["qwen2_moe" if model.moe_shared_expert_intermediate_size else "mixtral"]
-    return FAMILIES["qwen2" if model.add_qkv_bias else "llama"]
+        family = FAMILIES["qwen2_moe" if model.moe_shared_expert_intermediate_size or model.add_qkv_bias
+                          or model.moe_router_pre_softmax else "mixtral"]
+    else:
+        family = FAMILIES["qwen2" if model.add_qkv_bias else "llama"]
+    check_exportable(model, family)
+    return family
+
+
+def check_exportable(model: ModelConfig, family: Family) -> None:
+    """Refuse an export the family's HF model would not run as ours does."""
+    problems = []
+    if model.is_moe != (family.moe_prefix is not None):
+        problems.append("MoE" if model.is_moe else "a dense MLP")
+    if model.add_qkv_bias and family.model_type in ("llama", "mixtral"):
+        problems.append("Q/K/V biases (add_qkv_bias)")
+    if not model.add_qkv_bias and family.model_type in ("qwen2", "qwen2_moe"):
+        problems.append("no Q/K/V biases")
+    if family.model_type == "mixtral" and (model.moe_shared_expert_intermediate_size or model.moe_router_pre_softmax):
+        problems.append("a shared expert or pre-softmax routing")
+    if family.model_type == "qwen2_moe" and bool(model.moe_shared_expert_intermediate_size) != model.moe_shared_expert_gate:
+        problems.append("a shared expert without its sigmoid gate (or a gate without one)")
+    if problems:
+        raise UnsupportedHFFeature(f"the model cannot be written as HF {family.model_type!r}: it has "
+                                   + "; ".join(problems))
