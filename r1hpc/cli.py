@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
     _add_config_args(sub.add_parser("pretrain", help="train (or reuse) the recipe's weak base model only"))
     _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
+    convert = sub.add_parser("convert", help="Hugging Face safetensors <-> megatron checkpoint (docs/hf_weights.md)")
+    convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
+    convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
+    convert.add_argument("dst", help="output folder")
+    convert.add_argument("overrides", nargs="*", help="parallel.<key>=.., model.<key>=.., export_dtype=bf16")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -36,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.train.r1zero import run_r1zero
 
             run_r1zero(load_config(args.config, args.overrides))
+            return 0
+        if args.command == "convert":
+            from r1hpc.model.hf.convert import run_convert
+
+            result = run_convert(args.direction, args.src, args.dst, args.overrides)
+            print(f"r1hpc: converted {args.src} -> {args.dst} ({result['family']})")
             return 0
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from r1hpc.config import dump_yaml
+from r1hpc.config import ConfigError, dump_yaml
 from r1hpc.data.mix import heldout_set, stream
 from r1hpc.data.templates import render_prompt
 from r1hpc.distributed import destroy_distributed, init_distributed
@@ -25,6 +25,9 @@ from r1hpc.train.pretrain import ensure_base, load_base, prepare_tokenizer
 
 
 def run_r1zero(cfg) -> dict:
+    if cfg.model.hf_path:  # never silently train the synthetic base instead of the HF model asked for
+        raise ConfigError("model.hf_path: the R1-Zero job trains its own base with its own tokenizer and cannot "
+                          "start from HF weights yet; see docs/hf_weights.md for the loader to call")
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     rank0 = env.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
