@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
     _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
+    rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
+    rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
+    rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -29,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.train.r1zero import run_r1zero
 
             run_r1zero(load_config(args.config, args.overrides))
+            return 0
+        if args.command == "report":
+            from r1hpc.monitor.report import build_report
+
+            try:
+                build_report(args.run_dir, args.out)
+            except FileNotFoundError as e:
+                print(f"r1hpc: {e}", file=sys.stderr)
+                return 2
             return 0
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)
