@@ -139,7 +139,8 @@ class Monitor:
         bins_sum, bins_n = flat[-2 * POSITION_BINS:-POSITION_BINS], flat[-POSITION_BINS:]
 
         out = self._summarise(total, dict(zip(per_marker, marker_counts)), bins_sum, bins_n, metrics)
-        if self.cfg.attention_every and step % self.cfg.attention_every == 0 and self.model is not None:
+        if self.cfg.attention_every and step % self.cfg.attention_every == 0 and self.model is not None \
+                and total["with_marker"]:  # the count is summed over DP ranks: every rank decides alike
             out.update(self._attention(step, samples, reads))
         self._save(step, samples, reads, problems)
         alarm_metrics, messages = self.alarms.update(step, {**metrics, **out})

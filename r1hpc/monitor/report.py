@@ -199,21 +199,25 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None, say: Callable[[s
         "style-src 'unsafe-inline'\">",
         f"<title>r1hpc report: {_esc(run_dir.name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        ".plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:1 1 480px}figcaption{font-weight:bold}.wide{flex-basis:100%}"
         "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;font-size:.85em}"
         "td,th{border:1px solid #ccc;padding:.3em;vertical-align:top}pre{white-space:pre-wrap;margin:0;"
         "max-width:40em}.warn{color:#a00}</style></head><body>",
         f"<h1>Run {_esc(run_dir.name)}</h1>",
-        f"<p>{len(rows)} logged steps from <code>{_esc(metrics_path)}</code>. Red bands mark steps with a "
+        f"<p>{len({r['step'] for r in rows if 'reward/mean' in r})} GRPO steps from <code>{_esc(metrics_path)}</code>. Red bands mark steps with a "
         "training-health alarm.</p>",
     ]
     if overhead is not None:
         parts.append(f"<p>Monitor overhead: {100 * overhead:.2f}% of GRPO step time "
                      "(sum of <code>timing/monitor_s</code> over sum of <code>timing/step_s</code>).</p>")
     parts += [f"<p class='warn'>{_esc(p)}</p>" for p in problems]
+    parts.append("<h2>Plots</h2><div class='plots'>")
     for stem, title, png in figures:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<h2>{_esc(title)}</h2><img id='plot-{stem}' alt='{_esc(title)}' "
-                     f"src='data:image/png;base64,{data}'>")
+        wide = " class='wide'" if stem == "entropy_trajectories" else ""
+        parts.append(f"<figure{wide}><figcaption>{_esc(title)} (<code>{png.name}</code>)</figcaption>"
+                     f"<img id='plot-{stem}' alt='{_esc(title)}' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</div>")
     parts.append("<h2>Training-health alarms</h2>")
     parts.append(f"<table><tr><th>alarm</th><th>steps</th></tr>{alarm_rows}</table>" if alarm_rows
                  else "<p>No alarm fired.</p>")

@@ -57,3 +57,19 @@ def attention_checks(parallel_kw: dict, ckpt: str, mode: str) -> dict:
     uniform = world_sums(*attention_jump_sums(model, SEQS, MARKERS, window=WINDOW, distance=DISTANCE, pad_id=0))
     destroy_distributed()
     return {"errors": errors, "real": real, "uniform": uniform}
+
+
+def monitor_dp(tok_dir: str, marks: dict) -> dict:
+    """Each of two data-parallel ranks observes half of the constructed batch."""
+    from r1hpc.data.tokenizer import TextTokenizer
+    from r1hpc.monitor.monitor import Monitor, MonitorConfig
+    from tests.monitor.batches import batch
+
+    init_distributed(ParallelConfig(), ModelConfig(**MODEL), seed=5)
+    tok = TextTokenizer.load(tok_dir)
+    samples, scores, problems = batch(tok, marks)
+    half = slice(0, 2) if torch.distributed.get_rank() == 0 else slice(2, 4)
+    monitor = Monitor(MonitorConfig(entropy_window=4, attention_every=0), tok, None, None, writer=False)
+    out = monitor.observe(1, samples[half], scores[half], problems[half], {})
+    destroy_distributed()
+    return out
