@@ -227,5 +227,6 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None, say: Callable[[s
     parts.append(f"<h2>Aha events ({len(events)} saved)</h2>{_aha_table(events)}</body></html>")
     index = out_dir / "index.html"
     index.write_text("\n".join(parts), encoding="utf-8")
-    say(f"[report] {index} ({len(figures)} plots; PNGs beside it)")
+    share = f"; monitor overhead {100 * overhead:.2f}% of GRPO step time" if overhead is not None else ""
+    say(f"[report] {index} ({len(figures)} plots; PNGs beside it){share}")
     return index
