@@ -61,11 +61,12 @@ class TokenTexts:
 
     def token_ends(self, ids: Sequence[int], text: str) -> list[int]:
         """End offset in ``text`` (the decoded ``ids``) of each token."""
-        ends, n = [], 0
-        for p in self.pieces(ids):
-            n += len(p)
-            ends.append(n)
-        if n == len(text) and "".join(self.pieces(ids)) == text:
+        pieces = self.pieces(ids)
+        if "".join(pieces) == text:
+            ends, n = [], 0
+            for p in pieces:
+                n += len(p)
+                ends.append(n)
             return ends
         return [len(self.tok.decode(ids[:k + 1])) for k in range(len(ids))]
 

@@ -63,7 +63,6 @@ class _Read:
     """One response as the monitor read it."""
 
     text: str
-    pieces: list[str]
     hits: list  # MarkerHit
     token_pos: list[int]
     correct: bool
@@ -96,8 +95,8 @@ class Monitor:
         hits = find_markers(text, self.pattern, self.cfg.markers)
         ends = self.texts.token_ends(ids, text) if hits else []
         correct = float(score.get(self.cfg.correct_key, 0.0)) >= self.cfg.correct_threshold
-        return _Read(text, self.texts.pieces(sample.response_ids), hits, [token_index(ends, h.start) for h in hits],
-                     correct, answer_changes(text, hits) if hits else [])
+        return _Read(text, hits, [token_index(ends, h.start) for h in hits], correct,
+                     answer_changes(text, hits) if hits else [])
 
     # ------------------------------------------------------------------ the step
     def observe(self, step: int, samples: Sequence[Sample], scores: Sequence[dict], problems: Sequence[Problem],
@@ -206,7 +205,7 @@ class Monitor:
                 "markers": [{"marker": h.marker, "char": h.start, "token": p} for h, p in zip(r.hits, r.token_pos)],
                 "answer_changes": [{"marker": c.marker.marker, "char": c.marker.start, "before": c.before,
                                     "after": c.after} for c in r.changes],
-                "tokens": r.pieces, "entropies": [round(float(e), 4) for e in s.entropies]}
+                "tokens": self.texts.pieces(s.response_ids), "entropies": [round(float(e), 4) for e in s.entropies]}
 
     def _save(self, step: int, samples, reads, problems) -> None:
         if self.out_dir is None:
@@ -219,7 +218,7 @@ class Monitor:
             chosen = order[:self.cfg.examples_per_step]
             _append(self.out_dir / "examples.jsonl", [self._record(step, samples[i], reads[i], problems[i])
                                                       for i in chosen])
-            top = top_forking_tokens([(r.pieces, s.entropies) for s, r in zip(samples, reads)],
+            top = top_forking_tokens([(self.texts.pieces(s.response_ids), s.entropies) for s in samples],
                                      self.cfg.forking_entropy)
             _append(self.out_dir / "forking_tokens.jsonl", [{"step": step, "top": top}])
 

@@ -25,8 +25,9 @@ def test_marker_token_is_the_token_holding_the_marker(tok, tmp_path):
     samples, scores, _ = batch(tok)
     for s, sc in zip(samples, scores):
         r = monitor.read(s, sc)
+        pieces = [tok.decode([i]) for i in s.response_ids]
         for h, p in zip(r.hits, r.token_pos):
-            assert len("".join(r.pieces[:p])) <= h.start < len("".join(r.pieces[:p + 1]))
+            assert len("".join(pieces[:p])) <= h.start < len("".join(pieces[:p + 1]))
 
 
 def test_step_metrics_match_hand_counts(tok, tmp_path):
@@ -88,3 +89,18 @@ def test_metrics_are_summed_over_data_parallel_ranks(tok, tmp_path):
         for k, v in whole.items():
             if k != "timing/monitor_s":
                 assert out[k] == pytest.approx(v, nan_ok=True), k
+
+
+def test_token_of_a_cjk_marker_split_over_byte_tokens(tok):
+    """This BPE never saw Chinese: each character is three byte tokens whose pieces do not decode
+    alone, so positions come from decoding prefixes; the marker's token is the first holding its bytes."""
+    from r1hpc.monitor.markers import DEFAULT_MARKERS, TokenTexts, find_markers, marker_pattern, token_index
+
+    ids = tok.encode(" 41。等等，42")
+    text = tok.decode(ids)
+    texts = TokenTexts(tok)
+    assert "".join(texts.pieces(ids)) != text
+    (hit,) = find_markers(text, marker_pattern(DEFAULT_MARKERS), DEFAULT_MARKERS)
+    p = token_index(texts.token_ends(ids, text), hit.start)
+    assert tok.decode(ids[:p]) == text[:hit.start] and tok.decode(ids[p:]).startswith("等等")
+    assert "\ufffd" in tok.decode([ids[p]])  # the marker's first token is a lone byte of "等"
