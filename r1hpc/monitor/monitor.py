@@ -190,13 +190,17 @@ class Monitor:
         before, after, n = attention_jump_sums(self.model, seqs, positions, window=self.cfg.attention_window,
                                                distance=self.cfg.attention_distance, pad_id=self.tok.pad_id)
         t = torch.tensor([before, after, float(n)], dtype=torch.float64)
-        if torch.distributed.is_initialized():  # over all ranks: TP ranks hold different heads
+        tp = 1
+        if torch.distributed.is_initialized():  # over all ranks: TP ranks hold different heads of the same windows
+            from megatron.core import parallel_state
+
             torch.distributed.all_reduce(t)
+            tp = parallel_state.get_tensor_model_parallel_world_size()
         before, after, n = t.tolist()
         if not n:
             return {"monitor/attn_windows": 0.0}
         return {"monitor/attn_distant_before": before / n, "monitor/attn_distant_after": after / n,
-                "monitor/attn_jump": (after - before) / n, "monitor/attn_windows": n}
+                "monitor/attn_jump": (after - before) / n, "monitor/attn_windows": n / tp}
 
     # ------------------------------------------------------------------ saved examples
     def _record(self, step: int, s: Sample, r: _Read, problem: Optional[Problem]) -> dict:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from r1hpc.monitor.attention import causal_probs, distant_mass, jump_windows
+from tests.monitor.batches import tokenizer
 from tests.monitor.workers import DISTANCE, MARKERS, SEQS, WINDOW, attention_checks
 from tests.multiproc import run_workers
 
@@ -54,8 +55,9 @@ def test_causal_probs_grouped_query_heads_and_masking():
 
 @pytest.mark.multiproc
 def test_attention_jumps_on_the_real_model_tp1_and_tp2(tmp_path):
-    ckpt = str(tmp_path / "w")
-    (one,) = run_workers(attention_checks, 1, {}, ckpt, "save")
+    ckpt, tok_dir = str(tmp_path / "w"), str(tmp_path / "tok")
+    tokenizer().save(tok_dir)
+    (one,) = run_workers(attention_checks, 1, {}, ckpt, "save", tok_dir)
     assert len(one["errors"]) == 2 and max(one["errors"]) < 1e-5, one["errors"]
     before, after, n = one["real"]
     assert n == 2 * 3 and 0 <= before <= n and 0 <= after <= n
@@ -63,8 +65,12 @@ def test_attention_jumps_on_the_real_model_tp1_and_tp2(tmp_path):
     expect_before = 2 * sum(sum(_uniform_mass(q, DISTANCE) for q in range(p - WINDOW, p)) / WINDOW for _, p in windows)
     expect_after = 2 * sum(sum(_uniform_mass(q, DISTANCE) for q in range(p, p + WINDOW)) / WINDOW for _, p in windows)
     assert one["uniform"] == pytest.approx([expect_before, expect_after, 6], abs=1e-5)
-    two = run_workers(attention_checks, 2, {"tensor_model_parallel_size": 2}, ckpt, "load")
+    m = one["monitor"]  # the monitor, through the same model: 3 marked responses x 2 layers
+    assert m["monitor/attn_windows"] == 6
+    assert m["monitor/attn_jump"] == pytest.approx(m["monitor/attn_distant_after"] - m["monitor/attn_distant_before"])
+    two = run_workers(attention_checks, 2, {"tensor_model_parallel_size": 2}, ckpt, "load", tok_dir)
     for r in two:
         assert max(r["errors"]) < 1e-5
         assert r["real"] == pytest.approx(one["real"], abs=1e-5)
         assert r["uniform"] == pytest.approx(one["uniform"], abs=1e-5)
+        assert r["monitor"] == pytest.approx(one["monitor"], abs=1e-5)

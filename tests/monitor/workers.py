@@ -11,17 +11,22 @@ from r1hpc.model.weights import load_model_weights, save_model_weights
 from r1hpc.monitor.attention import attention_jump_sums, causal_probs
 from r1hpc.train.lm_loss import position_ids
 
-MODEL = dict(vocab_size=97, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+MODEL = dict(vocab_size=300, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
              num_query_groups=2, max_seq_length=64)
 SEQS = [list(range(3, 43)), list(range(50, 80))]  # 40 and 30 tokens (right-padded in one batch)
 MARKERS = [[12, 30], [15]]
 WINDOW, DISTANCE = 6, 4
 
 
-def attention_checks(parallel_kw: dict, ckpt: str, mode: str) -> dict:
+def attention_checks(parallel_kw: dict, ckpt: str, mode: str, tok_dir: str) -> dict:
     """(1) softmax(QK^T) recomputed from the hooked query/key, times the value, equals the output of
-    megatron's core attention; (2) the jump sums of the model; (3) the jump sums once the QKV
-    projection is zeroed, where attention is uniform over the causal prefix (known answer)."""
+    megatron's core attention; (2) the jump sums of the model; (3) the monitor's attention metrics
+    on the constructed batch; (4) the jump sums once the QKV projection is zeroed, where attention
+    is uniform over the causal prefix (known answer)."""
+    from r1hpc.data.tokenizer import TextTokenizer
+    from r1hpc.monitor.monitor import Monitor, MonitorConfig
+    from tests.monitor.batches import batch
+
     model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig(**parallel_kw)
     init_distributed(parallel_cfg, model_cfg, seed=5)
     model = build_model(model_cfg, parallel_cfg)
@@ -50,13 +55,17 @@ def attention_checks(parallel_kw: dict, ckpt: str, mode: str) -> dict:
         return (t / torch.distributed.get_world_size()).tolist()  # TP ranks: one head share each
 
     real = world_sums(*attention_jump_sums(model, SEQS, MARKERS, window=WINDOW, distance=DISTANCE, pad_id=0))
+    tok = TextTokenizer.load(tok_dir)
+    monitor = Monitor(MonitorConfig(attention_every=1, attention_window=WINDOW), tok, model, None, writer=False)
+    observed = monitor.observe(1, *batch(tok), {})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "linear_qkv" in n:
                 p.zero_()
     uniform = world_sums(*attention_jump_sums(model, SEQS, MARKERS, window=WINDOW, distance=DISTANCE, pad_id=0))
     destroy_distributed()
-    return {"errors": errors, "real": real, "uniform": uniform}
+    return {"errors": errors, "real": real, "uniform": uniform,
+            "monitor": {k: v for k, v in observed.items() if k.startswith("monitor/attn")}}
 
 
 def monitor_dp(tok_dir: str, marks: dict) -> dict:
