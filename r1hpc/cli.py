@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
     convert.add_argument("dst", help="output folder")
     convert.add_argument("overrides", nargs="*", help="parallel.<key>=.., model.<key>=.., export_dtype=bf16")
+    rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
+    rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
+    rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -47,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_convert(args.direction, args.src, args.dst, args.overrides)
             print(f"r1hpc: converted {args.src} -> {args.dst} ({result['family']})")
+            return 0
+        if args.command == "report":
+            from r1hpc.monitor.report import build_report
+
+            try:
+                build_report(args.run_dir, args.out)
+            except FileNotFoundError as e:
+                print(f"r1hpc: {e}", file=sys.stderr)
+                return 2
             return 0
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)

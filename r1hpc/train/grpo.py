@@ -115,12 +115,14 @@ class GRPOTrainer:
     """Owns the policy engine, the frozen reference engine and the reward scorer for a run."""
 
     def __init__(self, policy: Engine, reference: Optional[Engine], *, tokenizer, scorer, algo: AlgoConfig,
-                 rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int) -> None:
+                 rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int,
+                 monitor=None) -> None:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
         self.algo, self.rollout_cfg, self.cfg, self.render = algo, rollout, grpo, render
         self.problems, self.seed = problems, seed
+        self.monitor = monitor  # r1hpc.monitor.Monitor: reads each rollout batch, adds its metrics
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         if rollout.prompts_per_step % self.dp:
@@ -251,6 +253,9 @@ class GRPOTrainer:
 
         metrics.update(self._rollout_metrics(scores, samples, rewards, lengths, zero_std, ds_stats))
         metrics.update(update_stats)
+        if self.monitor is not None:
+            metrics.update(self.monitor.observe(self.step + 1, samples, scores, [p for p in problems for _ in range(G)],
+                                                metrics))
         elapsed = time.perf_counter() - t0
         total_tokens = self._dp_sum(float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)))
         metrics.update({"timing/rollout_reward_s": t_rollout_reward, "timing/logprob_s": t_logp,

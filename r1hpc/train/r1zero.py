@@ -17,6 +17,7 @@ from r1hpc.data.templates import render_prompt
 from r1hpc.distributed import destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
 from r1hpc.monitor.metrics import MetricsLogger
+from r1hpc.monitor.monitor import Monitor
 from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
@@ -68,7 +69,9 @@ def run_r1zero(cfg) -> dict:
         before = evaluate(0)
         trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
                               grpo=cfg.grpo, render=render, problems=stream(cfg.data.mix, "train", seed=cfg.run.seed),
-                              seed=cfg.run.seed)
+                              seed=cfg.run.seed,
+                              monitor=Monitor(cfg.monitor, tok, policy.module, run_dir, writer=rank0, say=say)
+                              if cfg.monitor.enabled else None)
         t_grpo = time.perf_counter()
 
         def _grpo_seconds() -> float:
