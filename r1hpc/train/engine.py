@@ -81,6 +81,13 @@ class Engine:
         m = self.model[0]
         return m.module if hasattr(m, "module") else m
 
+    def state_dict(self) -> dict:
+        """The step counter (it drives the LR schedule); optimizer state is checkpointed by megatron."""
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+
     def _set_lr(self) -> float:
         o = self.optim_cfg
         lr = o.lr * min(1.0, (self.step_count + 1) / o.warmup_steps) if o.warmup_steps else o.lr
