@@ -29,9 +29,7 @@ pytestmark = pytest.mark.slow
 def _overrides(out: Path, base: Path) -> list[str]:
     return [f"run.output_dir={out}", f"pretrain.base_dir={base}", "pretrain.steps=120", "data.corpus.size=2000",
             f"grpo.steps={STEPS}", "checkpoint.save_every=2", "checkpoint.keep_last=2", "rewards.workers=1",
-            "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=32",
-            "algo.max_response_len=32", "eval.num_problems=4", "eval.samples_per_problem=1",
-            "eval.max_new_tokens=32"]
+            "rollout.prompts_per_step=4", "rollout.group_size=4", "eval.num_problems=4", "eval.samples_per_problem=1"]
 
 
 def _env(extra: dict | None = None) -> dict:
