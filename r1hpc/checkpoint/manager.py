@@ -39,12 +39,12 @@ class CheckpointManager:
 
     def __init__(self, cfg: CheckpointConfig, directory: Path, *, policy, trainer, scorer, config: dict,
                  tokenizer_path: Optional[Path] = None) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
         self.cfg, self.directory = cfg, Path(directory)
         self.policy, self.trainer, self.scorer = policy, trainer, scorer
         self.config, self.tokenizer_path = config, tokenizer_path
         self.rank = torch.distributed.get_rank()
-        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
         self._queue = AsyncCallsQueue()
         self._published: list[Path] = []
 
@@ -70,7 +70,7 @@ class CheckpointManager:
         model_request = save_model_weights(self.policy.module, tmp / "model", asynchronous=asynchronous)
         optim_state = self._optimizer_state(is_loading=False)
         optim_request = dist_checkpointing.save(optim_state, str(tmp / "optimizer"), async_sharded_save=asynchronous)
-        torch.save({"optimizer_stepped": _holds_sharded_tensors(optim_state), "rng": capture_rng(),
+        torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
                     "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
                     "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
         meta = None
@@ -138,9 +138,10 @@ class CheckpointManager:
         return meta
 
 
-def _holds_sharded_tensors(state: dict) -> bool:
-    """Whether a sharded optimizer state has per-parameter tensors (Adam creates them at its first step)."""
+def _has_adam_moments(state: dict) -> bool:
+    """Whether a sharded optimizer state holds Adam's moments (created at its first step). Loading
+    one without them would ask the checkpoint for tensors it never had."""
     from megatron.core.dist_checkpointing import ShardedTensor
     from megatron.core.dist_checkpointing.dict_utils import nested_values
 
-    return any(isinstance(v, ShardedTensor) for v in nested_values(state))
+    return any(isinstance(v, ShardedTensor) and "exp_avg" in v.key for v in nested_values(state))

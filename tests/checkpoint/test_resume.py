@@ -48,9 +48,12 @@ def _train(out: Path, base: Path, *extra: str, env: dict | None = None) -> subpr
                           timeout=900)
 
 
-def _start(out: Path, base: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(out, base, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _start(out: Path, base: Path, log: Path) -> subprocess.Popen:
+    """A run in its own process group (so a kill reaches its reward workers too), output to ``log``
+    (a pipe nobody reads would fill up and stall it)."""
+    with log.open("w") as f:
+        return subprocess.Popen(_cmd(out, base), cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
@@ -79,10 +82,12 @@ def _assert_same_metrics(run_dir: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, Path]:
-    """(base dir, run dir) of the uninterrupted run; it also pretrains the base the others reuse."""
+    """(base dir, run dir) of the uninterrupted run; it also pretrains the base the others reuse.
+    Its scheduled saves are asynchronous (the interrupted runs' are synchronous), so the equality
+    checks also show that neither kind of save perturbs training."""
     root = tmp_path_factory.mktemp("ckpt")
     base = root / "base"
-    proc = _train(root / "ref", base)
+    proc = _train(root / "ref", base, "checkpoint.async_save=true")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = _comparable(root / "ref" / "ci_r1zero")
     assert [r["step"] for r in rows if "reward/mean" in r] == list(range(1, STEPS + 1))
@@ -93,7 +98,7 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(reference, tmp_path):
     base, ref = reference
     kill_at = random.randint(1, STEPS - 1)
-    proc = _start(tmp_path, base)
+    proc = _start(tmp_path, base, tmp_path / "killed.log")
     _wait_for_step(proc, tmp_path / "ci_r1zero" / "metrics.jsonl", kill_at)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -121,10 +126,11 @@ def test_kill_inside_a_save_skips_the_incomplete_checkpoint(reference, tmp_path)
 
 def test_sigusr2_saves_exits_75_and_resume_continues(reference, tmp_path):
     base, ref = reference
-    proc = _start(tmp_path, base)
+    proc = _start(tmp_path, base, tmp_path / "preempted.log")
     _wait_for_step(proc, tmp_path / "ci_r1zero" / "metrics.jsonl", 2)
     os.kill(proc.pid, signal.SIGUSR2)
-    out, _ = proc.communicate(timeout=900)
+    proc.wait(timeout=900)
+    out = (tmp_path / "preempted.log").read_text()
     assert proc.returncode == 75, out[-4000:]
     saved = [int(line.split()[3]) for line in out.splitlines() if line.startswith("[preempt] saved step")]
     assert len(saved) == 1 and f"[preempt] saved step {saved[0]}; exiting for requeue" in out
@@ -155,3 +161,14 @@ def test_a_resume_that_changes_the_model_fails_clearly(reference, tmp_path):
     assert proc.returncode == 2
     assert "cannot resume" in proc.stderr and "model.hidden_size: 96 -> 64" in proc.stderr
     assert "model.ffn_hidden_size: 192 -> 128" in proc.stderr
+
+
+def test_an_asynchronously_written_checkpoint_resumes_bitwise(reference, tmp_path):
+    base, ref = reference
+    run_dir = tmp_path / "ci_r1zero"
+    shutil.copytree(ref, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:08d}")  # the final, synchronous one
+    proc = _train(tmp_path, base, "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"[resume] continuing from step {STEPS - 2}" in proc.stdout
+    _assert_same_metrics(run_dir, ref)
