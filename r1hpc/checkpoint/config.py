@@ -12,14 +12,12 @@ class CheckpointConfig:
     """When and where the GRPO run saves, how many it keeps, and whether it resumes.
 
     The last step of a run and a preemption signal always save; ``save_every`` adds saves on a
-    schedule, asynchronously with ``async_save`` (the last and the preemption save are always
-    synchronous: the process exits after them). ``resume``: "none" (a fresh start), "auto" (the newest complete checkpoint in
+    schedule. ``resume``: "none" (a fresh start), "auto" (the newest complete checkpoint in
     ``directory``, or a fresh start when there is none) or the path of one checkpoint."""
 
     directory: Optional[str] = None  # None: <run dir>/checkpoints
     save_every: int = 50
     keep_last: int = 2
-    async_save: bool = False
     resume: str = "none"
 
     def validate(self) -> None:

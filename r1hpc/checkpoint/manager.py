@@ -39,26 +39,16 @@ class CheckpointManager:
 
     def __init__(self, cfg: CheckpointConfig, directory: Path, *, policy, trainer, scorer, config: dict,
                  tokenizer_path: Optional[Path] = None) -> None:
-        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
         self.cfg, self.directory = cfg, Path(directory)
         self.policy, self.trainer, self.scorer = policy, trainer, scorer
         self.config, self.tokenizer_path = config, tokenizer_path
         self.rank = torch.distributed.get_rank()
-        self._queue = AsyncCallsQueue()
-        self._published: list[Path] = []
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, *, evals: list[dict], metrics_path: Path, finished: bool,
-             asynchronous: bool = False) -> None:
-        """Checkpoint the state as of now. Synchronous: published on return. Asynchronous: the model
-        and optimizer shards are planned here and written by a forked process (megatron's
-        TemporalAsyncCaller; the fork is a copy-on-write snapshot, so training may go on changing
-        the live tensors), and ``poll()`` publishes the checkpoint at a later step boundary once
-        every rank's writer finished. ``poll()`` and ``wait()`` report what was published."""
+    def save(self, step: int, *, evals: list[dict], metrics_path: Path, finished: bool) -> Path:
+        """Write and publish a complete checkpoint of the state as of now; returns its path."""
         from megatron.core import dist_checkpointing
 
-        self.wait()  # at most one save in flight, published in order
         tmp = self.directory / (step_dir_name(step) + ".tmp")
         final = self.directory / step_dir_name(step)
         if self.rank == 0:
@@ -67,54 +57,26 @@ class CheckpointManager:
             for sub in ("optimizer", "ranks"):
                 (tmp / sub).mkdir(parents=True)
         torch.distributed.barrier()
-        model_request = save_model_weights(self.policy.module, tmp / "model", asynchronous=asynchronous)
+        save_model_weights(self.policy.module, tmp / "model")
         optim_state = self._optimizer_state(is_loading=False)
-        optim_request = dist_checkpointing.save(optim_state, str(tmp / "optimizer"), async_sharded_save=asynchronous)
+        dist_checkpointing.save(optim_state, str(tmp / "optimizer"))
         torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
                     "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
                     "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
-        meta = None
+        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        fsync_tree(tmp)
+        torch.distributed.barrier()  # every rank's files are written and flushed
         if self.rank == 0:
-            meta = {"format_version": FORMAT_VERSION, "step": step, "finished": finished, "evals": list(evals),
+            if self.tokenizer_path is not None:
+                shutil.copy2(self.tokenizer_path, tmp / "tokenizer.json")
+            meta = {"format_version": FORMAT_VERSION, "step": step, "finished": finished, "evals": evals,
                     "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
                     "config": self.config, "layout": current_layout(), "saved_at": time.time()}
-
-        def finish() -> None:
-            if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-                os.kill(os.getpid(), signal.SIGKILL)
-            fsync_tree(tmp)
-            torch.distributed.barrier()  # every rank's files are written and flushed
-            if self.rank == 0:
-                if self.tokenizer_path is not None:
-                    shutil.copy2(self.tokenizer_path, tmp / "tokenizer.json")
-                publish(tmp, final, meta)
-                prune(self.directory, self.cfg.keep_last)
-            torch.distributed.barrier()
-            self._published.append(final)
-
-        if not asynchronous:
-            finish()
-            return
-        optim_request.add_finalize_fn(finish)
-        self._queue.schedule_async_request(model_request)
-        self._queue.schedule_async_request(optim_request)
-
-    def poll(self) -> list[Path]:
-        """Collective, at each step boundary: publish the asynchronous saves whose writers finished
-        on every rank; returns their paths."""
-        if self._queue.get_num_unfinalized_calls():
-            self._queue.maybe_finalize_async_calls(blocking=False)
-        return self._take_published()
-
-    def wait(self) -> list[Path]:
-        """Collective: block until every save in flight is published; returns their paths."""
-        if self._queue.get_num_unfinalized_calls():
-            self._queue.maybe_finalize_async_calls(blocking=True)
-        return self._take_published()
-
-    def _take_published(self) -> list[Path]:
-        done, self._published = self._published, []
-        return done
+            publish(tmp, final, meta)
+            prune(self.directory, self.cfg.keep_last)
+        torch.distributed.barrier()
+        return final
 
     def _optimizer_state(self, *, is_loading: bool) -> dict:
         return self.policy.optimizer.sharded_state_dict(sharded_model_state(self.policy.module), is_loading=is_loading)
@@ -145,3 +107,4 @@ def _has_adam_moments(state: dict) -> bool:
     from megatron.core.dist_checkpointing.dict_utils import nested_values
 
     return any(isinstance(v, ShardedTensor) and "exp_avg" in v.key for v in nested_values(state))
+

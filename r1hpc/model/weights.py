@@ -28,18 +28,16 @@ def sharded_model_state(model) -> dict:
     return {k: v for i, m in enumerate(chunks) for k, v in m.sharded_state_dict(prefix=f"model{i}.").items()}
 
 
-def save_model_weights(model, directory: str | Path, *, asynchronous: bool = False):
-    """Collective: every rank calls it; each writes its own shards. With ``asynchronous`` the save
-    is only planned here, and the returned megatron AsyncRequest writes it (r1hpc.checkpoint)."""
+def save_model_weights(model, directory: str | Path) -> None:
+    """Collective: every rank calls it; each writes its own shards."""
     from megatron.core import dist_checkpointing
 
     directory = Path(directory)
     if torch.distributed.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
-    request = dist_checkpointing.save(sharded_model_state(model), str(directory), async_sharded_save=asynchronous)
+    dist_checkpointing.save(sharded_model_state(model), str(directory))
     torch.distributed.barrier()
-    return request
 
 
 def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> None:

@@ -99,10 +99,9 @@ def run_r1zero(cfg) -> dict:
         ckpt = CheckpointManager(cfg.checkpoint, ckpt_dir, policy=policy, trainer=trainer, scorer=scorer,
                                  config=to_dict(cfg), tokenizer_path=base_dir / "tokenizer.json")
 
-        def save(step: int, finished: bool = False, asynchronous: bool = False) -> None:
-            ckpt.save(step, evals=evals, metrics_path=logger.path, finished=finished, asynchronous=asynchronous)
-            for done in ckpt.poll():
-                say(f"[checkpoint] saved {done}")
+        def save(step: int, finished: bool = False) -> None:
+            path = ckpt.save(step, evals=evals, metrics_path=logger.path, finished=finished)
+            say(f"[checkpoint] saved {path}")
 
         start_step = steps_done = 0
         if resumed is not None:
@@ -127,8 +126,6 @@ def run_r1zero(cfg) -> dict:
             progress.update(1)
             if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0 and step < cfg.grpo.steps:
                 logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items() if k != "step"})
-            for done in ckpt.poll():  # asynchronous saves that finished on every rank
-                say(f"[checkpoint] saved {done}")
             if guard.should_stop():
                 save(step)
                 progress.close()
@@ -139,7 +136,7 @@ def run_r1zero(cfg) -> dict:
                 say(f"[grpo] time limit of {limit} min reached after {step} steps")
                 break
             if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < cfg.grpo.steps:
-                save(step, asynchronous=cfg.checkpoint.async_save)
+                save(step)
         progress.close()
         grpo_s = time.perf_counter() - t_grpo
         after = evaluate(steps_done)

@@ -103,3 +103,11 @@ def test_preemption_guard_only_sets_a_flag():
         guard.uninstall()
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     assert EXIT_CODE_REQUEUE == 75
+
+
+def test_checkpoint_section_is_validated():
+    from r1hpc.config import ConfigError, load_config
+
+    assert load_config(None, ["checkpoint.resume=auto"]).checkpoint.resume == "auto"
+    with pytest.raises(ConfigError, match="checkpoint.*keep_last"):
+        load_config(None, ["checkpoint.keep_last=0"])
