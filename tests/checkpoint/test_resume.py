@@ -57,7 +57,7 @@ def _start(out: Path, base: Path, log: Path) -> subprocess.Popen:
 
 
 def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 1800  # generous: a loaded shared machine may starve the run
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and any(json.loads(line)["step"] >= step
                                     for line in metrics.read_text().splitlines() if line.endswith("}")):
