@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.config import ConfigError
 
 
@@ -17,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
     _add_config_args(sub.add_parser("pretrain", help="train (or reuse) the recipe's weak base model only"))
-    _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
+    train = sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate")
+    _add_config_args(train)
+    train.add_argument("--resume", metavar="auto|none|PATH",
+                       help="sets checkpoint.resume: auto = the newest complete checkpoint (docs/checkpointing.md)")
     convert = sub.add_parser("convert", help="Hugging Face safetensors <-> megatron checkpoint (docs/hf_weights.md)")
     convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
     convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.config import load_config
             from r1hpc.train.r1zero import run_r1zero
 
-            run_r1zero(load_config(args.config, args.overrides))
+            overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+            run_r1zero(load_config(args.config, overrides))
             return 0
         if args.command == "convert":
             from r1hpc.model.hf.convert import run_convert
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)
+        return 2
+    except ResumeError as e:
+        print(f"r1hpc: cannot resume: {e}", file=sys.stderr)
         return 2
     return 1
 

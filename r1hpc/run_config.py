@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from r1hpc.algo.loss import AlgoConfig
+from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.config import ConfigError
 from r1hpc.data.config import DataConfig
 from r1hpc.distributed import ParallelConfig, check_layout
@@ -44,6 +45,7 @@ class RunConfig:
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)

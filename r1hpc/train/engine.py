@@ -114,6 +114,13 @@ class Engine:
         m = self.model[0]
         return m.module if hasattr(m, "module") else m
 
+    def state_dict(self) -> dict:
+        """The step counter (it drives the LR schedule); optimizer state is checkpointed by megatron."""
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+
     def _set_lr(self) -> float:
         lr = lr_at(self.optim_cfg, self.step_count)
         for group in self.optimizer.param_groups:

@@ -133,6 +133,16 @@ class GRPOTrainer:
             raise ConfigError("algo.beta > 0 needs a reference model")
         self.step = 0
 
+    def state_dict(self) -> dict:
+        """What exact resume needs from the trainer: the step (it seeds the rollout sampler) and the
+        prompt stream's position (``problems`` must then be a StreamCursor). There is no rollout
+        buffer to save: each step rolls out afresh and consumes its rollouts within the step."""
+        return {"step": self.step, "problems": self.problems.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.problems.load_state_dict(state["problems"])
+
     # ----------------------------------------------------------------- rollout and rewards
     def _rollout(self, problems: list[Problem]) -> list[Sample]:
         G = self.rollout_cfg.group_size
