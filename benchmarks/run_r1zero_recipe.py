@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun)")
     parser.add_argument("--out", required=True, help="result name: benchmarks/results/<out>.json")
     parser.add_argument("--note", default="", help="free text stored with the result")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
 
     cfg = load_config(args.config, args.overrides)  # fail on a bad key before spending minutes
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"] if args.nproc > 1 else []
