@@ -45,6 +45,13 @@ class HealthAlarms:
         self.history: dict[str, list[float]] = {}
         self.active: set[str] = set()
 
+    def state_dict(self) -> dict:
+        return {"history": {k: list(v) for k, v in self.history.items()}, "active": sorted(self.active)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.active = set(state["active"])
+
     def _series(self, key: str) -> list[float]:
         return self.history.get(key, [])
 

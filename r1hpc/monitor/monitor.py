@@ -99,6 +99,14 @@ class Monitor:
                      answer_changes(text, hits) if hits else [])
 
     # ------------------------------------------------------------------ the step
+    def state_dict(self) -> dict:
+        """What an exact resume needs: the length baseline and the alarms' history."""
+        return {"first_length": self.first_length, "alarms": self.alarms.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_length = state["first_length"]
+        self.alarms.load_state_dict(state["alarms"])
+
     def observe(self, step: int, samples: Sequence[Sample], scores: Sequence[dict], problems: Sequence[Problem],
                 metrics: dict[str, float]) -> dict[str, float]:
         """Metrics for this step; ``problems`` holds one entry per sample, ``metrics`` the trainer's."""

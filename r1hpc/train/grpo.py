@@ -137,11 +137,16 @@ class GRPOTrainer:
         """What exact resume needs from the trainer: the step (it seeds the rollout sampler) and the
         prompt stream's position (``problems`` must then be a StreamCursor). There is no rollout
         buffer to save: each step rolls out afresh and consumes its rollouts within the step."""
-        return {"step": self.step, "problems": self.problems.state_dict()}
+        state = {"step": self.step, "problems": self.problems.state_dict()}
+        if self.monitor is not None:
+            state["monitor"] = self.monitor.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.problems.load_state_dict(state["problems"])
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state["monitor"])
 
     # ----------------------------------------------------------------- rollout and rewards
     def _rollout(self, problems: list[Problem]) -> list[Sample]:

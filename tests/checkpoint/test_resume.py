@@ -10,6 +10,7 @@ round trip, which preserves every bit of a float64. All runs use one thread per 
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -130,7 +131,7 @@ def test_sigusr2_saves_exits_75_and_resume_continues(reference, tmp_path):
     proc.wait(timeout=900)
     out = (tmp_path / "preempted.log").read_text()
     assert proc.returncode == 75, out[-4000:]
-    saved = [int(line.split()[3]) for line in out.splitlines() if line.startswith("[preempt] saved step")]
+    saved = [int(m) for m in re.findall(r"^\[preempt\] saved step (\d+);", out, flags=re.M)]
     assert len(saved) == 1 and f"[preempt] saved step {saved[0]}; exiting for requeue" in out
     assert (tmp_path / "ci_r1zero" / "checkpoints" / f"step_{saved[0]:08d}" / "meta.json").is_file()
     if saved[0] < STEPS:  # a signal that lands in the last step is answered by the same save
