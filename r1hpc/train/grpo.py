@@ -222,8 +222,6 @@ class GRPOTrainer:
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
-        from megatron.core import parallel_state
-
         t0 = time.perf_counter()
         samples, scores, problems, ds_stats = self._collect()
         t_rollout_reward = time.perf_counter() - t0

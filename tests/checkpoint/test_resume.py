@@ -148,7 +148,7 @@ def test_resuming_a_finished_run_exits_0_without_training(reference, tmp_path):
     before = (run_dir / "metrics.jsonl").read_bytes()
     proc = _train(tmp_path, base, "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert f"the run already finished" in proc.stdout and f"final step {STEPS} of {STEPS}" in proc.stdout
+    assert "the run already finished" in proc.stdout and f"final step {STEPS} of {STEPS}" in proc.stdout
     assert "[eval]" not in proc.stdout and "GRPO" not in proc.stderr
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
