@@ -1,10 +1,9 @@
-// The sampler's contract (sampler_common.h) on the CPU: one row at a time, rows in parallel.
+// The sampler's contract (sampler_common.h) on the CPU, one row after another.
 //
 // Written plainly (a sort where the GPU does a radix select) so that it is a second, independent
 // reading of the same definitions: every decision is on the same integers and the same Philox
 // words, so the CPU and the GPU draw the same token for the same seed unless a float exp/log
 // differs in its last bit right at a decision boundary. Module r1hpc._cpu_sampling.
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -125,12 +124,10 @@ void sample_rows(const at::Tensor& logits, const Params& p, const int64_t* reque
                  float* entropies) {
   const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0);
   const T* base = logits.data_ptr<T>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      sample_row(Row<T>{base + r * stride}, V, p, static_cast<uint64_t>(requests[r]), tokens + r, logps + r,
-                 entropies + r);
-    }
-  });
+  for (int64_t r = 0; r < B; ++r) {  // rows one after another: a rank's other cores serve its peers
+    sample_row(Row<T>{base + r * stride}, V, p, static_cast<uint64_t>(requests[r]), tokens + r, logps + r,
+               entropies + r);
+  }
 }
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
