@@ -17,9 +17,10 @@ from typing import Optional
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.info import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
 
 SAMPLERS = ("auto", "torch", "native")
-EXTENSIONS = {"cpu": "r1hpc._cpu_sampling", "cuda": "r1hpc._C"}
+EXTENSIONS = {"cpu": CPU_SAMPLING_EXTENSION, "cuda": CUDA_EXTENSION}
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_VOCAB = 1 << 23  # fixed-point masses of a row must fit in 64 bits (csrc/sampler_common.h)
 

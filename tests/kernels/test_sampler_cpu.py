@@ -12,6 +12,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import r1hpc._cpu_sampling as ext
+from r1hpc.config import ConfigError, load_config
+from r1hpc.rollout import native
 from r1hpc.rollout.native import resolve_sampler, sample_tokens_native
 from r1hpc.rollout.sampling import sample_tokens, truncated_probs
 
@@ -154,9 +156,16 @@ def test_bad_input_is_a_clear_error(call, error, message):
         call()
 
 
-def test_sampler_choice():
+def test_sampler_choice(monkeypatch):
     assert resolve_sampler("torch", "cpu") == "torch"
     assert resolve_sampler("auto", "cpu") == "native"  # the CPU extension is built by the install
     assert resolve_sampler("native", "cpu") == "native"
-    with pytest.raises(ValueError, match="key 'sampler' must be one of auto, torch, native"):
+    with pytest.raises(ConfigError, match="key 'sampler' must be one of auto, torch, native"):
         resolve_sampler("fast", "cpu")
+    # without the extension: auto falls back to torch, native is refused at config load, naming the key
+    monkeypatch.setattr(native, "_load", lambda device_type: (None, "r1hpc._cpu_sampling is not built here"))
+    assert resolve_sampler("auto", "cpu") == "torch"
+    assert load_config(None, ["rollout.sampler=auto"]).rollout.sampler == "auto"
+    with pytest.raises(ConfigError, match="section 'rollout': key 'sampler' is 'native' but r1hpc._cpu_sampling "
+                                          "is not built here; build it with `pip install --no-build-isolation"):
+        load_config(None, ["rollout.sampler=native"])
