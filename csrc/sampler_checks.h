@@ -2,7 +2,8 @@
 // first, these keep a direct call of the extension from reading out of bounds.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 namespace r1sampler {
 

@@ -4,7 +4,11 @@
 // reading of the same definitions: every decision is on the same integers and the same Philox
 // words, so the CPU and the GPU draw the same token for the same seed unless a float exp/log
 // differs in its last bit right at a decision boundary. Module r1hpc._cpu_sampling.
-#include <torch/extension.h>
+// Light headers, not torch/extension.h (the whole C++ frontend): the install compiles in about half the time.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <functional>
