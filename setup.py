@@ -4,10 +4,37 @@ Install on a CUDA cluster with ``pip install -e .[gpu]`` (takes the CUDA torch y
 CI and CPU machines install the pinned CPU lock first (see scripts/setup_env.sh).
 Our Triton kernels install as ``r1hpc.triton_kernels`` so they can never shadow the unrelated
 ``triton_kernels`` package that vLLM ships.
+
+The compiled sampler (csrc/, docs/kernels.md) is built here, at install time, against the torch
+that is already installed: install with ``pip install --no-build-isolation`` after torch (pip's
+build isolation would hide it, and the extension is then skipped with a message, never an error).
+``r1hpc._cpu_sampling`` builds wherever torch does; ``r1hpc._C`` (CUDA) only where torch is a
+CUDA build and nvcc is found (CUDA_HOME); the target GPUs follow TORCH_CUDA_ARCH_LIST.
 """
+import sys
+
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["r1hpc", "r1hpc.*"]) + ["r1hpc.triton_kernels"]
+
+
+def compiled_extensions() -> dict:
+    """setup() arguments for the csrc/ extensions this build environment can compile."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.stderr.write("r1hpc: torch is not importable in this build environment, so the compiled sampler "
+                         "(csrc/) is not built; install torch first, then r1hpc with --no-build-isolation\n")
+        return {}
+    ext = [cpp_extension.CppExtension("r1hpc._cpu_sampling", ["csrc/sampler_cpu.cpp"],
+                                      extra_compile_args=["-O3", "-ffp-contract=off"])]
+    if torch.version.cuda and cpp_extension.CUDA_HOME:
+        ext.append(cpp_extension.CUDAExtension(
+            "r1hpc._C", ["csrc/sampler_cuda.cu", "csrc/sampler_cuda_binding.cpp"],
+            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"], "nvcc": ["-O3", "--fmad=false"]}))
+    return {"ext_modules": ext, "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}}
+
 
 setup(
     name="r1hpc",
@@ -40,4 +67,5 @@ setup(
         "gpu": ["transformer-engine[pytorch]", "liger-kernel"],
     },
     entry_points={"console_scripts": ["r1hpc=r1hpc.cli:main"]},
+    **compiled_extensions(),
 )

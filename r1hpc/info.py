@@ -16,7 +16,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-# Compiled extensions (added by the csrc work); 'not built' until then.
+# Compiled extensions (csrc/, built by setup.py): the CUDA kernels and the CPU build of the sampler.
 CUDA_EXTENSION = "r1hpc._C"
 CPU_SAMPLING_EXTENSION = "r1hpc._cpu_sampling"
 
@@ -88,6 +88,14 @@ def _extension(module: str) -> dict:
     return {"module": module, "status": "ok"}
 
 
+def _rollout_sampler() -> str:
+    """Which sampler a rollout with the default ``rollout.sampler`` (auto) uses on this machine."""
+    from r1hpc.rollout.generate import RolloutConfig
+    from r1hpc.rollout.native import describe
+
+    return describe(RolloutConfig().sampler)
+
+
 def _launch() -> dict:
     from r1hpc.distributed import detect_launch_env
 
@@ -129,6 +137,7 @@ def _collect() -> dict:
         "triton": _probe(_triton),
         "cuda extension": _probe(lambda: _extension(CUDA_EXTENSION)),
         "cpu sampling extension": _probe(lambda: _extension(CPU_SAMPLING_EXTENSION)),
+        "rollout sampler": _probe(_rollout_sampler),
         "launch": _probe(_launch),
         "transformer impl (default model)": _probe(_transformer_impl),
         "cpu compat patches": _probe(_cpu_patches),

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the tests need (sandbox isolation; a headless browser for the report page). Installs only what is missing; needs root.
+# Debian packages the tests need (sandbox isolation; a headless browser for the report page; a C++
+# compiler for the csrc/ extension the install builds). Installs only what is missing; needs root.
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "[system deps] missing: ${need[*]} (install them as root; related tests will be skipped)" >&2

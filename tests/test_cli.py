@@ -21,11 +21,13 @@ def test_info_command_prints_versions_and_patches():
     assert "megatron-core: version=0.16.1" in out
     assert "triton: version=" in out
     assert f"cuda extension: module={info.CUDA_EXTENSION}, status=not built" in out
+    assert f"cpu sampling extension: module={info.CPU_SAMPLING_EXTENSION}, status=ok" in out  # built by the install
     assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=" in out
     assert "launcher=single" in out
     assert "Transformer Engine and Apex are not installed" not in proc.stderr
     if not torch.cuda.is_available():
         assert "transformer impl (default model): local" in out
+        assert f"rollout sampler: native ({info.CPU_SAMPLING_EXTENSION}, cpu) for rollout.sampler=auto" in out
         assert "cpu compat patches:" in out
         assert "  torch.cuda.current_device: megatron allocates buffers" in out
 

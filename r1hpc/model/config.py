@@ -42,8 +42,13 @@ class ModelConfig:
     moe_token_dispatcher_type: Literal["alltoall", "allgather"] = "alltoall"
     # Implementation: Transformer Engine layers when importable (required for FP8), else local.
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    # FP8 GEMMs in the transformer layers (Transformer Engine on Hopper; docs/kernels.md). Embeddings,
+    # the output layer, norms, attention and the router stay in bf16/fp32.
     fp8: Optional[Literal["hybrid", "e4m3"]] = None
     fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "delayed"
+    fp8_amax_history_len: int = 1024  # delayed scaling: amax window
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"  # delayed scaling: scale from the window's max
+    fp8_bf16_edge_layers: int = 0  # transformer layers kept in bf16 at each end (not with 'delayed')
     # Start from a Hugging Face checkpoint (folder with config.json + safetensors): the architecture
     # keys above are then taken from its config.json (docs/hf_weights.md).
     hf_path: Optional[str] = None
@@ -75,3 +80,11 @@ class ModelConfig:
             raise ConfigError(f"rope_scaling_factor must be positive or null, got {self.rope_scaling_factor}")
         if self.fp8 is not None and self.transformer_impl == "local":
             raise ConfigError("fp8 needs transformer_impl 'transformer_engine' or 'auto' (Transformer Engine layers)")
+        if self.fp8_amax_history_len < 1:
+            raise ConfigError(f"fp8_amax_history_len must be >= 1, got {self.fp8_amax_history_len}")
+        if not 0 <= 2 * self.fp8_bf16_edge_layers <= self.num_layers:
+            raise ConfigError(f"fp8_bf16_edge_layers must be between 0 and num_layers / 2 = {self.num_layers // 2}, "
+                              f"got {self.fp8_bf16_edge_layers}")
+        if self.fp8_bf16_edge_layers and self.fp8_recipe == "delayed":
+            raise ConfigError("fp8_bf16_edge_layers needs a current-scaling recipe (fp8_recipe 'tensorwise', "
+                              "'blockwise' or 'mxfp8'); megatron cannot keep edge layers in bf16 with 'delayed'")

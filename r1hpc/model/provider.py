@@ -29,6 +29,11 @@ def transformer_engine_available() -> bool:
     return True
 
 
+def _fp8_needs_te(model: ModelConfig) -> ConfigError:
+    return ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine with CUDA; it is not importable "
+                       "here. FP8 is never silently dropped: remove model.fp8 or run on a Hopper node")
+
+
 def select_transformer_impl(model: ModelConfig, te_available: Optional[bool] = None) -> str:
     """'transformer_engine' or 'local', as the config asks and the machine allows."""
     te = transformer_engine_available() if te_available is None else te_available
@@ -39,11 +44,46 @@ def select_transformer_impl(model: ModelConfig, te_available: Optional[bool] = N
         raise ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine layers, but model.transformer_impl "
                           "is 'local'; set it to 'auto' or 'transformer_engine'")
     if model.fp8 is not None and not te:
-        raise ConfigError(f"model.fp8 = {model.fp8!r} needs Transformer Engine with CUDA; it is not importable "
-                          "here. FP8 is never silently dropped: remove model.fp8 or run on a Hopper node")
+        raise _fp8_needs_te(model)
     if model.transformer_impl == "auto":
         return "transformer_engine" if te else "local"
     return model.transformer_impl
+
+
+# Per FP8 recipe: the oldest Transformer Engine with it (megatron-core's fp8_utils) and the lowest
+# GPU compute capability (FP8 tensor cores: Hopper; MXFP8 block scaling: Blackwell).
+FP8_RECIPE_MIN_TE = {"delayed": "1.0", "tensorwise": "2.2.0.dev0", "blockwise": "2.3.0.dev0", "mxfp8": "2.1.0"}
+FP8_RECIPE_MIN_CAPABILITY = {"delayed": (9, 0), "tensorwise": (9, 0), "blockwise": (9, 0), "mxfp8": (10, 0)}
+
+
+def fp8_environment() -> tuple[Optional[str], Optional[tuple[int, int]]]:
+    """(Transformer Engine version or None when it cannot be imported, compute capability of the
+    current CUDA device or None without CUDA): what :func:`check_fp8_support` judges."""
+    from megatron.core.utils import get_te_version
+
+    te_version = str(get_te_version()) if transformer_engine_available() else None
+    capability = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    return te_version, capability
+
+
+def check_fp8_support(model: ModelConfig, te_version: Optional[str], capability: Optional[tuple[int, int]]) -> None:
+    """Refuse, naming the key, an FP8 setting this machine cannot run; never fall back to bf16."""
+    from packaging.version import Version
+
+    if model.fp8 is None:
+        return
+    recipe = model.fp8_recipe
+    if te_version is None:
+        raise _fp8_needs_te(model)
+    need_cc = FP8_RECIPE_MIN_CAPABILITY[recipe]
+    if capability is None or tuple(capability) < need_cc:
+        found = "no CUDA device" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+        raise ConfigError(f"model.fp8 = {model.fp8!r} with model.fp8_recipe = {recipe!r} needs a GPU of compute "
+                          f"capability >= {need_cc[0]}.{need_cc[1]} ({'Blackwell' if need_cc >= (10, 0) else 'Hopper'})"
+                          f", found {found}. FP8 is never silently dropped: remove model.fp8")
+    if Version(te_version) < Version(FP8_RECIPE_MIN_TE[recipe]):
+        raise ConfigError(f"model.fp8_recipe = {recipe!r} needs Transformer Engine >= {FP8_RECIPE_MIN_TE[recipe]}, "
+                          f"found {te_version}; choose another model.fp8_recipe ('delayed' works with any)")
 
 
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
@@ -107,7 +147,14 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
             moe_router_dtype="fp32",
         )
     if model.fp8 is not None:
-        kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe)
+        kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe,
+                      fp8_amax_history_len=model.fp8_amax_history_len,
+                      fp8_amax_compute_algo=model.fp8_amax_compute_algo,
+                      first_last_layers_bf16=model.fp8_bf16_edge_layers > 0,
+                      num_layers_at_start_in_bf16=model.fp8_bf16_edge_layers,
+                      num_layers_at_end_in_bf16=model.fp8_bf16_edge_layers)
+        # experts' token counts need no router padding: megatron's SequentialMLP (moe_grouped_gemm
+        # off) pads each expert's input with zero rows to the FP8 GEMM alignment itself
     return TransformerConfig(**kwargs)
 
 
@@ -117,8 +164,7 @@ def layer_spec(model: ModelConfig, impl: str):
 
     if impl == "transformer_engine":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
-            num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False,
-            fp8=model.fp8)
+            num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False)
     spec = gpt_layer_specs.get_gpt_layer_local_spec(
         num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False, normalization="RMSNorm")
     spec.submodules = dataclasses.replace(spec.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
@@ -135,6 +181,7 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, pre_process: Op
     if model.vocab_size <= 0:
         raise ConfigError("model.vocab_size is not set (it is normally taken from the tokenizer)")
     impl = select_transformer_impl(model)
+    check_fp8_support(model, *fp8_environment())
     cfg = transformer_config(model, parallel)
     spec = layer_spec(model, impl)
     if impl == "local":

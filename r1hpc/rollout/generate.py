@@ -4,16 +4,23 @@ Prompts of any lengths decode together: left-padded, with the pad keys masked. E
 once, then decodes one token per step through megatron's ``StaticInferenceContext`` until every
 row has stopped (EOS, ``</answer>``) or reached ``max_new_tokens``. Under TP the logits
 are gathered and every TP rank draws the same sample from an identically seeded generator.
+
+Tokens are drawn by the compiled sampler (csrc/, keyed by seed, request index and step) when it is
+built, by the torch reference otherwise: ``rollout.sampler`` (auto | torch | native).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.rollout.native import local_device_type, resolve_sampler, sample_tokens_native, seed_from
 from r1hpc.rollout.sampling import sample_tokens
+
+# (logits [b, V], request ids [b], decode step) -> (tokens, logprobs, entropies)
+DrawFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclasses.dataclass
@@ -27,6 +34,8 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     max_batch_rows: int = 512  # rows decoded together; larger buckets are split
+    # auto: the compiled sampler (csrc/) when built, else torch; native: require it; torch: the reference
+    sampler: Literal["auto", "torch", "native"] = "auto"
 
     def validate(self) -> None:
         if self.group_size < 1 or self.prompts_per_step < 1:
@@ -36,6 +45,7 @@ class RolloutConfig:
                               f"{self.temperature}, {self.top_p}, {self.top_k}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        resolve_sampler(self.sampler, local_device_type())  # 'native' without the extension: say so now
 
 
 @dataclasses.dataclass
@@ -52,8 +62,12 @@ class Sample:
 @torch.no_grad()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_size: int, stop_ids: Sequence[int],
              temperature: float, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int,
-             max_seq_length: int, generator: torch.Generator | None = None, max_batch_rows: int = 512) -> list[Sample]:
-    """Sample one response per entry of ``prompts`` (repeat a prompt G times for a group)."""
+             max_seq_length: int, generator: torch.Generator | None = None, max_batch_rows: int = 512,
+             sampler: str = "auto") -> list[Sample]:
+    """Sample one response per entry of ``prompts`` (repeat a prompt G times for a group).
+
+    ``sampler`` as ``rollout.sampler``. The native path keys each prompt's draws by its index in
+    ``prompts``, so its samples do not depend on which other prompts share the call."""
     from megatron.core import parallel_state
 
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
@@ -63,32 +77,46 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
 
     was_training = model.training
     model.eval()
+    draw = _draw_fn(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
+                    temperature=temperature, top_k=top_k, top_p=top_p)
     with sequence_parallel_off(model):
-        results = _generate_all(model, prompts, vocab_size=vocab_size, stop_ids=stop_ids, temperature=temperature,
-                                top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                                max_seq_length=max_seq_length, generator=generator, max_batch_rows=max_batch_rows)
+        results = _generate_all(model, prompts, vocab_size=vocab_size, stop_ids=stop_ids, draw=draw,
+                                max_new_tokens=max_new_tokens, max_seq_length=max_seq_length,
+                                max_batch_rows=max_batch_rows)
     model.train(was_training)
     return results
 
 
-def _generate_all(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
-                  max_seq_length, generator, max_batch_rows) -> list[Sample]:
+def _draw_fn(path: str, generator: torch.Generator | None, *, temperature: float, top_k: int,
+             top_p: float) -> DrawFn:
+    """The per-step sampler: the torch reference (one generator stream for the whole batch) or the
+    compiled one (a Philox key drawn once from ``generator``, counters per request and step)."""
+    if path == "torch":
+        return lambda logits, request_ids, step: sample_tokens(logits, temperature=temperature, top_k=top_k,
+                                                               top_p=top_p, generator=generator)
+    seed = seed_from(generator)
+    return lambda logits, request_ids, step: sample_tokens_native(
+        logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, request_ids=request_ids, step=step)
+
+
+def _generate_all(model, prompts, *, vocab_size, stop_ids, draw: DrawFn, max_new_tokens, max_seq_length,
+                  max_batch_rows) -> list[Sample]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     results: list[Sample | None] = [None] * len(prompts)
     for start in range(0, len(order), max_batch_rows):
         chunk = order[start:start + max_batch_rows]
         longest = len(prompts[chunk[-1]])
         for i, s in zip(chunk, _generate_batch(
-                model, [prompts[i] for i in chunk], vocab_size=vocab_size, stop_ids=stop_ids,
-                temperature=temperature, top_p=top_p, top_k=top_k,
-                max_new_tokens=min(max_new_tokens, max_seq_length - longest), generator=generator)):
+                model, [prompts[i] for i in chunk], torch.tensor(chunk, dtype=torch.long), vocab_size=vocab_size,
+                stop_ids=stop_ids, draw=draw, max_new_tokens=min(max_new_tokens, max_seq_length - longest))):
             results[i] = s
     return results  # type: ignore[return-value]
 
 
-def _generate_batch(model, prompts, *, vocab_size, stop_ids, temperature, top_p, top_k, max_new_tokens,
-                    generator) -> list[Sample]:
+def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, stop_ids, draw: DrawFn,
+                    max_new_tokens) -> list[Sample]:
     """Left-pad the prompts, mask the pad keys, prefill once and decode until every row stopped.
+    ``request_ids`` are the prompts' indices in the caller's list (the native sampler's counters).
 
     RoPE depends only on the distance between query and key, and every real token of a row is
     shifted by the same pad count, so the padded batch computes what each prompt alone would."""
@@ -116,8 +144,8 @@ def _generate_batch(model, prompts, *, vocab_size, stop_ids, temperature, top_p,
     done = torch.zeros(batch, dtype=torch.bool)
     active = torch.arange(batch)  # original rows still decoding, in KV-cache row order
     for step in range(max_new_tokens):
-        tok, logp, ent = sample_tokens(logits[:, :vocab_size], temperature=temperature, top_k=top_k, top_p=top_p,
-                                       generator=generator)  # [:, :vocab_size] drops the TP vocab padding
+        # [:, :vocab_size] drops the TP vocab padding
+        tok, logp, ent = draw(logits[:, :vocab_size], request_ids[active], step)
         toks[active, step], logps[active, step], ents[active, step] = tok.cpu(), logp.cpu(), ent.cpu()
         done[active] |= torch.isin(tok, stop).cpu()
         running = ~done[active]

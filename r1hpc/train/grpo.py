@@ -157,7 +157,7 @@ class GRPOTrainer:
         return generate(self.policy.module, prompts, vocab_size=self.tok.vocab_size, stop_ids=self.tok.stop_token_ids,
                         temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
                         max_seq_length=self.policy.model_cfg.max_seq_length, generator=gen,
-                        max_batch_rows=r.max_batch_rows)
+                        max_batch_rows=r.max_batch_rows, sampler=r.sampler)
 
     def _score(self, samples: list[Sample], problems: list[Problem]) -> list[dict[str, float]]:
         """Score on TP rank 0 of each model-parallel group and share: TP ranks hold identical samples."""

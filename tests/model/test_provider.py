@@ -6,14 +6,17 @@ enters the pytest process.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from r1hpc.config import ConfigError
+from r1hpc.config import ConfigError, load_config
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
 from r1hpc.model.config import ModelConfig
-from r1hpc.model.provider import build_model, causal_attention_mask, padded_vocab_size, select_transformer_impl
+from r1hpc.model.provider import (build_model, causal_attention_mask, check_fp8_support, fp8_environment,
+                                  padded_vocab_size, select_transformer_impl, transformer_config)
 from tests.multiproc import run_workers
 
 BATCH, SEQ = 4, 32
@@ -143,3 +146,66 @@ def test_padded_vocab_size(vocab, tp, padded):
 def test_build_model_needs_a_vocab_size():
     with pytest.raises(ConfigError, match="model.vocab_size is not set"):
         build_model(ModelConfig(), ParallelConfig())
+
+
+FP8_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("fp8_*.yaml"))
+
+
+@pytest.mark.parametrize("recipe, te, capability", [
+    ("delayed", "1.13.0", (9, 0)), ("tensorwise", "2.2.0", (9, 0)), ("blockwise", "2.3.0", (9, 0)),
+    ("blockwise", "2.8.0", (10, 0)), ("mxfp8", "2.1.0", (10, 0)),
+])
+def test_fp8_recipes_accepted_where_te_and_gpu_have_them(recipe, te, capability):
+    check_fp8_support(ModelConfig(fp8="hybrid", fp8_recipe=recipe), te, capability)
+
+
+@pytest.mark.parametrize("recipe, te, capability, fault", [
+    ("delayed", None, None, "model.fp8 = 'hybrid' needs Transformer Engine with CUDA"),
+    ("delayed", "2.8.0", None, "model.fp8 = 'hybrid' with model.fp8_recipe = 'delayed' needs a GPU of compute "
+                               "capability >= 9.0 (Hopper), found no CUDA device"),
+    ("tensorwise", "2.8.0", (8, 0), "needs a GPU of compute capability >= 9.0 (Hopper), found compute capability 8.0"),
+    ("mxfp8", "2.8.0", (9, 0), "model.fp8_recipe = 'mxfp8' needs a GPU of compute capability >= 10.0 (Blackwell)"),
+    ("tensorwise", "2.1.0", (9, 0), "model.fp8_recipe = 'tensorwise' needs Transformer Engine >= 2.2.0.dev0, "
+                                    "found 2.1.0"),
+    ("blockwise", "2.2.0", (9, 0), "model.fp8_recipe = 'blockwise' needs Transformer Engine >= 2.3.0.dev0"),
+])
+def test_fp8_refused_without_te_hopper_or_recipe(recipe, te, capability, fault):
+    with pytest.raises(ConfigError) as e:
+        check_fp8_support(ModelConfig(fp8="hybrid", fp8_recipe=recipe), te, capability)
+    assert fault in str(e.value)
+
+
+def test_fp8_off_needs_nothing_and_this_cpu_machine_is_refused():
+    check_fp8_support(ModelConfig(), None, None)
+    te, capability = fp8_environment()
+    if capability is None or capability < (9, 0):
+        with pytest.raises(ConfigError, match="model.fp8 = 'hybrid'"):
+            check_fp8_support(ModelConfig(fp8="hybrid"), te, capability)
+
+
+@pytest.mark.parametrize("overrides, fault", [
+    (["model.fp8=hybrid", "model.fp8_bf16_edge_layers=1"], "fp8_bf16_edge_layers needs a current-scaling recipe"),
+    (["model.fp8_bf16_edge_layers=3", "model.num_layers=4"], "fp8_bf16_edge_layers must be between 0 and num_layers"),
+    (["model.fp8_amax_history_len=0"], "fp8_amax_history_len must be >= 1"),
+    (["model.fp8_recipe=rowwise"], "model.fp8_recipe"),
+])
+def test_fp8_keys_are_checked_at_load(overrides, fault):
+    with pytest.raises(ConfigError, match=fault):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("path", FP8_CONFIGS, ids=lambda p: p.stem)
+def test_fp8_configs_reach_megatron(path):
+    """Each FP8 recipe loads, asks for TE layers, and its FP8 settings arrive in megatron's config
+    (built dense here: megatron's MoE+FP8 check needs TE installed)."""
+    cfg = load_config(str(path), ["model.num_moe_experts=null"])
+    assert cfg.model.fp8 == "hybrid" and cfg.model.transformer_impl == "transformer_engine"
+    assert cfg.model.params_dtype == "bf16"
+    tc = transformer_config(cfg.model, cfg.parallel)
+    assert (tc.fp8, tc.fp8_recipe) == ("hybrid", cfg.model.fp8_recipe)
+    assert tc.first_last_layers_bf16 == (cfg.model.fp8_bf16_edge_layers > 0)
+    assert tc.num_layers_at_start_in_bf16 == tc.num_layers_at_end_in_bf16 == cfg.model.fp8_bf16_edge_layers
+
+
+def test_fp8_configs_cover_the_recipes():
+    assert {p.stem for p in FP8_CONFIGS} == {"fp8_moe_delayed", "fp8_moe_tensorwise", "fp8_moe_blockwise"}

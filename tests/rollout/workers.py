@@ -40,3 +40,19 @@ def greedy_both_ways(parallel_kw: dict, ckpt: str, mode: str, stop: list[int]) -
            "truncated": [s.truncated for s in cached]}
     destroy_distributed()
     return out
+
+
+def sample_in_chunks() -> dict:
+    """Temperature sampling of PROMPTS with both samplers, all rows in one batch and in batches of 3."""
+    model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig()
+    init_distributed(parallel_cfg, model_cfg, seed=3)
+    model = build_model(model_cfg, parallel_cfg)
+    out = {}
+    for sampler in ("native", "torch"):
+        for rows in (64, 3):
+            samples = generate(model, PROMPTS, vocab_size=97, stop_ids=list(range(0, 97, 5)), temperature=1.0,
+                               top_p=0.9, max_new_tokens=10, max_seq_length=64, max_batch_rows=rows,
+                               generator=torch.Generator().manual_seed(5), sampler=sampler)
+            out[f"{sampler}/{rows}"] = [s.response_ids for s in samples]
+    destroy_distributed()
+    return out
