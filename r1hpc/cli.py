@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(train)
     train.add_argument("--resume", metavar="auto|none|PATH",
                        help="sets checkpoint.resume: auto = the newest complete checkpoint (docs/checkpointing.md)")
-    convert = sub.add_parser("convert", help="Hugging Face safetensors <-> megatron checkpoint (docs/hf_weights.md)")
+    convert = sub.add_parser("convert", help="Hugging Face safetensors (or a GGUF file) <-> megatron checkpoint "
+                             "(docs/hf_weights.md)")
     convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
-    convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
+    convert.add_argument("src", help="HF folder (config.json + safetensors), a .gguf file, or a converted megatron folder")
     convert.add_argument("dst", help="output folder")
     convert.add_argument("overrides", nargs="*", help="parallel.<key>=.., model.<key>=.., export_dtype=bf16")
     rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
