@@ -136,6 +136,9 @@ def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
         log(f"[base] reusing {base_dir}")
         return base_dir, json.loads((base_dir / "meta.json").read_text())
     if is_converted(base_dir):  # a pretrained model brought in by `r1hpc convert`: never overwritten
+        if not (base_dir / "tokenizer.json").is_file() and not cfg.data.tokenizer.path:
+            raise ConfigError(f"pretrain.base_dir: the converted checkpoint {base_dir} has no tokenizer.json (its "
+                              "source's tokenizer names no eos_token); set data.tokenizer.path to the model's tokenizer")
         log(f"[base] converted checkpoint {base_dir}")
         return base_dir, json.loads((base_dir / META_FILE).read_text())
     log(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
