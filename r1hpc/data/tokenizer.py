@@ -106,7 +106,8 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> TextTokenizer:
         """Load ``tokenizer.json`` (or a directory with one) and, if beside it, tokenizer_config.json
-        for the special tokens and chat template. Without a config, our own token names are used."""
+        for the special tokens and chat template (or chat_template.jinja, as transformers saves it).
+        Without a config, our own token names are used."""
         p = Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.is_file():
@@ -119,6 +120,9 @@ class TextTokenizer:
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: take the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        jinja = file.with_name("chat_template.jinja")  # where transformers >= 4.43 saves it
+        if template is None and jinja.is_file():
+            template = jinja.read_text()
         eos = _token_text(config.get("eos_token"))
         if not eos:
             raise ValueError(f"{config_file}: no eos_token")

@@ -4,7 +4,6 @@ ranks and the counts summed."""
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Callable, Sequence
 
 import torch
@@ -24,10 +23,17 @@ class EvalConfig:
     top_p: float = 0.95
     max_new_tokens: int = 160
     seed: int = 0
+    # `r1hpc evaluate` (r1hpc.eval.benchmarks): sets by name (gsm8k, math500, aime24, amc23, a synthetic
+    # task, a .jsonl path); empty = the run's own prompt sources
+    sets: list[str] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         if self.num_problems < 1 or self.samples_per_problem < 1:
             raise ConfigError("num_problems and samples_per_problem must be >= 1")
+        from r1hpc.eval.benchmarks import check_set_name
+
+        for name in self.sets:
+            check_set_name(name)
 
 
 def evaluate_pass_at_1(model, tok, problems: Sequence[Problem], render: Callable[[str], str], scorer,

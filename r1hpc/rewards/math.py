@@ -12,7 +12,7 @@ from typing import Sequence
 
 from r1hpc.config import ConfigError
 from r1hpc.rewards.extract import FALLBACKS, extract_answer
-from r1hpc.rewards.normalize import canonical, numbers_equal, plain_number
+from r1hpc.rewards.normalize import answer_key, canonical, numbers_equal, plain_number
 from r1hpc.rewards.pool import WorkerPool
 
 
@@ -41,20 +41,13 @@ class MathConfig:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
 
 
-def _spray_key(answer: str, cap: int) -> object:
-    if len(answer) > cap:
-        return answer  # too long to normalise cheaply; it differs from any capped answer anyway
-    num = plain_number(answer)
-    return num if num is not None else canonical(answer)
-
-
 def prepare(response: str, gold: str, cfg: MathConfig) -> float | tuple[str, str]:
     """A decided score, or the (gold, predicted) pair that needs the sympy worker."""
     ext = extract_answer(response[-cfg.max_response_chars :], cfg.fallbacks)
     pred = ext.answer
     if pred is None or len(pred) > cfg.max_answer_chars:
         return 0.0
-    if len({_spray_key(b, cfg.max_answer_chars) for b in ext.boxed}) > 1:
+    if len({answer_key(b, cfg.max_answer_chars) for b in ext.boxed}) > 1:
         return 0.0  # several different boxed answers: spraying earns nothing
     gold = gold.strip()
     if canonical(pred) == canonical(gold):

@@ -58,6 +58,16 @@ def plain_number(answer: str) -> tuple[Fraction, bool] | None:
     return None
 
 
+def answer_key(answer: str, cap: int = 1_000) -> object:
+    """A hashable key under which answers that differ only in formatting coincide ("1,000" and
+    "1000.0"; "\\dfrac{1}{2}" and "\\frac{1}{2}"): used to detect several different boxed answers
+    and for majority votes. Answers longer than ``cap`` are their own key (not normalised)."""
+    if len(answer) > cap:
+        return answer  # too long to normalise cheaply; it differs from any capped answer anyway
+    num = plain_number(answer)
+    return num if num is not None else canonical(answer)
+
+
 def _is_unit(unit: str | None) -> bool:
     if not unit:
         return True

@@ -16,6 +16,8 @@ import torch
 from r1hpc.config import ConfigError, to_dict
 from r1hpc.data.corpus import build_corpus
 from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
+from r1hpc.model.config import ModelConfig
+from r1hpc.model.hf.importer import META_FILE, converted_model_config, is_converted
 from r1hpc.model.weights import load_model_weights, save_model_weights
 from r1hpc.train.batching import round_up
 from r1hpc.train.engine import Engine, OptimConfig
@@ -54,6 +56,7 @@ def base_fingerprint(cfg) -> str:
                 "seed": cfg.run.seed}
     relevant["pretrain"].pop("reuse", None)
     relevant["pretrain"].pop("base_dir", None)
+    relevant["data"].pop("prompts", None)  # the GRPO prompt source does not shape the base
     relevant["model"].pop("vocab_size", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,6 +135,12 @@ def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     if cfg.pretrain.reuse and base_is_ready(base_dir, base_fingerprint(cfg)):
         log(f"[base] reusing {base_dir}")
         return base_dir, json.loads((base_dir / "meta.json").read_text())
+    if is_converted(base_dir):  # a pretrained model brought in by `r1hpc convert`: never overwritten
+        if not (base_dir / "tokenizer.json").is_file() and not cfg.data.tokenizer.path:
+            raise ConfigError(f"pretrain.base_dir: the converted checkpoint {base_dir} has no tokenizer.json (its "
+                              "source's tokenizer names no eos_token); set data.tokenizer.path to the model's tokenizer")
+        log(f"[base] converted checkpoint {base_dir}")
+        return base_dir, json.loads((base_dir / META_FILE).read_text())
     log(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
     return base_dir, pretrain(cfg, cfg.parallel, base_dir, log=log)
 
@@ -149,6 +158,18 @@ def run_pretrain(cfg) -> dict:
         return meta
     finally:
         destroy_distributed()
+
+
+def base_model_config(cfg, base_dir: Path, tok: TextTokenizer) -> ModelConfig:
+    """The policy's architecture: a converted checkpoint's own (with the recipe's run settings), or the
+    recipe's model sized to the tokenizer."""
+    if not is_converted(base_dir):
+        return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
+    model = converted_model_config(base_dir, cfg.model)
+    if tok.vocab_size > model.vocab_size:
+        raise ConfigError(f"{base_dir}: the tokenizer has {tok.vocab_size} tokens, the model's vocabulary only "
+                          f"{model.vocab_size}")
+    return model
 
 
 def load_base(engine: Engine, base_dir: Path) -> None:

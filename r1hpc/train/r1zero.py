@@ -1,9 +1,8 @@
-"""The R1-Zero job: pretrain (or reuse) a weak base, evaluate held-out pass@1, run GRPO straight
-from the base with rule-based rewards, evaluate again, and write the run directory
-(resolved config, metrics.jsonl, TensorBoard, curves.png, summary.json)."""
+"""The R1-Zero job: pretrain (or reuse) a weak base, or start from a converted pretrained checkpoint;
+evaluate held-out pass@1, run GRPO straight from the base with rule-based rewards, evaluate again,
+and write the run directory (resolved config, metrics.jsonl, TensorBoard, curves.png, summary.json)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -19,9 +18,9 @@ from r1hpc.checkpoint.manager import CheckpointManager
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
 from r1hpc.checkpoint.resume import choose_checkpoint, clear_stale
 from r1hpc.config import ConfigError, dump_yaml, to_dict
-from r1hpc.data.mix import heldout_set, stream
+from r1hpc.data.prompts import heldout_problems, training_stream
 from r1hpc.data.templates import render_prompt
-from r1hpc.distributed import destroy_distributed, init_distributed
+from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
 from r1hpc.monitor.monitor import Monitor
@@ -29,13 +28,14 @@ from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
-from r1hpc.train.pretrain import ensure_base, load_base, prepare_tokenizer
+from r1hpc.train.pretrain import base_model_config, ensure_base, load_base, prepare_tokenizer
 
 
 def run_r1zero(cfg) -> dict:
     if cfg.model.hf_path:  # never silently train the synthetic base instead of the HF model asked for
-        raise ConfigError("model.hf_path: the R1-Zero job trains its own base with its own tokenizer and cannot "
-                          "start from HF weights yet; see docs/hf_weights.md for the loader to call")
+        raise ConfigError("model.hf_path: the R1-Zero job starts from a converted checkpoint, not an HF folder: "
+                          "run `r1hpc convert hf-to-megatron <folder or .gguf> <dir>` and set pretrain.base_dir "
+                          "to <dir> (docs/hf_weights.md)")
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     rank0 = env.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
@@ -64,7 +64,8 @@ def run_r1zero(cfg) -> dict:
 
     base_dir, base_meta = ensure_base(cfg, log=say)
     tok, _ = prepare_tokenizer(cfg, base_dir)
-    model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
+    model_cfg = base_model_config(cfg, base_dir, tok)
+    check_layout(cfg.parallel, model_cfg, env.world_size)
 
     policy = Engine(model_cfg, cfg.parallel, cfg.optim)
     load_base(policy, base_dir)
@@ -73,8 +74,8 @@ def run_r1zero(cfg) -> dict:
         reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
         load_base(reference, base_dir)
 
-    render = partial(render_prompt, cfg=cfg.data.template)
-    heldout = heldout_set(cfg.data.mix, cfg.eval.num_problems)
+    render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
+    heldout = heldout_problems(cfg.data, cfg.eval.num_problems)
     scorer = RewardScorer(cfg.rewards)
     logger = MetricsLogger(run_dir, enabled=rank0, purge_step=resumed["step"] + 1 if resumed else None)
     evals = []
@@ -90,7 +91,7 @@ def run_r1zero(cfg) -> dict:
         return result
 
     try:
-        problems = StreamCursor(partial(stream, cfg.data.mix, "train", seed=cfg.run.seed))
+        problems = StreamCursor(partial(training_stream, cfg.data, seed=cfg.run.seed))
         trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
                               grpo=cfg.grpo, render=render, problems=problems, seed=cfg.run.seed,
                               monitor=Monitor(cfg.monitor, tok, policy.module, run_dir, writer=rank0, say=say)

@@ -92,6 +92,18 @@ def test_load_a_real_model_layout(tok, tmp_path):
     assert TextTokenizer.load(model / "tokenizer.json").chat_template == template
 
 
+def test_chat_template_from_its_jinja_file(tok, tmp_path):
+    """transformers >= 4.43 saves the chat template as chat_template.jinja beside tokenizer_config.json."""
+    model = tmp_path / "model"
+    tok.save(model)
+    (model / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+    (model / "chat_template.jinja").write_text(template)
+    assert TextTokenizer.load(model).chat_template == template
+    (model / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>", "chat_template": "inline"}))
+    assert TextTokenizer.load(model).chat_template == "inline"  # the config's own wins, as in transformers
+
+
 def test_load_errors(tok, tmp_path):
     with pytest.raises(FileNotFoundError):
         TextTokenizer.load(tmp_path / "missing")

@@ -8,6 +8,7 @@ Tolerance: fp32 throughout; megatron and transformers sum in different orders, s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -212,6 +213,12 @@ def test_cli_converts_both_ways_with_config_and_tokenizer(hf_models, tmp_path):
     assert run_workers(_cli_round_trip, 1, hf_dir, str(tmp_path)) == [[0, 0]]
     meta = json.loads((tmp_path / "megatron" / "convert.json").read_text())
     assert meta["family"] == "qwen2" and meta["model"]["add_qkv_bias"] and meta["model"]["tie_embeddings"]
+    source = str(Path(hf_dir).resolve())
+    digest = hashlib.sha256((Path(hf_dir) / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["source"] == source and meta["provenance"] == {
+        "source": source, "format": "safetensors", "sha256": {"model.safetensors": digest}, "dtype": ["F32"]}
+    # this tokenizer names no eos_token, so runs cannot use it: hf_assets/ keeps it, none is written for runs
+    assert meta["tokenizer"] is None and not (tmp_path / "megatron" / "tokenizer.json").exists()
     assert (tmp_path / "megatron" / "weights" / "metadata.json").is_file()
     exported = tmp_path / "hf"
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= {

@@ -1,4 +1,4 @@
-"""``r1hpc convert hf-to-megatron`` and ``r1hpc convert megatron-to-hf``.
+"""``r1hpc convert hf-to-megatron`` (an HF folder or a GGUF file) and ``r1hpc convert megatron-to-hf``.
 
 One process converts at TP=PP=EP=1 (the megatron checkpoint reshards on load, so that layout is
 all a stored checkpoint needs); under torchrun or srun with ``parallel.*`` overrides every rank
@@ -37,9 +37,10 @@ def run_convert(direction: str, src: str, dst: str, overrides: list[str]) -> dic
     cfg = load_config(None, overrides, cls=ConvertConfig)
     try:
         if direction == "hf-to-megatron":
+            from r1hpc.model.hf.gguf import import_gguf_checkpoint, is_gguf
             from r1hpc.model.hf.importer import import_hf_checkpoint
 
-            meta = import_hf_checkpoint(src, dst, cfg.model, cfg.parallel)
+            meta = (import_gguf_checkpoint if is_gguf(src) else import_hf_checkpoint)(src, dst, cfg.model, cfg.parallel)
             return {"family": meta["family"], "out_dir": dst}
         from r1hpc.model.hf.exporter import export_hf_checkpoint
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,7 +19,10 @@ from r1hpc.config import ConfigError
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.hf.families import Family, family_of, model_config_from_hf, read_hf_config
 from r1hpc.model.hf.layout import ParamSpec, global_plan, param_spec, read_shard
+from r1hpc.model.hf.provenance import safetensors_provenance
 from r1hpc.model.hf.safetensors_io import INDEX, SafetensorsReader
+
+log = logging.getLogger(__name__)
 
 # What a converted checkpoint folder holds (readable by r1hpc.train.pretrain.load_base: weights/).
 WEIGHTS_DIR, ASSETS_DIR, META_FILE = "weights", "hf_assets", "convert.json"
@@ -33,6 +37,20 @@ def hf_model_config(hf_dir: str | Path, base: Optional[ModelConfig] = None) -> M
     with SafetensorsReader(hf_dir) as reader:
         has_bias = "model.layers.0.self_attn.q_proj.bias" in reader
     return model_config_from_hf(hf_cfg, base=base, has_qkv_bias=has_bias, where=str(Path(hf_dir) / "config.json"))
+
+
+def is_converted(ckpt_dir: str | Path) -> bool:
+    """Whether ``ckpt_dir`` is a folder written by ``r1hpc convert hf-to-megatron``."""
+    return (Path(ckpt_dir) / META_FILE).is_file()
+
+
+def converted_model_config(ckpt_dir: str | Path, base: ModelConfig) -> ModelConfig:
+    """The architecture of a converted checkpoint (from the config.json it was converted from) with the
+    run settings of ``base`` (dtype, implementation, dropout, max_seq_length, MoE dispatcher)."""
+    ckpt_dir = Path(ckpt_dir)
+    meta = json.loads((ckpt_dir / META_FILE).read_text())
+    return model_config_from_hf(read_hf_config(ckpt_dir / ASSETS_DIR), base=base,
+                                has_qkv_bias=meta["model"]["add_qkv_bias"], where=str(ckpt_dir / ASSETS_DIR / "config.json"))
 
 
 def resolve_model_config(model: ModelConfig) -> ModelConfig:
@@ -118,9 +136,36 @@ def copy_assets(src: Path, dst: Path, *, skip: tuple[str, ...] = ()) -> list[str
     return copied
 
 
-def import_hf_checkpoint(hf_dir: str | Path, out_dir: str | Path, model_base: ModelConfig, parallel) -> dict:
+def folder_provenance(hf_dir: Path) -> dict:
+    with SafetensorsReader(hf_dir) as reader:
+        dtypes = [reader.dtype(n) for n in reader.weight_map]
+        files = reader.files
+    return safetensors_provenance(hf_dir, files + ([INDEX] if (hf_dir / INDEX).is_file() else []), dtypes)
+
+
+def write_run_tokenizer(assets: Path, out_dir: Path) -> Optional[str]:
+    """The checkpoint's tokenizer as runs read it (``out_dir/tokenizer.json`` + tokenizer_config.json
+    with the chat template inline), or None with the reason logged when the assets hold none usable."""
+    from r1hpc.data.tokenizer import TextTokenizer
+
+    if not (assets / "tokenizer.json").is_file():
+        log.warning("%s: no tokenizer.json in the source; the converted checkpoint has no tokenizer", assets)
+        return None
+    try:
+        tok = TextTokenizer.load(assets)
+    except ValueError as e:
+        log.warning("%s: the tokenizer is not usable for runs (%s); only hf_assets/ holds it", assets, e)
+        return None
+    tok.save(out_dir)
+    return "tokenizer.json"
+
+
+def import_hf_checkpoint(hf_dir: str | Path, out_dir: str | Path, model_base: ModelConfig, parallel,
+                         provenance: Optional[dict] = None) -> dict:
     """Collective: build the model at ``parallel``'s layout, fill it from ``hf_dir`` and save a megatron
-    distributed checkpoint to ``out_dir/weights`` with the HF config and tokenizer beside it."""
+    distributed checkpoint to ``out_dir/weights`` with the HF config and tokenizer beside it.
+    ``provenance``: where the weights came from when ``hf_dir`` is an intermediate (a dequantized GGUF);
+    by default the folder itself (its weight files' sha256 and dtypes)."""
     from r1hpc.distributed import init_distributed
     from r1hpc.model.provider import build_model
     from r1hpc.model.weights import save_model_weights
@@ -131,10 +176,13 @@ def import_hf_checkpoint(hf_dir: str | Path, out_dir: str | Path, model_base: Mo
     chunk = build_model(model, parallel)
     load_hf_weights(chunk, hf_dir, model)
     save_model_weights(chunk, out_dir / WEIGHTS_DIR)
-    meta = {"source": str(hf_dir.resolve()), "family": read_hf_config(hf_dir)["model_type"],
+    meta = {"source": provenance["source"] if provenance else str(hf_dir.resolve()),
+            "family": read_hf_config(hf_dir)["model_type"],
             "model": dataclasses.asdict(model), "parallel_at_import": dataclasses.asdict(parallel)}
     if torch.distributed.get_rank() == 0:
+        meta["provenance"] = provenance or folder_provenance(hf_dir)
         meta["assets"] = copy_assets(hf_dir, out_dir / ASSETS_DIR)
+        meta["tokenizer"] = write_run_tokenizer(out_dir / ASSETS_DIR, out_dir)
         (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     torch.distributed.barrier()
     return meta

@@ -54,6 +54,14 @@ class SafetensorsReader:
     def shape(self, name: str) -> list[int]:
         return list(self._slice(name).get_shape())
 
+    def dtype(self, name: str) -> str:
+        """The stored dtype as safetensors names it ("F32", "BF16", ...)."""
+        return self._slice(name).get_dtype()
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(self._handles)
+
     def _slice(self, name: str):
         if name not in self.weight_map:
             raise KeyError(f"{self.dir}: tensor {name!r} is missing from the checkpoint")

@@ -1,0 +1,74 @@
+"""Where a run's prompts come from: the synthetic task mix (default) or JSONL problem files such as
+GSM8K in ../shared/data. Files are split like the mix, by a hash of each problem's text
+(:func:`r1hpc.data.mix.is_heldout`), so no training stream ever holds a held-out problem."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Iterator
+
+from r1hpc.config import ConfigError
+from r1hpc.data.jsonl import KNOWN_SOURCES, load_problems, load_shared
+from r1hpc.data.mix import Split, heldout_set, is_heldout, stream
+from r1hpc.data.problem import Problem
+
+
+@dataclasses.dataclass
+class PromptFilesConfig:
+    """``files``: shared math sets by name ("gsm8k", "math500", ...) or paths to JSONL files; empty
+    means the synthetic mix (``data.mix``). ``heldout_fraction`` of each file (by hash) is kept for
+    evaluation; the training stream goes over the rest in a fresh shuffled order every epoch."""
+
+    files: list[str] = dataclasses.field(default_factory=list)
+    heldout_fraction: float = 0.1
+
+    def validate(self) -> None:
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        for name in self.files:
+            if name not in KNOWN_SOURCES and not name.endswith(".jsonl"):
+                raise ConfigError(f"files: {name!r} is neither a shared set ({', '.join(KNOWN_SOURCES)}) nor a "
+                                  ".jsonl path")
+
+
+def load_named(name: str) -> list[Problem]:
+    """A shared set by name, or a JSONL file by path (errors name the file and line)."""
+    if name.endswith(".jsonl"):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"{name}: no such problem file")
+        return load_problems(name)
+    return load_shared(name)
+
+
+def file_split(cfg: PromptFilesConfig, split: Split, files: list[str] | None = None) -> list[Problem]:
+    """Every problem of ``files`` (default: all configured) in ``split``, in file order."""
+    want = split == "heldout"
+    return [p for name in (files or cfg.files) for p in load_named(name)
+            if is_heldout(p, cfg.heldout_fraction) == want]
+
+
+def file_stream(cfg: PromptFilesConfig, seed: int) -> Iterator[Problem]:
+    """Endless training problems: each epoch the training split in a new order fixed by ``seed``."""
+    problems = file_split(cfg, "train")
+    if not problems:
+        raise ConfigError(f"data.prompts.files {cfg.files}: no training problems")
+    rng = random.Random(f"prompts:{seed}")
+    while True:
+        order = list(problems)
+        rng.shuffle(order)
+        yield from order
+
+
+def training_stream(data, seed: int) -> Iterator[Problem]:
+    """The GRPO prompt stream of a run's ``data`` section (a :class:`r1hpc.data.DataConfig`)."""
+    if data.prompts.files:
+        return file_stream(data.prompts, seed)
+    return stream(data.mix, "train", seed=seed)
+
+
+def heldout_problems(data, n: int) -> list[Problem]:
+    """The first ``n`` held-out problems of the run's prompt source (the same ones for every seed)."""
+    if data.prompts.files:
+        return file_split(data.prompts, "heldout")[:n]
+    return heldout_set(data.mix, n)

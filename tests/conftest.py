@@ -1,0 +1,19 @@
+"""Session fixtures shared across test folders (the real pretrained model is converted once)."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    from tests.smollm2 import gguf_or_skip
+
+    return gguf_or_skip()
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(smollm2_gguf, tmp_path_factory):
+    """SmolLM2-135M-Instruct as a megatron checkpoint folder, written by `r1hpc convert hf-to-megatron`."""
+    from tests.smollm2 import convert
+
+    return convert(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "converted")
