@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages the tests need (sandbox isolation). Installs only what is missing; needs root.
+# Debian packages the tests need (sandbox isolation; a throwaway local Slurm: slurm/local_slurm.sh). Installs only what is missing; needs root.
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/sbin/slurmctld ] || need+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need+=(slurmd)
+[ -x /usr/sbin/slurmdbd ] || need+=(slurmdbd)
+command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
+[ -x /usr/sbin/munged ] || need+=(munge)
+[ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "[system deps] missing: ${need[*]} (install them as root; related tests will be skipped)" >&2

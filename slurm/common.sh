@@ -50,7 +50,7 @@ echo "[r1hpc] job ${JOB_TAG} on ${SLURM_JOB_NODELIST}: ${SLURM_NNODES:-1} node(s
 # Run the step on every task; exit 75 (checkpoint saved on a preemption or time-limit signal)
 # requeues this job, which then resumes; any other failure fails the job.
 run_step() {
-  srun --kill-on-bad-exit=1 --output="$RANK_LOG" --error="$RANK_LOG" "$@"
+  srun --kill-on-bad-exit=1 --open-mode=append --output="$RANK_LOG" --error="$RANK_LOG" "$@"
   local rc=$?
   if [ "$rc" = "$EXIT_CODE_REQUEUE" ]; then
     echo "[r1hpc] step saved a checkpoint and asked for a requeue; requeueing job $SLURM_JOB_ID"

@@ -77,7 +77,10 @@ class ChainFailed(RuntimeError):
 
 def resume_supported() -> bool:
     """Checkpointing present: train stages get ``--resume auto`` so a requeued job continues."""
-    return importlib.util.find_spec("r1hpc.checkpoint.preemption") is not None
+    try:
+        return importlib.util.find_spec("r1hpc.checkpoint.preemption") is not None
+    except ModuleNotFoundError:  # no r1hpc.checkpoint package at all
+        return False
 
 
 def slurm_available() -> bool:

@@ -3,18 +3,18 @@ step they checkpointed (the contract of r1hpc.checkpoint.preemption: flag on USR
 ranks agree at a step boundary, save, exit 75; the template requeues; ``--resume auto``)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import time
 
 import pytest
 
+from r1hpc.launch.launcher import resume_supported
 from tests.slurm.conftest import CONFIG, sbatch, tiny, wait_job
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("r1hpc.checkpoint.preemption") is None,
+    pytest.mark.skipif(not resume_supported(),
                        reason="r1hpc.checkpoint.preemption not present yet (checkpoint/resume lands from branch ckpt)"),
 ]
 STEPS = 12
