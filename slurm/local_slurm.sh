@@ -77,9 +77,21 @@ stop_pidfile() {
 
 down() {
   [ -d "$DIR/run" ] || { say "nothing to stop in $DIR"; return 0; }
+  # jobs first, so no job step outlives its slurmd
+  SLURM_CONF="$DIR/etc/slurm.conf" timeout 20 scancel --full --user="$(id -un)" >/dev/null 2>&1 || true
+  sleep 1
   for f in "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd.pid" \
            "$DIR/run/mariadbd.pid" "$DIR/run/munged.pid"; do
     [ -e "$f" ] && stop_pidfile "$f"
+  done
+  # what the daemons started and left behind (job scripts, srun, slurmstepd) runs from DIR or
+  # carries its SLURM_CONF; nothing else is touched
+  local p
+  for p in $(ls /proc | grep -E '^[0-9]+$'); do
+    [ "$p" = $$ ] && continue
+    if cat "/proc/$p/cmdline" "/proc/$p/environ" 2>/dev/null | tr '\0' '\n' | grep -qF "$DIR/"; then
+      kill -9 "$p" 2>/dev/null || true
+    fi
   done
   say "stopped the daemons started in $DIR"
 }

@@ -77,8 +77,11 @@ def wait_job(env: dict, job_id: str, timeout: float = 600) -> dict[str, dict]:
 
 
 def sacct(env: dict, job_id: str, fields: str = "JobID,State,ExitCode,NodeList,Start,End") -> dict[str, dict]:
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", fields, "-j", job_id], capture_output=True, text=True,
-                         env=env, timeout=60).stdout
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", fields, "-j", job_id], capture_output=True, text=True,
+                             env=env, timeout=60).stdout
+    except subprocess.TimeoutExpired:  # slurmdbd slow on a loaded machine: the caller polls again
+        return {}
     names = fields.split(",")
     rows = [dict(zip(names, line.split("|"))) for line in out.splitlines() if line.strip()]
     return {r["JobID"]: r for r in rows}
