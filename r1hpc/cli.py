@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.config import ConfigError
 
 
@@ -12,27 +13,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
 
-def _pretrain(cfg) -> None:
-    """The base alone, in the directory ``r1hpc train`` would reuse (pretrain.base_dir or <run>/base)."""
-    from pathlib import Path
-
-    from r1hpc.distributed import destroy_distributed, init_distributed
-    from r1hpc.train.pretrain import pretrain
-
-    env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
-    meta = pretrain(cfg, cfg.parallel, base_dir, log=print if env.rank == 0 else (lambda *a, **k: None))
-    if env.rank == 0:
-        print(f"[pretrain] base in {base_dir}: final loss {meta['final_loss']}")
-    destroy_distributed()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1hpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
-    _add_config_args(sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate"))
-    _add_config_args(sub.add_parser("pretrain", help="supervised next-token training of the base on the corpus"))
+    _add_config_args(sub.add_parser("pretrain", help="train (or reuse) the recipe's weak base model only"))
+    train = sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate")
+    _add_config_args(train)
+    train.add_argument("--resume", metavar="auto|none|PATH",
+                       help="sets checkpoint.resume: auto = the newest complete checkpoint (docs/checkpointing.md)")
+    convert = sub.add_parser("convert", help="Hugging Face safetensors <-> megatron checkpoint (docs/hf_weights.md)")
+    convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
+    convert.add_argument("src", help="HF folder (config.json + safetensors) or a converted megatron folder")
+    convert.add_argument("dst", help="output folder")
+    convert.add_argument("overrides", nargs="*", help="parallel.<key>=.., model.<key>=.., export_dtype=bf16")
+    rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
+    rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
+    rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
     for kind, what in (("eval", "held-out pass@1"), ("rollout", "samples with rewards")):
         p = sub.add_parser(kind, help=f"{what} for one shard of the problems (a job-array task); see r1hpc merge")
         _add_config_args(p)
@@ -50,16 +47,33 @@ def main(argv: list[str] | None = None) -> int:
 
             print_info()
             return 0
+        if args.command == "pretrain":
+            from r1hpc.config import load_config
+            from r1hpc.train.pretrain import run_pretrain
+
+            run_pretrain(load_config(args.config, args.overrides))
+            return 0
         if args.command == "train":
             from r1hpc.config import load_config
             from r1hpc.train.r1zero import run_r1zero
 
-            run_r1zero(load_config(args.config, args.overrides))
+            overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+            run_r1zero(load_config(args.config, overrides))
             return 0
-        if args.command == "pretrain":
-            from r1hpc.config import load_config
+        if args.command == "convert":
+            from r1hpc.model.hf.convert import run_convert
 
-            _pretrain(load_config(args.config, args.overrides))
+            result = run_convert(args.direction, args.src, args.dst, args.overrides)
+            print(f"r1hpc: converted {args.src} -> {args.dst} ({result['family']})")
+            return 0
+        if args.command == "report":
+            from r1hpc.monitor.report import build_report
+
+            try:
+                build_report(args.run_dir, args.out)
+            except FileNotFoundError as e:
+                print(f"r1hpc: {e}", file=sys.stderr)
+                return 2
             return 0
         if args.command in ("eval", "rollout"):
             from r1hpc.config import load_config
@@ -82,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_launch(args)
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)
+        return 2
+    except ResumeError as e:
+        print(f"r1hpc: cannot resume: {e}", file=sys.stderr)
         return 2
     return 1
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import dataclasses
 
 from r1hpc.algo.loss import AlgoConfig
+from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.config import ConfigError
 from r1hpc.data.config import DataConfig
 from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
+from r1hpc.monitor.monitor import MonitorConfig
 from r1hpc.rewards.registry import RewardsConfig
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import OptimConfig
@@ -42,6 +44,8 @@ class RunConfig:
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)

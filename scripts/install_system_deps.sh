@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the tests need (sandbox isolation; a throwaway local Slurm: slurm/local_slurm.sh). Installs only what is missing; needs root.
+# Debian packages the tests need (sandbox isolation; a headless browser for the report page; a throwaway
+# local Slurm: slurm/local_slurm.sh). Installs only what is missing; needs root.
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
@@ -10,6 +11,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 [ -x /usr/sbin/munged ] || need+=(munge)
 [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "[system deps] missing: ${need[*]} (install them as root; related tests will be skipped)" >&2

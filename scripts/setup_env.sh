@@ -14,8 +14,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$VENV/.r1hpc-stamp" 2>/dev/null)" != "$stamp_now" ]; then
   echo "[setup_env] installing pinned CPU stack (torch CPU wheel, megatron-core 0.16.1, triton) ..."
-  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/requirements/cpu-lock.txt" \
-      "torch==2.13.0" -e "$ROOT[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  if ! "$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/requirements/cpu-lock.txt" \
+      "torch==2.13.0" -e "$ROOT[dev]" > "$VENV/pip-install.log" 2>&1; then
+    tail -n 40 "$VENV/pip-install.log" >&2
+    echo "[setup_env] pip install failed (full log: $VENV/pip-install.log)" >&2
+    exit 1
+  fi
   "$VENV/bin/python" -c "import r1hpc, torch, megatron.core" 
   echo "$stamp_now" > "$VENV/.r1hpc-stamp"
 fi

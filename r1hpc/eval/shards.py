@@ -62,14 +62,14 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.rollout.generate import generate, response_text
     from r1hpc.train.engine import Engine
-    from r1hpc.train.pretrain import prepare_tokenizer
+    from r1hpc.train.pretrain import base_dir_of, prepare_tokenizer
 
     i, n = shard
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     if env.world_size != 1:
         raise RuntimeError(f"a shard runs as one process (got world size {env.world_size}); "
                            "scale out with more array tasks")
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+    base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no tokenizer.json (train the base first, or set pretrain.base_dir)")
     tok, _ = prepare_tokenizer(cfg, base_dir)

@@ -23,9 +23,11 @@ class ModelConfig:
     num_query_groups: Optional[int] = None  # GQA; None = one KV head per query head
     vocab_size: int = 0
     max_seq_length: int = 512
-    rotary_base: int = 10000
+    rotary_base: float = 10000
+    rope_scaling_factor: Optional[float] = None  # Llama 3.1 style RoPE frequency scaling (None = off)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    add_qkv_bias: bool = False  # Qwen2: biases on the Q, K and V projections only
     init_method_std: float = 0.02
     dropout: float = 0.0
     params_dtype: Literal["fp32", "bf16"] = "fp32"
@@ -34,12 +36,17 @@ class ModelConfig:
     moe_router_topk: int = 2
     moe_ffn_hidden_size: Optional[int] = None
     moe_shared_expert_intermediate_size: Optional[int] = None
+    moe_shared_expert_gate: bool = False  # Qwen2-MoE: a sigmoid gate scales the shared expert's output
+    moe_router_pre_softmax: bool = False  # softmax over all experts, then top-k, no renormalisation
     moe_aux_loss_coeff: float = 1e-2
     moe_token_dispatcher_type: Literal["alltoall", "allgather"] = "alltoall"
     # Implementation: Transformer Engine layers when importable (required for FP8), else local.
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     fp8: Optional[Literal["hybrid", "e4m3"]] = None
     fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "delayed"
+    # Start from a Hugging Face checkpoint (folder with config.json + safetensors): the architecture
+    # keys above are then taken from its config.json (docs/hf_weights.md).
+    hf_path: Optional[str] = None
 
     @property
     def is_moe(self) -> bool:
@@ -62,5 +69,9 @@ class ModelConfig:
             if not 1 <= self.moe_router_topk <= self.num_moe_experts:
                 raise ConfigError(
                     f"moe_router_topk ({self.moe_router_topk}) must be between 1 and num_moe_experts ({self.num_moe_experts})")
+        if self.moe_shared_expert_gate and not self.moe_shared_expert_intermediate_size:
+            raise ConfigError("moe_shared_expert_gate needs a shared expert (set moe_shared_expert_intermediate_size)")
+        if self.rope_scaling_factor is not None and self.rope_scaling_factor <= 0:
+            raise ConfigError(f"rope_scaling_factor must be positive or null, got {self.rope_scaling_factor}")
         if self.fp8 is not None and self.transformer_impl == "local":
             raise ConfigError("fp8 needs transformer_impl 'transformer_engine' or 'auto' (Transformer Engine layers)")

@@ -70,6 +70,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
+        add_qkv_bias=model.add_qkv_bias,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
@@ -96,6 +97,8 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
             moe_router_topk=model.moe_router_topk,
             moe_ffn_hidden_size=model.moe_ffn_hidden_size or model.ffn_hidden_size,
             moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+            moe_shared_expert_gate=model.moe_shared_expert_gate,
+            moe_router_pre_softmax=model.moe_router_pre_softmax,
             moe_aux_loss_coeff=model.moe_aux_loss_coeff,
             moe_router_load_balancing_type="aux_loss",
             moe_token_dispatcher_type=model.moe_token_dispatcher_type,
@@ -152,6 +155,8 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, pre_process: Op
         share_embeddings_and_output_weights=model.tie_embeddings,
         position_embedding_type="rope",
         rotary_base=model.rotary_base,
+        rope_scaling=model.rope_scaling_factor is not None,
+        rope_scaling_factor=model.rope_scaling_factor or 8.0,
     )
     if torch.cuda.is_available():
         gpt = gpt.cuda()

@@ -7,7 +7,10 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, the first step logged again; TensorBoard hides what an earlier
+        process logged from that step on."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
@@ -16,7 +19,7 @@ class MetricsLogger:
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -33,6 +36,17 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def truncate_metrics(path: Path, nbytes: int) -> None:
+    """Cut ``metrics.jsonl`` back to its first ``nbytes`` (its length at a checkpoint), so a resumed
+    run neither repeats nor skips a step. Losing records the checkpoint counted is an error."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    if size < nbytes:
+        raise RuntimeError(f"{path} has {size} bytes but the checkpoint recorded {nbytes}: metrics were lost")
+    with path.open("r+b" if path.exists() else "wb") as f:
+        f.truncate(nbytes)
 
 
 def read_metrics(path: Path) -> list[dict]:

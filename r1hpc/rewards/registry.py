@@ -132,6 +132,13 @@ class RewardScorer:
         """Checks that hit a time limit (math worker killed, or the batch deadline) and scored 0."""
         return self.pool.timeouts + self.code_timeouts
 
+    def state_dict(self) -> dict:
+        """The cumulative counters (logged as ``reward/timeouts``), for exact resume."""
+        return {"pool_timeouts": self.pool.timeouts, "code_timeouts": self.code_timeouts}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.timeouts, self.code_timeouts = state["pool_timeouts"], state["code_timeouts"]
+
     def close(self) -> None:
         self.pool.close()
 

@@ -33,17 +33,30 @@ def pack_rows(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]
     return {"tokens": tokens, "targets": targets, "response_mask": mask, "rollout_logp": rollout_logp}
 
 
-def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro: int) -> list[dict[str, torch.Tensor]]:
+def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro: int,
+               width_multiple: int = 1) -> list[dict[str, torch.Tensor]]:
     """Split a row batch into exactly ``num_micro`` micro-batches, trimming each to its own longest
-    row; missing ones are zero-weight filler (one padding row) so every DP rank runs the same count."""
+    row; missing ones are zero-weight filler (one padding row) so every DP rank runs the same count.
+    Widths are rounded up to ``width_multiple`` (sequence parallelism splits the sequence over the
+    TP ranks), padding with zeros, which the response mask leaves out."""
     rows = batch["tokens"].shape[0]
     out = []
     for m in range(num_micro):
         lo, hi = m * micro_batch_size, min((m + 1) * micro_batch_size, rows)
         if lo >= hi:
-            out.append({k: torch.zeros((1, 1), dtype=v.dtype) for k, v in batch.items()})
+            out.append({k: torch.zeros((1, width_multiple), dtype=v.dtype) for k, v in batch.items()})
             continue
         mb = {k: v[lo:hi] for k, v in batch.items()}
         used = int(mb["response_mask"].any(0).nonzero().max()) + 1 if mb["response_mask"].any() else 1
-        out.append({k: (v[:, :used] if v.dim() == 2 else v) for k, v in mb.items()})
+        out.append({k: (pad_width(v[:, :used], round_up(used, width_multiple)) if v.dim() == 2 else v)
+                    for k, v in mb.items()})
     return out
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_width(t: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
+    """``t`` [B, L] right-padded with ``value`` to [B, width] (unchanged when already that wide)."""
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if width > t.shape[1] else t

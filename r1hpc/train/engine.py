@@ -5,6 +5,7 @@ PP > 1). Pretraining, SFT and GRPO differ only in the forward-step function they
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -17,10 +18,13 @@ from r1hpc.model.provider import build_model
 
 @dataclasses.dataclass
 class OptimConfig:
-    """Adam with decoupled weight decay, gradient clipping and linear warm-up."""
+    """Adam with decoupled weight decay, gradient clipping, linear warm-up and an optional decay
+    to ``min_lr`` over ``decay_steps`` optimizer steps (0: constant after warm-up)."""
 
     lr: float = 1e-4
     min_lr: float = 0.0
+    decay_steps: int = 0
+    decay_style: str = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -34,6 +38,28 @@ class OptimConfig:
             raise ConfigError(f"key 'lr' must be positive, got {self.lr}")
         if self.clip_grad < 0:
             raise ConfigError(f"key 'clip_grad' must be >= 0, got {self.clip_grad}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"key 'min_lr' must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.decay_steps < 0 or self.warmup_steps < 0:
+            raise ConfigError("keys 'decay_steps' and 'warmup_steps' must be >= 0")
+        if self.decay_style not in _DECAY_SHAPES:
+            raise ConfigError(f"key 'decay_style' must be one of {sorted(_DECAY_SHAPES)}, got {self.decay_style!r}")
+
+
+_DECAY_SHAPES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1 - progress,
+}
+
+
+def lr_at(cfg: OptimConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): warm-up, then decay to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if not cfg.decay_steps:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.decay_steps - cfg.warmup_steps))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * _DECAY_SHAPES[cfg.decay_style](progress)
 
 
 ForwardStep = Callable[[Iterable, torch.nn.Module], tuple[torch.Tensor, Callable]]
@@ -76,14 +102,27 @@ class Engine:
         self.step_count = 0
 
     @property
+    def seq_multiple(self) -> int:
+        """Sequence lengths must be a multiple of this: sequence parallelism splits them over TP ranks."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
+
+    @property
     def module(self) -> torch.nn.Module:
         """The bare GPTModel of this rank's (only) pipeline chunk."""
         m = self.model[0]
         return m.module if hasattr(m, "module") else m
 
+    def state_dict(self) -> dict:
+        """The step counter (it drives the LR schedule); optimizer state is checkpointed by megatron."""
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+
     def _set_lr(self) -> float:
-        o = self.optim_cfg
-        lr = o.lr * min(1.0, (self.step_count + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+        lr = lr_at(self.optim_cfg, self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -66,9 +66,20 @@ def _vocab_start(engine: Engine) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * shard
 
 
-def _logits(model, mb: dict) -> torch.Tensor:
+def _logits(model, mb: dict, vocab_start: int, vocab_size: int) -> torch.Tensor:
+    """This rank's [b, s, V_local] logits with megatron's vocab padding (to a multiple of 128 x TP)
+    masked out: the sampler draws from the real vocabulary only, so the trainer's log-probs and
+    entropies must too (and must not depend on the TP size through the padding)."""
     tokens = mb["tokens"]
-    return model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
+    logits = model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
+    real = vocab_size - vocab_start
+    if real >= logits.shape[-1]:
+        return logits
+    padding = torch.arange(logits.shape[-1], device=logits.device) >= real
+    return logits.masked_fill(padding, _MASKED_LOGIT)
+
+
+_MASKED_LOGIT = -1e4  # exp() is exactly 0 in fp32 and bf16, yet finite: p * logit stays 0, not nan
 
 
 def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logits: torch.Tensor):
@@ -104,12 +115,14 @@ class GRPOTrainer:
     """Owns the policy engine, the frozen reference engine and the reward scorer for a run."""
 
     def __init__(self, policy: Engine, reference: Optional[Engine], *, tokenizer, scorer, algo: AlgoConfig,
-                 rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int) -> None:
+                 rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int,
+                 monitor=None) -> None:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
         self.algo, self.rollout_cfg, self.cfg, self.render = algo, rollout, grpo, render
         self.problems, self.seed = problems, seed
+        self.monitor = monitor  # r1hpc.monitor.Monitor: reads each rollout batch, adds its metrics
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         if rollout.prompts_per_step % self.dp:
@@ -119,6 +132,21 @@ class GRPOTrainer:
         if needs_ref and reference is None:
             raise ConfigError("algo.beta > 0 needs a reference model")
         self.step = 0
+
+    def state_dict(self) -> dict:
+        """What exact resume needs from the trainer: the step (it seeds the rollout sampler) and the
+        prompt stream's position (``problems`` must then be a StreamCursor). There is no rollout
+        buffer to save: each step rolls out afresh and consumes its rollouts within the step."""
+        state = {"step": self.step, "problems": self.problems.state_dict()}
+        if self.monitor is not None:
+            state["monitor"] = self.monitor.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.problems.load_state_dict(state["problems"])
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state["monitor"])
 
     # ----------------------------------------------------------------- rollout and rewards
     def _rollout(self, problems: list[Problem]) -> list[Sample]:
@@ -190,12 +218,10 @@ class GRPOTrainer:
 
     def _logp_step(self, vocab_start: int, data_iterator, model):
         mb = next(data_iterator)
-        return _logits(model, mb), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
+        return _logits(model, mb, vocab_start, self.tok.vocab_size), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
-        from megatron.core import parallel_state
-
         t0 = time.perf_counter()
         samples, scores, problems, ds_stats = self._collect()
         t_rollout_reward = time.perf_counter() - t0
@@ -213,7 +239,7 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         if rows is not None:
             n_micro_all = max(1, self._global_micro_count(rows["tokens"].shape[0]))
-            micro_all = split_rows(rows, self.cfg.micro_batch_size, n_micro_all)
+            micro_all = split_rows(rows, self.cfg.micro_batch_size, n_micro_all, self.policy.seq_multiple)
             need_old = num_updates > 1 or self.algo.tis_cap is not None
             if need_old:
                 old = self._forward_logp(self.policy, micro_all)
@@ -240,6 +266,9 @@ class GRPOTrainer:
 
         metrics.update(self._rollout_metrics(scores, samples, rewards, lengths, zero_std, ds_stats))
         metrics.update(update_stats)
+        if self.monitor is not None:
+            metrics.update(self.monitor.observe(self.step + 1, samples, scores, [p for p in problems for _ in range(G)],
+                                                metrics))
         elapsed = time.perf_counter() - t0
         total_tokens = self._dp_sum(float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)))
         metrics.update({"timing/rollout_reward_s": t_rollout_reward, "timing/logprob_s": t_logp,
@@ -260,7 +289,8 @@ class GRPOTrainer:
                     lo = m * mbs
                     n = min(mbs, B - lo)
                     if n > 0:
-                        full[lo:lo + n, :mb[key].shape[1]] = mb[key][:n]
+                        width = min(L, mb[key].shape[1])  # micro-batches may be padded past L
+                        full[lo:lo + n, :width] = mb[key][:n, :width]
                 rows[key] = full
         return rows
 
@@ -313,7 +343,7 @@ class GRPOTrainer:
                 n_micro = self._global_micro_count(int(keep.sum()))
                 if n_micro == 0:  # every group on every rank has zero advantage: nothing to learn
                     continue
-                micro = split_rows(sub, self.cfg.micro_batch_size, n_micro)
+                micro = split_rows(sub, self.cfg.micro_batch_size, n_micro, self.policy.seq_multiple)
                 scale = float(n_micro * self.dp)
                 step = partial(self._loss_step, _vocab_start(self.policy), scale, on_policy)
                 width = max(mb["tokens"].shape[1] for mb in micro)
@@ -330,7 +360,7 @@ class GRPOTrainer:
 
     def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
         mb = next(data_iterator)
-        logits = _logits(model, mb)
+        logits = _logits(model, mb, vocab_start, self.tok.vocab_size)
         if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
             with torch.no_grad():
                 sel = mb["response_mask"]

@@ -17,6 +17,7 @@ from r1hpc.config import ConfigError, to_dict
 from r1hpc.data.corpus import build_corpus
 from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
 from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.train.batching import round_up
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch
 
@@ -30,13 +31,19 @@ class PretrainConfig:
     batch_size: int = 32
     micro_batch_size: int = 32
     lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     warmup_steps: int = 30
+    # train on prompt tokens too; off by default: a prompt's digits are random, and their large,
+    # irreducible loss would dominate the clipped gradient of a tiny model
+    prompt_loss: bool = False
     reuse: bool = True
     base_dir: Optional[str] = None
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.micro_batch_size) < 1:
             raise ConfigError("steps, batch_size and micro_batch_size must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size})")
@@ -63,9 +70,11 @@ def prepare_tokenizer(cfg, base_dir: Path) -> tuple[TextTokenizer, list[tuple[st
     return tok, corpus
 
 
-def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[list[int]]:
-    seqs = [tok.encode(p + c) + [tok.eos_id] for p, c in corpus]
-    return [s for s in seqs if len(s) <= max_len]
+def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per pair. Prompt and completion are encoded apart, as a rollout
+    sees them (the prompt alone, then sampled tokens), so no BPE merge crosses the boundary."""
+    seqs = [(tok.encode(p), tok.encode(c) + [tok.eos_id]) for p, c in corpus]
+    return [(p + c, len(p)) for p, c in seqs if len(p) + len(c) <= max_len]
 
 
 def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) -> dict:
@@ -80,7 +89,8 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         tok.save(base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     p = cfg.pretrain
-    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, warmup_steps=p.warmup_steps, weight_decay=0.01,
+    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, min_lr=p.lr * p.min_lr_ratio, warmup_steps=p.warmup_steps,
+                                                     decay_steps=p.steps, weight_decay=0.01,
                                                      clip_grad=1.0))
     seqs = encode_corpus(tok, corpus, model_cfg.max_seq_length + 1)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
@@ -92,12 +102,12 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         micro = []
         for i in range(0, len(batch), p.micro_batch_size):
             chunk = batch[i:i + p.micro_batch_size]
-            width = max(len(s) for s in chunk)
+            width = round_up(max(len(s) for s, _ in chunk) - 1, engine.seq_multiple) + 1  # inputs = width - 1
             ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width))
-            for j, s in enumerate(chunk):
+            for j, (s, n_prompt) in enumerate(chunk):
                 ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+                mask[j, 0 if p.prompt_loss else n_prompt:len(s)] = 1
             micro.append(make_lm_batch(ids, mask))
         width = max(m["tokens"].shape[1] for m in micro)
         out = engine.train_step(lm_forward_step, micro, seq_length=width, micro_batch_size=p.micro_batch_size)
@@ -115,5 +125,38 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
     return meta
 
 
+def base_dir_of(cfg) -> Path:
+    """Where the recipe's base lives: ``pretrain.base_dir``, or ``<output_dir>/<run name>/base``."""
+    return Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+
+
+def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """The run's base model: reused when ``base_dir`` holds one built from the same settings,
+    pretrained otherwise. Returns (base_dir, its meta). Collective."""
+    base_dir = base_dir_of(cfg)
+    if cfg.pretrain.reuse and base_is_ready(base_dir, base_fingerprint(cfg)):
+        log(f"[base] reusing {base_dir}")
+        return base_dir, json.loads((base_dir / "meta.json").read_text())
+    log(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
+    return base_dir, pretrain(cfg, cfg.parallel, base_dir, log=log)
+
+
+def run_pretrain(cfg) -> dict:
+    """``r1hpc pretrain``: the base alone, on however many ranks were launched."""
+    from r1hpc.distributed import destroy_distributed, init_distributed
+
+    env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
+    try:
+        base_dir, meta = ensure_base(cfg, log=print if env.rank == 0 else (lambda *a, **k: None))
+        if env.rank == 0:
+            print(f"[base] {base_dir}: {meta['params']:,} parameters, final loss {meta['final_loss']:.4f}, "
+                  f"{meta['wall_s']:.0f} s")
+        return meta
+    finally:
+        destroy_distributed()
+
+
 def load_base(engine: Engine, base_dir: Path) -> None:
     load_model_weights(engine.module, base_dir / "weights")
+    if engine.optimizer is not None:  # bf16/fp16: the fp32 main copies were taken at construction
+        engine.optimizer.reload_model_params()

@@ -5,43 +5,64 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from r1hpc.config import dump_yaml
+from r1hpc.checkpoint.compat import check_resumable, current_layout
+from r1hpc.checkpoint.cursor import StreamCursor
+from r1hpc.checkpoint.layout import read_meta
+from r1hpc.checkpoint.manager import CheckpointManager
+from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
+from r1hpc.checkpoint.resume import choose_checkpoint, clear_stale
+from r1hpc.config import ConfigError, dump_yaml, to_dict
 from r1hpc.data.mix import heldout_set, stream
 from r1hpc.data.templates import render_prompt
 from r1hpc.distributed import destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
-from r1hpc.monitor.metrics import MetricsLogger
+from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
+from r1hpc.monitor.monitor import Monitor
 from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
-from r1hpc.train.pretrain import base_fingerprint, base_is_ready, load_base, prepare_tokenizer, pretrain
+from r1hpc.train.pretrain import ensure_base, load_base, prepare_tokenizer
 
 
 def run_r1zero(cfg) -> dict:
+    if cfg.model.hf_path:  # never silently train the synthetic base instead of the HF model asked for
+        raise ConfigError("model.hf_path: the R1-Zero job trains its own base with its own tokenizer and cannot "
+                          "start from HF weights yet; see docs/hf_weights.md for the loader to call")
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     rank0 = env.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else run_dir / "base"
+    ckpt_dir = Path(cfg.checkpoint.directory) if cfg.checkpoint.directory else run_dir / "checkpoints"
+    resume_from = choose_checkpoint(cfg.checkpoint.resume, ckpt_dir, say)
+    resumed = None
+    if resume_from is not None:
+        resumed = read_meta(resume_from)
+        check_resumable(resumed, to_dict(cfg), current_layout(), str(resume_from))
+        if resumed["finished"] and resumed["step"] >= cfg.grpo.steps:
+            say(f"[resume] the run already finished: {resume_from} holds its final step {resumed['step']} "
+                f"of {cfg.grpo.steps}; nothing to do")
+            destroy_distributed()
+            return {"already_finished": True, "grpo_steps": resumed["step"]}
+    torch.distributed.barrier()  # every rank decided before rank 0 touches the directory
+    if resume_from is None:
+        clear_stale(ckpt_dir, rank0, say)
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
+        if resumed is None:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     t_start = time.perf_counter()
+    guard = PreemptionGuard()  # from here a SIGUSR2/SIGTERM only asks for a checkpoint at the next step
 
-    fingerprint = base_fingerprint(cfg)
-    if cfg.pretrain.reuse and base_is_ready(base_dir, fingerprint):
-        say(f"[base] reusing {base_dir}")
-        base_meta = json.loads((base_dir / "meta.json").read_text())
-    else:
-        say(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
-        base_meta = pretrain(cfg, cfg.parallel, base_dir, log=say)
+    base_dir, base_meta = ensure_base(cfg, log=say)
     tok, _ = prepare_tokenizer(cfg, base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
 
@@ -55,7 +76,7 @@ def run_r1zero(cfg) -> dict:
     render = partial(render_prompt, cfg=cfg.data.template)
     heldout = heldout_set(cfg.data.mix, cfg.eval.num_problems)
     scorer = RewardScorer(cfg.rewards)
-    logger = MetricsLogger(run_dir, enabled=rank0)
+    logger = MetricsLogger(run_dir, enabled=rank0, purge_step=resumed["step"] + 1 if resumed else None)
     evals = []
 
     def evaluate(step: int) -> dict:
@@ -69,14 +90,38 @@ def run_r1zero(cfg) -> dict:
         return result
 
     try:
-        before = evaluate(0)
+        problems = StreamCursor(partial(stream, cfg.data.mix, "train", seed=cfg.run.seed))
         trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
-                              grpo=cfg.grpo, render=render, problems=stream(cfg.data.mix, "train", seed=cfg.run.seed),
-                              seed=cfg.run.seed)
-        t_grpo = time.perf_counter()
+                              grpo=cfg.grpo, render=render, problems=problems, seed=cfg.run.seed,
+                              monitor=Monitor(cfg.monitor, tok, policy.module, run_dir, writer=rank0, say=say)
+                              if cfg.monitor.enabled else None)
+        ckpt = CheckpointManager(cfg.checkpoint, ckpt_dir, policy=policy, trainer=trainer, scorer=scorer,
+                                 config=to_dict(cfg), tokenizer_path=base_dir / "tokenizer.json")
+
+        def save(step: int, finished: bool = False) -> None:
+            path = ckpt.save(step, evals=evals, metrics_path=logger.path, finished=finished)
+            say(f"[checkpoint] saved {path}")
+
+        start_step = steps_done = 0
+        if resumed is not None:
+            ckpt.load(resume_from)
+            if rank0:  # only after a successful load: a failed resume loses nothing
+                truncate_metrics(logger.path, resumed["metrics_bytes"])
+            evals.extend(resumed["evals"])
+            start_step = steps_done = resumed["step"]
+            say(f"[resume] continuing from step {steps_done} ({resume_from})")
+        else:
+            evaluate(0)
+        before = evals[0]
+        t_grpo, evals_before = time.perf_counter(), len(evals)
+
+        def _grpo_seconds() -> float:
+            """This process's training time: held-out evaluations in between do not count."""
+            return time.perf_counter() - t_grpo - sum(e["eval_s"] for e in evals[evals_before:])
+
         progress = _progress(cfg.grpo.steps, rank0)
-        steps_done = 0
-        for step in range(1, cfg.grpo.steps + 1):
+        progress.update(steps_done)
+        for step in range(steps_done + 1, cfg.grpo.steps + 1):
             metrics = trainer.train_step()
             logger.log(step, metrics)
             steps_done = step
@@ -85,15 +130,24 @@ def run_r1zero(cfg) -> dict:
             progress.update(1)
             if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0 and step < cfg.grpo.steps:
                 logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items() if k != "step"})
+            if guard.should_stop():
+                save(step)
+                progress.close()
+                say(f"[preempt] saved step {step}; exiting for requeue")
+                sys.exit(EXIT_CODE_REQUEUE)
             limit = cfg.grpo.time_limit_minutes
-            if limit is not None and _agreed_stop(time.perf_counter() - t_grpo > 60 * limit):
+            if limit is not None and _agreed_stop(_grpo_seconds() > 60 * limit):
                 say(f"[grpo] time limit of {limit} min reached after {step} steps")
                 break
+            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < cfg.grpo.steps:
+                save(step)
         progress.close()
-        grpo_s = time.perf_counter() - t_grpo
+        grpo_s = _grpo_seconds()
         after = evaluate(steps_done)
         logger.log(steps_done, {f"eval/{k}": v for k, v in after.items() if k != "step"})
+        save(steps_done, finished=steps_done >= cfg.grpo.steps)
     finally:
+        guard.uninstall()
         scorer.close()
         logger.close()
     summary = {
@@ -101,7 +155,8 @@ def run_r1zero(cfg) -> dict:
         "per_task_before": {k: v for k, v in before.items() if k.startswith("pass@1/")},
         "per_task_after": {k: v for k, v in after.items() if k.startswith("pass@1/")},
         "format_before": before["format"], "format_after": after["format"],
-        "grpo_steps": steps_done, "grpo_wall_s": grpo_s, "grpo_steps_per_min": 60 * steps_done / max(grpo_s, 1e-9),
+        "grpo_steps": steps_done, "grpo_wall_s": grpo_s,
+        "grpo_steps_per_min": 60 * (steps_done - start_step) / max(grpo_s, 1e-9),  # steps this process ran
         "pretrain_wall_s": base_meta.get("wall_s"), "base_params": base_meta.get("params"),
         "total_wall_s": time.perf_counter() - t_start, "world_size": env.world_size,
         "tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size, "evals": evals,

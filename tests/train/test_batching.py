@@ -30,3 +30,12 @@ def test_split_pads_with_zero_weight_filler_and_trims_width():
     assert micro[0]["tokens"].shape == (2, 1)  # trimmed to the longest row of the micro-batch
     assert micro[1]["tokens"].shape == (1, 6)
     assert not micro[2]["response_mask"].any()  # filler
+
+
+def test_split_rounds_widths_up_for_sequence_parallelism():
+    rows = pack_rows([_sample([1], [2]), _sample([1], [2]), _sample([1, 2, 3, 4], [5, 6, 7])], pad_id=0)
+    micro = split_rows(rows, micro_batch_size=2, num_micro=3, width_multiple=4)
+    assert [m["tokens"].shape[1] for m in micro] == [4, 8, 4]
+    assert micro[1]["response_mask"].dtype == torch.bool
+    assert micro[1]["response_mask"].sum() == rows["response_mask"][2].sum()  # padding is never trained on
+    assert micro[1]["targets"][0, :6].tolist() == rows["targets"][2].tolist()

@@ -58,3 +58,18 @@ def test_run_directory_has_every_artifact(run_dir):
                     "response_length/clip_ratio", "rollout/entropy", "reward/frac_zero_std",
                     "timing/rollout_reward_s", "timing/train_s", "perf/tokens_per_s"):
             assert key in r, key
+
+
+def test_monitor_metrics_and_report(run_dir):
+    """The aha-moment monitor ran on every step and its report renders from the real run."""
+    from r1hpc.monitor.report import build_report
+
+    for r in _steps(run_dir):
+        for key in ("monitor/entropy_mean", "monitor/marker_rate", "monitor/aha_events", "alarm/entropy_collapse",
+                    "timing/monitor_s"):
+            assert key in r, key
+        assert r["monitor/entropy_mean"] == pytest.approx(r["rollout/entropy"], rel=1e-4)
+    assert (run_dir / "monitor" / "examples.jsonl").is_file()
+    index = build_report(run_dir)
+    for stem in ("reward", "accuracy", "length", "entropy", "markers", "aha", "entropy_trajectories"):
+        assert (index.parent / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

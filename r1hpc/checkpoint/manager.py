@@ -1,0 +1,110 @@
+"""Save and load the whole state of a GRPO run (collective: every rank calls every method).
+
+A checkpoint directory (see layout.py for naming and atomicity):
+
+    model/        policy weights, megatron dist_checkpointing (loads at any layout: r1hpc.model.weights)
+    optimizer/    megatron optimizer state (Adam moments and step per parameter, param groups)
+    ranks/rank_NNNNN.pt   per rank: RNG states, trainer counters and prompt-stream position,
+                  engine step counter (LR schedule), reward-scorer counters
+    tokenizer.json  the run's tokenizer
+    meta.json     rank 0, written last: step, finished, evals so far, metrics.jsonl length,
+                  the resolved config and the parallel layout
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from r1hpc.checkpoint.compat import current_layout
+from r1hpc.checkpoint.config import CheckpointConfig
+from r1hpc.checkpoint.layout import fsync_tree, prune, publish, read_meta, step_dir_name
+from r1hpc.checkpoint.rng import capture_rng, restore_rng
+from r1hpc.model.weights import load_model_weights, save_model_weights, sharded_model_state
+
+FORMAT_VERSION = 1
+# Test hook (docs/checkpointing.md): during the save of this step, after the model and optimizer
+# shards and the rank file are written and before the checkpoint is published, the process kills
+# itself (SIGKILL).
+KILL_IN_SAVE_ENV = "R1HPC_CHECKPOINT_TEST_KILL_IN_SAVE_AT_STEP"
+
+
+class CheckpointManager:
+    """Saves and loads ``policy`` (Engine), ``trainer`` (GRPOTrainer) and ``scorer`` state."""
+
+    def __init__(self, cfg: CheckpointConfig, directory: Path, *, policy, trainer, scorer, config: dict,
+                 tokenizer_path: Optional[Path] = None) -> None:
+        self.cfg, self.directory = cfg, Path(directory)
+        self.policy, self.trainer, self.scorer = policy, trainer, scorer
+        self.config, self.tokenizer_path = config, tokenizer_path
+        self.rank = torch.distributed.get_rank()
+
+    # ------------------------------------------------------------------ save
+    def save(self, step: int, *, evals: list[dict], metrics_path: Path, finished: bool) -> Path:
+        """Write and publish a complete checkpoint of the state as of now; returns its path."""
+        from megatron.core import dist_checkpointing
+
+        tmp = self.directory / (step_dir_name(step) + ".tmp")
+        final = self.directory / step_dir_name(step)
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            for sub in ("optimizer", "ranks"):
+                (tmp / sub).mkdir(parents=True)
+        torch.distributed.barrier()
+        save_model_weights(self.policy.module, tmp / "model")
+        optim_state = self._optimizer_state(is_loading=False)
+        dist_checkpointing.save(optim_state, str(tmp / "optimizer"))
+        torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
+                    "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
+                    "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
+        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        fsync_tree(tmp)
+        torch.distributed.barrier()  # every rank's files are written and flushed
+        if self.rank == 0:
+            if self.tokenizer_path is not None:
+                shutil.copy2(self.tokenizer_path, tmp / "tokenizer.json")
+            meta = {"format_version": FORMAT_VERSION, "step": step, "finished": finished, "evals": evals,
+                    "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
+                    "config": self.config, "layout": current_layout(), "saved_at": time.time()}
+            publish(tmp, final, meta)
+            prune(self.directory, self.cfg.keep_last)
+        torch.distributed.barrier()
+        return final
+
+    def _optimizer_state(self, *, is_loading: bool) -> dict:
+        return self.policy.optimizer.sharded_state_dict(sharded_model_state(self.policy.module), is_loading=is_loading)
+
+    # ------------------------------------------------------------------ load
+    def load(self, path: Path) -> dict:
+        """Restore every component from ``path`` (checked with compat.check_resumable first);
+        RNG states last, so nothing built afterwards consumes them. Returns meta.json."""
+        from megatron.core import dist_checkpointing
+
+        meta = read_meta(path)
+        own = torch.load(path / "ranks" / f"rank_{self.rank:05d}.pt", weights_only=False)
+        load_model_weights(self.policy.module, path / "model")
+        if own["optimizer_stepped"]:  # else Adam has no moments yet, exactly like the fresh optimizer
+            self.policy.optimizer.load_state_dict(
+                dist_checkpointing.load(self._optimizer_state(is_loading=True), str(path / "optimizer")))
+        self.trainer.load_state_dict(own["trainer"])
+        self.policy.load_state_dict(own["engine"])
+        self.scorer.load_state_dict(own["scorer"])
+        restore_rng(own["rng"])
+        return meta
+
+
+def _has_adam_moments(state: dict) -> bool:
+    """Whether a sharded optimizer state holds Adam's moments (created at its first step). Loading
+    one without them would ask the checkpoint for tensors it never had."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    return any(isinstance(v, ShardedTensor) and "exp_avg" in v.key for v in nested_values(state))
+

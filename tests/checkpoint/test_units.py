@@ -1,0 +1,113 @@
+"""The checkpoint package's pure parts: directory scanning and publishing, the stream cursor, the
+resume compatibility check and the preemption flag. (Whole-run behaviour: test_resume.py.)"""
+import json
+import os
+import signal
+from itertools import count
+
+import pytest
+
+from r1hpc.checkpoint.compat import ResumeError, check_resumable, config_differences
+from r1hpc.checkpoint.cursor import StreamCursor
+from r1hpc.checkpoint.layout import LATEST, newest_complete, prune, publish, read_meta, scan
+from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
+from r1hpc.checkpoint.resume import choose_checkpoint
+
+LAYOUT = {"world_size": 2, "tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 1,
+          "context_parallel_size": 1, "expert_model_parallel_size": 1, "data_parallel_size": 1}
+CONFIG = {"model": {"hidden_size": 96, "num_layers": 2}, "grpo": {"steps": 8, "mini_batches": 1},
+          "checkpoint": {"save_every": 2}, "run": {"seed": 7, "output_dir": "a"}}
+
+
+def _complete(root, step):
+    tmp = root / f"step_{step:08d}.tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "payload").write_text(str(step))
+    publish(tmp, root / f"step_{step:08d}", {"step": step})
+
+
+def test_publish_renames_and_points_latest(tmp_path):
+    _complete(tmp_path, 4)
+    assert not (tmp_path / "step_00000004.tmp").exists()
+    assert read_meta(tmp_path / "step_00000004") == {"step": 4}
+    assert (tmp_path / LATEST).read_text().strip() == "step_00000004"
+
+
+def test_newest_complete_skips_tmp_and_dirs_without_meta(tmp_path):
+    for step in (2, 4):
+        _complete(tmp_path, step)
+    (tmp_path / "step_00000006.tmp").mkdir()
+    (tmp_path / "step_00000008").mkdir()  # final name but no meta.json: never loaded
+    best, skipped = newest_complete(tmp_path)
+    assert best.step == 4
+    assert sorted(f.path.name for f in skipped) == ["step_00000006.tmp", "step_00000008"]
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        read_meta(tmp_path / "step_00000008")
+
+
+def test_choose_auto_warns_about_skipped(tmp_path):
+    _complete(tmp_path, 2)
+    (tmp_path / "step_00000004.tmp").mkdir()
+    said = []
+    assert choose_checkpoint("auto", tmp_path, said.append) == tmp_path / "step_00000002"
+    assert any("WARNING: skipping incomplete checkpoint" in s and "step_00000004.tmp" in s for s in said)
+    assert choose_checkpoint("none", tmp_path, said.append) is None
+    with pytest.raises(ResumeError, match="step_00000004.tmp: not a complete checkpoint"):
+        choose_checkpoint(str(tmp_path / "step_00000004.tmp"), tmp_path, said.append)
+
+
+def test_prune_keeps_last_k_and_drops_older_tmp(tmp_path):
+    for step in (2, 4, 6):
+        _complete(tmp_path, step)
+    (tmp_path / "step_00000003.tmp").mkdir()
+    (tmp_path / "step_00000008.tmp").mkdir()  # newer than every complete one: maybe still being written
+    prune(tmp_path, keep_last=2)
+    assert [f.path.name for f in scan(tmp_path)] == ["step_00000004", "step_00000006", "step_00000008.tmp"]
+
+
+def test_stream_cursor_replays_to_the_same_position():
+    a = StreamCursor(lambda: iter(count(100)))
+    [next(a) for _ in range(5)]
+    b = StreamCursor(lambda: iter(count(100)))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert [next(b) for _ in range(3)] == [next(a) for _ in range(3)] == [105, 106, 107]
+
+
+def test_config_differences_ignore_what_may_change():
+    changed = json.loads(json.dumps(CONFIG))
+    changed["grpo"]["steps"] = 20
+    changed["checkpoint"]["save_every"] = 5
+    changed["run"]["output_dir"] = "b"
+    assert config_differences(CONFIG, changed) == []
+    changed["model"]["hidden_size"] = 64
+    assert config_differences(CONFIG, changed) == ["model.hidden_size: 96 -> 64"]
+
+
+def test_check_resumable_names_layout_and_config_differences():
+    meta = {"layout": LAYOUT, "config": CONFIG}
+    check_resumable(meta, CONFIG, LAYOUT, "ck")
+    with pytest.raises(ResumeError, match=r"layout differs .*tensor_model_parallel_size: 2 -> 1; data_parallel_size: 1 -> 2"):
+        check_resumable(meta, CONFIG, {**LAYOUT, "tensor_model_parallel_size": 1, "data_parallel_size": 2}, "ck")
+    other = {**CONFIG, "model": {"hidden_size": 96, "num_layers": 4}}
+    with pytest.raises(ResumeError, match=r"changes the run's meaning \(model.num_layers: 2 -> 4\)"):
+        check_resumable(meta, other, LAYOUT, "ck")
+
+
+def test_preemption_guard_only_sets_a_flag():
+    guard = PreemptionGuard()
+    try:
+        assert not guard.should_stop()
+        os.kill(os.getpid(), signal.SIGUSR2)  # would terminate the process without the guard
+        assert guard.received == signal.SIGUSR2 and guard.should_stop()
+    finally:
+        guard.uninstall()
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+    assert EXIT_CODE_REQUEUE == 75
+
+
+def test_checkpoint_section_is_validated():
+    from r1hpc.config import ConfigError, load_config
+
+    assert load_config(None, ["checkpoint.resume=auto"]).checkpoint.resume == "auto"
+    with pytest.raises(ConfigError, match="checkpoint.*keep_last"):
+        load_config(None, ["checkpoint.keep_last=0"])
