@@ -9,7 +9,6 @@ and which stages it stopped. The R1 pipeline builds its chain from ``Stage`` obj
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -56,7 +55,7 @@ class Stage:
 
     def args(self) -> list[str]:
         args = [self.command, self.config, *self.overrides]
-        if self.command == "train" and resume_supported():
+        if self.command == "train":
             args += ["--resume", "auto"]
         return args
 
@@ -67,20 +66,19 @@ class StageResult:
     job_id: str
     state: str
     detail: str = ""
+    cause: str = ""  # for a STOPPED stage: the failed stage that stopped it
+
+
+def _stopped(name: str, dependency: str, cause: str, job_id: str) -> StageResult:
+    why = f"its dependency {dependency} failed" if dependency == cause else \
+        f"its dependency {dependency} was stopped ({cause} failed)"
+    return StageResult(name, job_id, "STOPPED", why, cause)
 
 
 class ChainFailed(RuntimeError):
     def __init__(self, report: str, results: dict[str, StageResult]):
         super().__init__(report)
         self.results = results
-
-
-def resume_supported() -> bool:
-    """Checkpointing present: train stages get ``--resume auto`` so a requeued job continues."""
-    try:
-        return importlib.util.find_spec("r1hpc.checkpoint.preemption") is not None
-    except ModuleNotFoundError:  # no r1hpc.checkpoint package at all
-        return False
 
 
 def slurm_available() -> bool:
@@ -192,14 +190,14 @@ def watch_chain(stages: list[Stage], jobs: dict[str, list], poll_s: float = 5.0,
 
 
 def _stop_dependents(name, stages, dependents, jobs, results) -> None:
-    todo = list(dependents[name])
+    todo = [(d, name) for d in dependents[name]]
     while todo:
-        d = todo.pop(0)
+        d, parent = todo.pop(0)
         if d in results:
             continue
         subprocess.run(["scancel", *[j.job_id for j in jobs[d]]], capture_output=True)
-        results[d] = StageResult(d, jobs[d][0].job_id, "STOPPED", f"its dependency {name} failed")
-        todo += dependents[d]
+        results[d] = _stopped(d, parent, name, jobs[d][0].job_id)
+        todo += [(x, d) for x in dependents[d]]
 
 
 def format_report(stages: list[Stage], results: dict[str, StageResult]) -> str:
@@ -212,7 +210,7 @@ def format_report(stages: list[Stage], results: dict[str, StageResult]) -> str:
             lines.append(f"  stage {st.name} (job {r.job_id}): not run, {r.detail}")
         elif r.state != "COMPLETED":
             lines.append(f"  stage {st.name} (job {r.job_id}) FAILED: {r.state}, {r.detail}")
-            stopped = [d for d, x in results.items() if x.state == "STOPPED" and x.detail.endswith(f" {st.name} failed")]
+            stopped = [d for d, x in results.items() if x.state == "STOPPED" and x.cause == st.name]
             lines.append(f"    stopped its dependents: {', '.join(stopped) if stopped else 'none'}")
         else:
             lines.append(f"  stage {st.name} (job {r.job_id}): completed")
@@ -226,7 +224,8 @@ def run_local(stages: list[Stage], log: Callable[[str], None] = print) -> dict[s
     for i, st in enumerate(stages):
         failed_dep = [a for a in st.after if results.get(a) and results[a].state != "COMPLETED"]
         if failed_dep:
-            results[st.name] = StageResult(st.name, "-", "STOPPED", f"its dependency {failed_dep[0]} failed")
+            dep = results[failed_dep[0]]
+            results[st.name] = _stopped(st.name, dep.name, dep.cause or dep.name, "-")
             continue
         runs = ([st.args() + ["--out", st.out, "--shard", f"{k}/{st.shards}"] for k in range(st.shards)]
                 + [["merge", st.out]]) if st.shards else [st.args()]

@@ -57,7 +57,7 @@ def test_failed_stage_stops_its_dependents_and_says_which(in_cluster, base, work
     assert "stage rl (job" in report and "FAILED" in report
     assert "stopped its dependents: evaluate, report" in report
     assert "stage evaluate (job" in report and "not run, its dependency rl failed" in report
-    assert "not run, its dependency evaluate failed" in report
+    assert "stage report (job" in report and "not run, its dependency evaluate was stopped (rl failed)" in report
     for name in ("evaluate", "report"):
         row = sacct(in_cluster, res[name].job_id)
         assert all(r["State"].startswith("CANCELLED") and r["Start"] in ("None", "Unknown") for r in row.values())

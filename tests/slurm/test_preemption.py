@@ -9,14 +9,9 @@ import time
 
 import pytest
 
-from r1hpc.launch.launcher import resume_supported
 from tests.slurm.conftest import CONFIG, sbatch, tiny, wait_job
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not resume_supported(),
-                       reason="r1hpc.checkpoint.preemption not present yet (checkpoint/resume lands from branch ckpt)"),
-]
+pytestmark = pytest.mark.slow
 STEPS = 12
 
 

@@ -24,12 +24,11 @@ def test_sft_template_trains_the_base_with_one_log_per_rank(base, work):
 
 def test_grpo_two_nodes_equals_one_node(slurm, base, work):
     """The same 2-rank GRPO job, ranks on n1 and n2 (srun, gloo) vs both on one node: same numbers."""
-    resume = [] if _resume_supported() else ["--export=ALL,R1HPC_RESUME="]
     jobs = {
         "two_nodes": sbatch(slurm, "grpo.sbatch", [CONFIG, *tiny(work, "two_nodes")], "--nodes=2",
-                            "--ntasks-per-node=1", "--exclusive=user", f"--output={work}/two-%j.log", *resume),
+                            "--ntasks-per-node=1", "--exclusive=user", f"--output={work}/two-%j.log"),
         "one_node": sbatch(slurm, "grpo.sbatch", [CONFIG, *tiny(work, "one_node")], "--nodes=1",
-                           "--ntasks-per-node=2", "--exclusive=user", f"--output={work}/one-%j.log", *resume),
+                           "--ntasks-per-node=2", "--exclusive=user", f"--output={work}/one-%j.log"),
     }
     for name, job in jobs.items():
         rows = wait_job(slurm, job)
@@ -84,9 +83,3 @@ def test_rollout_array_template(slurm, base, work):
     merged = merge(out)
     assert merged["kind"] == "rollout" and [r["index"] for r in merged["records"]] == [0, 1]
     assert all(len(r["responses"]) == len(r["scores"]) == 4 for r in merged["records"])  # rollout.group_size
-
-
-def _resume_supported() -> bool:
-    from r1hpc.launch.launcher import resume_supported
-
-    return resume_supported()
