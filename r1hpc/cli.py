@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             run_pretrain(load_config(args.config, args.overrides))
             return 0
         if args.command == "train":
+            from r1hpc.checkpoint.preemption import catch_signals_early
+
+            catch_signals_early()
             from r1hpc.config import load_config
             from r1hpc.train.r1zero import run_r1zero
 

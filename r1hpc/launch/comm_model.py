@@ -4,7 +4,7 @@
 (the tensor a rank passes in, or gathers into) per collective kind. ``predict_step_bytes`` is the
 analytic model of the same numbers for a dense GPT at a TP x PP x DP layout; ``predict_step_time``
 turns them into seconds on H800 nodes with stated bandwidths. docs/scaling.md explains the terms;
-tests/slurm/test_comm_model.py checks the model against counted bytes at small scale.
+tests/launch/test_comm_model.py checks the model against counted bytes at small scale.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ _WRAPPED = {
     "send": lambda a, k: a[0] if a else k["tensor"],
     "isend": lambda a, k: a[0] if a else k["tensor"],
 }
+# kind -> position of the ``group`` argument (point-to-point kinds have none: they always move bytes)
+_GROUP_ARG = {"all_reduce": 2, "all_gather_into_tensor": 2, "reduce_scatter_tensor": 3, "all_to_all_single": 4,
+              "broadcast": 2}
 # ring algorithms: bytes a rank sends per payload byte, for n ranks
 _WIRE = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather_into_tensor": lambda n: (n - 1) / n,
          "reduce_scatter_tensor": lambda n: (n - 1) / n, "all_to_all_single": lambda n: (n - 1) / n,
@@ -45,9 +48,10 @@ class CollectiveCounter(contextlib.AbstractContextManager):
             self._saved[name] = original
 
             def counted(*args, _name=name, _payload=payload, _original=original, **kwargs):
-                t = _payload(args, kwargs)
-                self.bytes[_name] += t.numel() * t.element_size()
-                self.calls[_name] += 1
+                if _moves_data(_name, args, kwargs):  # megatron also calls collectives on 1-rank groups
+                    t = _payload(args, kwargs)
+                    self.bytes[_name] += t.numel() * t.element_size()
+                    self.calls[_name] += 1
                 return _original(*args, **kwargs)
 
             setattr(dist, name, counted)
@@ -57,6 +61,14 @@ class CollectiveCounter(contextlib.AbstractContextManager):
         for name, original in self._saved.items():
             setattr(torch.distributed, name, original)
         self._saved.clear()
+
+
+def _moves_data(kind: str, args: tuple, kwargs: dict) -> bool:
+    if kind not in _GROUP_ARG:
+        return True
+    pos = _GROUP_ARG[kind]
+    group = kwargs.get("group", args[pos] if len(args) > pos else None)
+    return torch.distributed.get_world_size(group) > 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +105,14 @@ def predict_step_bytes(model, shape: StepShape, tp: int = 1, pp: int = 1, dp: in
       embedding's forward all-reduce and the output layer's backward all-reduce (TP > 1, no
       sequence parallelism);
     - ``loss``: vocab-parallel cross entropy's three [s, b] all-reduces per micro-batch (max logit,
-      target logit, sum of exponentials) over the TP group; megatron issues them at TP = 1 too,
-      where they move nothing;
+      target logit, sum of exponentials) over the TP group (TP > 1);
     - ``pp``: one activation send forward and one gradient send backward per micro-batch and stage
       boundary (PP > 1; a middle stage sends both ways).
     """
     act = shape.micro_batch_size * shape.seq_length * model.hidden_size * shape.activation_bytes
     m = shape.num_micro_batches
     sb = shape.micro_batch_size * shape.seq_length * 4
-    out = {"dp": 0, "tp": 0, "pp": 0, "loss": m * 3 * sb}
+    out = {"dp": 0, "tp": 0, "pp": 0, "loss": m * 3 * sb if tp > 1 else 0}
     if dp > 1:
         out["dp"] = dense_params_per_rank(model, tp, pp) * shape.grad_bytes
     if tp > 1:

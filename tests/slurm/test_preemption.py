@@ -52,10 +52,11 @@ def test_scontrol_requeue_resumes_at_the_checkpointed_step(slurm, base, work):
 
 
 def test_time_limit_signal_saves_requeues_and_resumes(slurm, base, work):
-    # USR2 comes 90 s before a 2-minute limit (Slurm may send it up to a minute early): the guard
-    # saves at the next step boundary, the step exits 75 and the template requeues the job.
+    # USR2 comes 90 s before a 3-minute limit (Slurm may send it up to a minute early, so 30-90 s
+    # into each run): the guard saves at the next step boundary, the step exits 75 and the template
+    # requeues the job, as many times as it takes.
     run = tiny(work, "timelimit", f"grpo.steps={STEPS}", "checkpoint.save_every=100")
-    job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1", "--time=2",
+    job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1", "--time=3",
                  "--signal=USR2@90", f"--output={work}/timelimit-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs")
     rows = wait_job(slurm, job, timeout=900)
     log = _logs(work, "timelimit", job)

@@ -37,10 +37,11 @@ def test_grpo_two_nodes_equals_one_node(slurm, base, work):
     assert sacct(slurm, jobs["two_nodes"])[jobs["two_nodes"]]["NodeList"] == "n[1-2]"
     assert sacct(slurm, jobs["one_node"])[jobs["one_node"]]["NodeList"] in ("n1", "n2")
     two, one = (_metrics(work / "runs" / n) for n in ("two_nodes", "one_node"))
-    assert [m["step"] for m in two] == [m["step"] for m in one] and len(two) >= 3
+    assert [m["step"] for m in two] == [m["step"] for m in one]
+    assert sum("actor/grad_norm" in m for m in two) >= 3  # train rows (eval rows carry eval/* only)
     for a, b in zip(two, one):  # every learning number (the loss enters through actor/grad_norm), no timings
-        keys = [k for k in a if not k.startswith(("timing/", "perf/tokens_per_s")) and isinstance(a[k], float)]
-        assert "actor/grad_norm" in keys and "reward/mean" in keys
+        keys = [k for k in a if isinstance(a[k], float)
+                and not k.startswith(("timing/", "perf/tokens_per_s")) and not k.endswith("_s")]
         for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (key, a["step"])
     s2, s1 = (json.loads((work / "runs" / n / "summary.json").read_text()) for n in ("two_nodes", "one_node"))
