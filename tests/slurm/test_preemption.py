@@ -13,6 +13,7 @@ from tests.slurm.conftest import CONFIG, sbatch, tiny, wait_job
 
 pytestmark = pytest.mark.slow
 STEPS = 12
+LONG_STEPS = 200
 
 
 def _steps(run_dir):
@@ -29,9 +30,9 @@ def _logs(work, name, job) -> str:
     return "\n".join(f.read_text() for f in files if f.is_file())
 
 
-def _assert_continuous(run_dir, log):
+def _assert_continuous(run_dir, log, total=STEPS):
     steps = _steps(run_dir)
-    assert steps == list(range(1, STEPS + 1)), (steps, log)  # no step repeated, none skipped
+    assert steps == list(range(1, total + 1)), (steps, log)  # no step repeated, none skipped
 
 
 def test_scontrol_requeue_resumes_at_the_checkpointed_step(slurm, base, work):
@@ -55,11 +56,12 @@ def test_time_limit_signal_saves_requeues_and_resumes(slurm, base, work):
     # USR2 comes 90 s before a 3-minute limit (Slurm may send it up to a minute early, so 30-90 s
     # into each run): the guard saves at the next step boundary, the step exits 75 and the template
     # requeues the job, as many times as it takes.
-    run = tiny(work, "timelimit", f"grpo.steps={STEPS}", "checkpoint.save_every=100")
+    # enough steps (about 0.5 s each on 2 idle cores) that a run outlasts the first signal
+    run = tiny(work, "timelimit", f"grpo.steps={LONG_STEPS}", "checkpoint.save_every=1000")
     job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1", "--time=3",
                  "--signal=USR2@90", f"--output={work}/timelimit-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs")
-    rows = wait_job(slurm, job, timeout=900)
+    rows = wait_job(slurm, job, timeout=1500)
     log = _logs(work, "timelimit", job)
     assert rows[job]["State"] == "COMPLETED", log
     assert "[preempt] saved step" in log and "requeueing job" in log, log
-    _assert_continuous(work / "runs" / "timelimit", log)
+    _assert_continuous(work / "runs" / "timelimit", log, total=LONG_STEPS)
