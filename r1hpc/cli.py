@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
     rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
     rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
+    for kind, what in (("eval", "held-out pass@1"), ("rollout", "samples with rewards")):
+        p = sub.add_parser(kind, help=f"{what} for one shard of the problems (a job-array task); see r1hpc merge")
+        _add_config_args(p)
+        p.add_argument("--out", required=True, help="directory for the shard files")
+        p.add_argument("--shard", default="0/1", help="i/n: this task takes problems i, i+n, ... (default 0/1)")
+        p.add_argument("--weights", help="megatron checkpoint to load (default: the recipe's base)")
+    sub.add_parser("merge", help="join the shard files of an eval/rollout array").add_argument("out")
+    from r1hpc.launch.cli import add_launch_parser
+
+    add_launch_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -51,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             run_pretrain(load_config(args.config, args.overrides))
             return 0
         if args.command == "train":
+            from r1hpc.checkpoint.preemption import catch_signals_early
+
+            catch_signals_early()
             from r1hpc.config import load_config
             from r1hpc.train.r1zero import run_r1zero
 
@@ -79,6 +92,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"r1hpc: {e}", file=sys.stderr)
                 return 2
             return 0
+        if args.command in ("eval", "rollout"):
+            from r1hpc.config import load_config
+            from r1hpc.eval.shards import parse_shard, run_shard
+
+            shard = parse_shard(args.shard)
+            print(run_shard(load_config(args.config, args.overrides), args.command, shard, args.out, args.weights))
+            return 0
+        if args.command == "merge":
+            import json
+
+            from r1hpc.eval.shards import merge
+
+            result = merge(args.out)
+            print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
+            return 0
+        if args.command == "launch":
+            from r1hpc.launch.cli import run_launch
+
+            return run_launch(args)
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)
         return 2

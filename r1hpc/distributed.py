@@ -13,6 +13,7 @@ import os
 import random
 import re
 import socket
+import subprocess
 from typing import Literal, Optional
 
 import numpy as np
@@ -140,7 +141,9 @@ def detect_launch_env(env: Optional[dict] = None) -> LaunchEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
         return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                          env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    # Only inside an srun step: the batch script itself also sees SLURM_PROCID=0 and the job's
+    # SLURM_NTASKS, but is a single process (a python run there must not wait for absent ranks).
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
         job_id = int(env.get("SLURM_JOB_ID", "0"))
         port = int(env.get("MASTER_PORT", 20000 + job_id % 20000))
@@ -148,6 +151,30 @@ def detect_launch_env(env: Optional[dict] = None) -> LaunchEnv:
                          env.get("MASTER_ADDR", first_slurm_host(nodelist)), port, "slurm")
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else free_port()  # alone: any port will do
     return LaunchEnv(0, 1, 0, "127.0.0.1", port, "single")
+
+
+def _rendezvous_host(env: LaunchEnv) -> str:
+    return slurm_node_address(env.master_addr) if env.launcher == "slurm" else env.master_addr
+
+
+def slurm_node_address(node: str) -> str:
+    """The address to reach a Slurm node by: its name when that resolves, else the node's
+    ``NodeAddr`` from ``scontrol`` (fake or renamed nodes, e.g. ``n1`` at 127.0.0.1)."""
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["scontrol", "show", "node", node, "-o"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    m = re.search(r"\bNodeAddr=(\S+)", out)
+    if not m:
+        raise RuntimeError(f"cannot resolve Slurm node {node!r} (no DNS entry, no NodeAddr from scontrol); "
+                           "set MASTER_ADDR")
+    return m.group(1)
 
 
 def free_port() -> int:
@@ -184,7 +211,7 @@ def init_distributed(parallel: ParallelConfig, model: ModelConfig, seed: int = 1
     if not torch.distributed.is_initialized():
         backend = parallel.backend if parallel.backend != "auto" else ("nccl" if use_cuda else "gloo")
         torch.distributed.init_process_group(
-            backend=backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            backend=backend, init_method=f"tcp://{_rendezvous_host(env)}:{env.master_port}",
             rank=env.rank, world_size=env.world_size,
             timeout=datetime.timedelta(minutes=parallel.timeout_minutes))
     if parallel_state.model_parallel_is_initialized():

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Debian packages the tests need (sandbox isolation; a headless browser for the report page; a C++
-# compiler for the csrc/ extension the install builds). Installs only what is missing; needs root.
+# compiler for the csrc/ extension the install builds; a throwaway local Slurm: slurm/local_slurm.sh).
+# Installs only what is missing; needs root.
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/sbin/slurmctld ] || need+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need+=(slurmd)
+[ -x /usr/sbin/slurmdbd ] || need+=(slurmdbd)
+command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
+[ -x /usr/sbin/munged ] || need+=(munge)
+[ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -25,12 +25,12 @@ def test_torchrun_env_defaults():
 @pytest.mark.parametrize("nodelist, host", [("gpu-[003-005,010]", "gpu-003"), ("n1,n2", "n1"), ("node7", "node7")])
 def test_slurm_env(nodelist, host):
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": nodelist,
-           "SLURM_JOB_ID": "123456"}
+           "SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "0"}
     assert detect_launch_env(env) == LaunchEnv(5, 16, 1, host, 20000 + 123456 % 20000, "slurm")
 
 
 def test_slurm_port_is_shared_by_a_job_and_differs_between_jobs():
-    base = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]"}
+    base = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_STEP_ID": "0"}
     ports = {job: detect_launch_env(dict(base, SLURM_JOB_ID=str(job))).master_port for job in (41, 42)}
     assert ports[41] != ports[42]
     assert all(20000 <= p < 40000 for p in ports.values())
@@ -38,7 +38,8 @@ def test_slurm_port_is_shared_by_a_job_and_differs_between_jobs():
 
 
 def test_slurm_env_prefers_step_nodelist_and_explicit_master():
-    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "a[1-4]", "SLURM_STEP_NODELIST": "a[3-4]"}
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "a[1-4]", "SLURM_STEP_NODELIST": "a[3-4]",
+           "SLURM_STEP_ID": "1"}
     assert detect_launch_env(env).master_addr == "a3"
     env.update(MASTER_ADDR="head", MASTER_PORT="30001")
     got = detect_launch_env(env)
@@ -52,6 +53,9 @@ def test_single_process():
     assert detect_launch_env({"MASTER_PORT": "29611"}).master_port == 29611
     assert detect_launch_env({"MASTER_PORT": "31000"}).master_port == 31000
     assert detect_launch_env({"SLURM_PROCID": "0"}).launcher == "single"  # a login shell in an allocation
+    # the batch script of a 2-task job (measured on Slurm 22.05: PROCID 0, NTASKS 2, no step id) is one process
+    batch = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "7"}
+    assert detect_launch_env(batch).world_size == 1
 
 
 @pytest.mark.parametrize("nodelist, host", [

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import signal
 
-import torch
-
 EXIT_CODE_REQUEUE = 75  # EX_TEMPFAIL: "try again later"
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+_early: list[int] = []
+
+
+def catch_signals_early() -> None:
+    """Flag-only handlers from the first line of ``r1hpc train``: a requeued job that starts near its
+    time limit can get USR2 while it is still importing, and the default action (terminate) would
+    fail the job instead of requeueing it. ``PreemptionGuard`` takes over what was caught."""
+    for s in SIGNALS:
+        signal.signal(s, lambda signum, frame: _early.append(signum))
 
 
 class PreemptionGuard:
     """Installs flag-only handlers for SIGUSR2 and SIGTERM; ``uninstall`` puts the old ones back."""
 
     def __init__(self, signals=SIGNALS) -> None:
-        self.received: int | None = None
+        self.received: int | None = _early[-1] if _early else None
         self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame) -> None:
@@ -25,6 +32,8 @@ class PreemptionGuard:
 
     def should_stop(self) -> bool:
         """Collective over the default group: True on every rank when any rank got a signal."""
+        import torch  # not at module level: catch_signals_early runs before the heavy imports
+
         flag = torch.tensor(float(self.received is not None))
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

@@ -160,9 +160,9 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
     from r1hpc.model.weights import load_model_weights
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.train.engine import Engine
-    from r1hpc.train.pretrain import base_model_config, prepare_tokenizer
+    from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
 
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+    base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():
         raise ConfigError(f"pretrain.base_dir: {base_dir} holds no model (no tokenizer.json): convert one with "
                           "`r1hpc convert hf-to-megatron` or pretrain it with `r1hpc pretrain`")

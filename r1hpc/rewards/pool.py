@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import signal
 import threading
 import time
 import weakref
@@ -35,6 +36,8 @@ class TaskResult:
 
 def _worker_main(conn: Connection, memory_mb: int, preload: tuple[str, ...]) -> None:
     """Worker loop: receive (fn, args), send back TaskResult. Never exits on a task's exception."""
+    for sig in (signal.SIGUSR2, signal.SIGTERM):  # Slurm signals the whole step; the trainer owns preemption
+        signal.signal(sig, signal.SIG_IGN)        # (inherited by sandboxed children); its exit ends us (EOF)
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

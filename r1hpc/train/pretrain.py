@@ -128,10 +128,15 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
     return meta
 
 
+def base_dir_of(cfg) -> Path:
+    """Where the recipe's base lives: ``pretrain.base_dir``, or ``<output_dir>/<run name>/base``."""
+    return Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+
+
 def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
     """The run's base model: reused when ``base_dir`` holds one built from the same settings,
     pretrained otherwise. Returns (base_dir, its meta). Collective."""
-    base_dir = Path(cfg.pretrain.base_dir) if cfg.pretrain.base_dir else Path(cfg.run.output_dir) / cfg.run.name / "base"
+    base_dir = base_dir_of(cfg)
     if cfg.pretrain.reuse and base_is_ready(base_dir, base_fingerprint(cfg)):
         log(f"[base] reusing {base_dir}")
         return base_dir, json.loads((base_dir / "meta.json").read_text())

@@ -3,6 +3,8 @@ resume compatibility check and the preemption flag. (Whole-run behaviour: test_r
 import json
 import os
 import signal
+import subprocess
+import sys
 from itertools import count
 
 import pytest
@@ -103,6 +105,18 @@ def test_preemption_guard_only_sets_a_flag():
         guard.uninstall()
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     assert EXIT_CODE_REQUEUE == 75
+
+
+def test_a_signal_during_start_up_is_kept_for_the_guard():
+    """A requeued job may get USR2 while still importing: caught early, it stops the run at its first step."""
+    code = ("import os, signal\n"
+            "from r1hpc.checkpoint.preemption import PreemptionGuard, catch_signals_early\n"
+            "catch_signals_early()\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "guard = PreemptionGuard()\n"
+            "print(guard.received == signal.SIGUSR2, guard.should_stop())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "True"], out.stderr
 
 
 def test_checkpoint_section_is_validated():

@@ -1,4 +1,5 @@
 import os
+import signal
 import time
 
 import pytest
@@ -41,6 +42,17 @@ def test_errors_do_not_kill_workers(small_pool):
     res = small_pool.map(work, [("raise",), ("base",)], timeout_s=10)
     assert [r.status for r in res] == ["error", "error"] and "bad input" in res[0].value
     assert {r.value for r in small_pool.map(work, [("pid",)] * 4, timeout_s=10)} <= pids
+
+
+def test_workers_ignore_the_schedulers_preemption_signals(small_pool):
+    """Slurm signals every process of a job step; the trainer saves, its reward workers keep serving."""
+    pids = {w.proc.pid for w in small_pool._workers}
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+        os.kill(pid, signal.SIGTERM)
+    res = small_pool.map(work, [("pid",)] * 4, timeout_s=10)
+    assert all(r.status == "ok" for r in res) and {r.value for r in res} <= pids
+    assert {w.proc.pid for w in small_pool._workers} == pids
 
 
 def test_hung_and_crashed_workers_are_replaced(small_pool):

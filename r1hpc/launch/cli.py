@@ -1,0 +1,60 @@
+"""``r1hpc launch``: one stage, or several chained with afterok, on Slurm (submitit) or here."""
+from __future__ import annotations
+
+import sys
+
+from r1hpc.launch.launcher import SHARDED, ChainFailed, Resources, Stage, launch
+
+COMMANDS = ("train", "pretrain", "eval", "rollout")
+
+
+def add_launch_parser(sub) -> None:
+    p = sub.add_parser("launch", help="submit stages to Slurm with submitit (or run them here without Slurm)")
+    p.add_argument("config", help="YAML recipe")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (every stage)")
+    p.add_argument("--stages", default="train",
+                   help=f"comma-separated, run in order, each afterok on the one before: {', '.join(COMMANDS)}")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--ntasks-per-node", type=int, default=8, help="ranks per node (one per GPU)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="0 for a CPU job")
+    p.add_argument("--cpus-per-task", type=int, default=8)
+    p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
+    p.add_argument("--partition")
+    p.add_argument("--no-exclusive", action="store_true", help="share nodes with other jobs")
+    p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout stages")
+    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json")
+    p.add_argument("--local", action="store_true", help="run here even when Slurm is present")
+    p.add_argument("--no-wait", action="store_true", help="submit and return (Slurm only)")
+    p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
+
+
+def stages_from_args(args) -> list[Stage]:
+    names = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [n for n in names if n not in COMMANDS]
+    if bad or not names:
+        raise ValueError(f"--stages: unknown {bad}; choose from {', '.join(COMMANDS)}")
+    res = Resources(nodes=args.nodes, ntasks_per_node=args.ntasks_per_node, gpus_per_node=args.gpus_per_node,
+                    cpus_per_task=args.cpus_per_task, time_minutes=args.time, partition=args.partition,
+                    exclusive=not args.no_exclusive)
+    stages = []
+    for i, name in enumerate(names):
+        sharded = name in SHARDED
+        stages.append(Stage(name=name, command=name, config=args.config, overrides=list(args.overrides),
+                            resources=res, after=[names[i - 1]] if i else [],
+                            shards=args.shards if sharded else 0,
+                            out=f"{args.out}/{name}" if sharded else None))
+    return stages
+
+
+def run_launch(args) -> int:
+    try:
+        stages = stages_from_args(args)
+    except ValueError as e:
+        print(f"r1hpc launch: {e}", file=sys.stderr)
+        return 2
+    try:
+        launch(stages, local=True if args.local else None, wait=not args.no_wait, folder=args.folder)
+    except ChainFailed as e:
+        print(f"r1hpc launch: {e}", file=sys.stderr)
+        return 1
+    return 0

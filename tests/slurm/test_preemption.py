@@ -1,0 +1,67 @@
+"""Preemption on the local Slurm: a requeued job and a job at its time limit both resume from the
+step they checkpointed (the contract of r1hpc.checkpoint.preemption: flag on USR2/SIGTERM, all
+ranks agree at a step boundary, save, exit 75; the template requeues; ``--resume auto``)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.slurm.conftest import CONFIG, sbatch, tiny, wait_job
+
+pytestmark = pytest.mark.slow
+STEPS = 12
+LONG_STEPS = 200
+
+
+def _steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["step"] for r in rows if "reward/mean" in r]
+
+
+def _logs(work, name, job) -> str:
+    """The job's log and its rank logs (the training process prints to its rank log)."""
+    files = [work / f"{name}-{job}.log", *sorted((work / "logs").glob(f"*-{job}-rank*.log"))]
+    return "\n".join(f.read_text() for f in files if f.is_file())
+
+
+def _assert_continuous(run_dir, log, total=STEPS):
+    steps = _steps(run_dir)
+    assert steps == list(range(1, total + 1)), (steps, log)  # no step repeated, none skipped
+
+
+def test_scontrol_requeue_resumes_at_the_checkpointed_step(slurm, base, work):
+    run = tiny(work, "requeued", f"grpo.steps={STEPS}", "checkpoint.save_every=2")
+    job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1",
+                 f"--output={work}/requeued-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs")
+    run_dir = work / "runs" / "requeued"
+    deadline = time.monotonic() + 300
+    while len(_steps(run_dir)) < 3:
+        assert time.monotonic() < deadline, "the job never reached step 3"
+        time.sleep(1)
+    subprocess.run(["scontrol", "requeue", job], check=True, env=slurm)
+    rows = wait_job(slurm, job)
+    log = _logs(work, "requeued", job)
+    assert rows[job]["State"] == "COMPLETED", log
+    _assert_continuous(run_dir, log)
+    assert "[preempt] saved step" in log or "resum" in log.lower(), log
+
+
+def test_time_limit_signal_saves_requeues_and_resumes(slurm, base, work):
+    # USR2 comes 90 s before a 3-minute limit (Slurm may send it up to a minute early, so 30-90 s
+    # into each run): the guard saves at the next step boundary, the step exits 75 and the template
+    # requeues the job, as many times as it takes.
+    # enough steps (about 0.5 s each on 2 idle cores) that a run outlasts the first signal
+    run = tiny(work, "timelimit", f"grpo.steps={LONG_STEPS}", "checkpoint.save_every=1000")
+    job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1", "--time=3",
+                 "--signal=USR2@90", f"--output={work}/timelimit-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs")
+    rows = wait_job(slurm, job, timeout=1500)
+    log = _logs(work, "timelimit", job)
+    assert rows[job]["State"] == "COMPLETED", log
+    assert "[preempt] saved step" in log and "requeueing job" in log, log
+    _assert_continuous(work / "runs" / "timelimit", log, total=LONG_STEPS)
