@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.checkpoint.config import CheckpointConfig
@@ -25,6 +26,9 @@ class RunSection:
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 1234
+    # megatron weights the job's model starts from instead of the base's own (pretrain.base_dir/weights):
+    # a cold-start SFT or GRPO stage's output, so stages chain (r1hpc pipeline)
+    init_weights: Optional[str] = None
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:

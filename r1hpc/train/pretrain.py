@@ -177,7 +177,19 @@ def base_model_config(cfg, base_dir: Path, tok: TextTokenizer) -> ModelConfig:
     return model
 
 
-def load_base(engine: Engine, base_dir: Path) -> None:
-    load_model_weights(engine.module, base_dir / "weights")
+def start_weights(cfg, base_dir: Path) -> Path:
+    """The weights a job starts from: ``run.init_weights`` when set, else the base's own."""
+    if not cfg.run.init_weights:
+        return base_dir / "weights"
+    path = Path(cfg.run.init_weights)
+    if not path.is_dir():
+        raise ConfigError(f"run.init_weights: {path} is not a folder of megatron weights (an earlier stage's "
+                          "output, e.g. <run>/weights or <run>/checkpoints/step_N/model)")
+    return path
+
+
+def load_base(engine: Engine, base_dir: Path, weights: Optional[Path] = None) -> None:
+    """Load ``weights`` (default: the base's) into ``engine``."""
+    load_model_weights(engine.module, weights or base_dir / "weights")
     if engine.optimizer is not None:  # bf16/fp16: the fp32 main copies were taken at construction
         engine.optimizer.reload_model_params()

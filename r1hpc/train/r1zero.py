@@ -28,7 +28,7 @@ from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
-from r1hpc.train.pretrain import base_model_config, ensure_base, load_base, prepare_tokenizer
+from r1hpc.train.pretrain import base_model_config, ensure_base, load_base, prepare_tokenizer, start_weights
 
 
 def run_r1zero(cfg) -> dict:
@@ -67,12 +67,14 @@ def run_r1zero(cfg) -> dict:
     model_cfg = base_model_config(cfg, base_dir, tok)
     check_layout(cfg.parallel, model_cfg, env.world_size)
 
+    init = start_weights(cfg, base_dir)
+    say(f"[policy] starting from {init}")
     policy = Engine(model_cfg, cfg.parallel, cfg.optim)
-    load_base(policy, base_dir)
+    load_base(policy, base_dir, init)
     reference = None
-    if cfg.algo.beta > 0:
+    if cfg.algo.beta > 0:  # the frozen reference is the policy the stage starts from
         reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
-        load_base(reference, base_dir)
+        load_base(reference, base_dir, init)
 
     render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
     heldout = heldout_problems(cfg.data, cfg.eval.num_problems)
