@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from r1hpc.launch.cli import add_launch_parser
 
     add_launch_parser(sub)
+    from r1hpc.pipeline.cli import add_pipeline_parsers
+
+    add_pipeline_parsers(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -111,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.launch.cli import run_launch
 
             return run_launch(args)
+        if args.command == "pipeline":
+            from r1hpc.pipeline.cli import run_pipeline
+
+            return run_pipeline(args)
+        if args.command == "pipeline-report":
+            from r1hpc.pipeline.cli import run_pipeline_report
+
+            return run_pipeline_report(args)
     except ConfigError as e:
         print(f"r1hpc: config error: {e}", file=sys.stderr)
         return 2

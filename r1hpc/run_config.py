@@ -12,6 +12,7 @@ from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
 from r1hpc.monitor.monitor import MonitorConfig
+from r1hpc.pipeline.config import PipelineConfig
 from r1hpc.rewards.registry import RewardsConfig
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import OptimConfig
@@ -50,6 +51,7 @@ class RunConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)

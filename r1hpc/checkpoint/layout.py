@@ -100,6 +100,18 @@ def publish(tmp: Path, final: Path, meta: dict) -> None:
     write_atomic(final.parent / LATEST, final.name + "\n")
 
 
+def model_weights_dir(path: str | Path) -> Path:
+    """The megatron weights folder ``path`` names: the folder itself, a checkpoint's ``model/``, or,
+    for a checkpoint directory, the ``model/`` of the checkpoint its ``latest`` points to (so a later
+    stage can name an RL run's checkpoints before they exist)."""
+    path = Path(path)
+    if (path / LATEST).is_file():
+        path = path / (path / LATEST).read_text().strip()
+    if (path / META).is_file() and (path / "model").is_dir():
+        return path / "model"
+    return path
+
+
 def prune(directory: Path, keep_last: int) -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep_last`` and stale ``.tmp`` saves older
     than the newest complete one. Returns what was removed."""

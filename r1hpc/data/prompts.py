@@ -22,10 +22,16 @@ class PromptFilesConfig:
 
     files: list[str] = dataclasses.field(default_factory=list)
     heldout_fraction: float = 0.1
+    # share of prompts drawn from the synthetic mix (data.mix) alongside the files: R1's RL for all
+    # scenarios mixes reasoning prompts (rule rewards) with general ones (model-based rewards)
+    synthetic_share: float = 0.0
 
     def validate(self) -> None:
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0 <= self.synthetic_share < 1 or (self.synthetic_share and not self.files):
+            raise ConfigError(f"synthetic_share must be in [0, 1) and needs files to mix with, got "
+                              f"{self.synthetic_share} with files {self.files}")
         for name in self.files:
             if name not in KNOWN_SOURCES and not name.endswith(".jsonl"):
                 raise ConfigError(f"files: {name!r} is neither a shared set ({', '.join(KNOWN_SOURCES)}) nor a "
@@ -62,13 +68,29 @@ def file_stream(cfg: PromptFilesConfig, seed: int) -> Iterator[Problem]:
 
 def training_stream(data, seed: int) -> Iterator[Problem]:
     """The GRPO prompt stream of a run's ``data`` section (a :class:`r1hpc.data.DataConfig`)."""
-    if data.prompts.files:
+    if not data.prompts.files:
+        return stream(data.mix, "train", seed=seed)
+    if not data.prompts.synthetic_share:
         return file_stream(data.prompts, seed)
-    return stream(data.mix, "train", seed=seed)
+    return _mixed(stream(data.mix, "train", seed=seed), file_stream(data.prompts, seed),
+                  data.prompts.synthetic_share, random.Random(f"sources:{seed}"))
+
+
+def _mixed(synthetic: Iterator[Problem], files: Iterator[Problem], share: float, rng: random.Random) -> Iterator[Problem]:
+    while True:
+        yield next(synthetic) if rng.random() < share else next(files)
+
+
+def run_data_sources(data) -> set[str]:
+    """Every ``data_source`` a run's prompts can carry (the mix's tasks and the files' sources)."""
+    sources = set(data.mix.tasks) if not data.prompts.files or data.prompts.synthetic_share else set()
+    return sources | {p.data_source for name in data.prompts.files for p in load_named(name)}
 
 
 def heldout_problems(data, n: int) -> list[Problem]:
     """The first ``n`` held-out problems of the run's prompt source (the same ones for every seed)."""
-    if data.prompts.files:
-        return file_split(data.prompts, "heldout")[:n]
-    return heldout_set(data.mix, n)
+    if not data.prompts.files:
+        return heldout_set(data.mix, n)
+    n_synthetic = round(n * data.prompts.synthetic_share)
+    synthetic = heldout_set(data.mix, n_synthetic) if n_synthetic else []
+    return synthetic + file_split(data.prompts, "heldout")[:n - n_synthetic]

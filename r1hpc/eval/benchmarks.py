@@ -54,7 +54,12 @@ def eval_problems(cfg, name: str) -> list[Problem]:
 
 def default_sets(cfg) -> list[str]:
     """Without ``eval.sets``: the run's own prompt sources."""
-    return list(cfg.eval.sets or cfg.data.prompts.files or cfg.data.mix.tasks)
+    if cfg.eval.sets:
+        return list(cfg.eval.sets)
+    prompts = cfg.data.prompts
+    if not prompts.files:
+        return list(cfg.data.mix.tasks)
+    return list(prompts.files) + (list(cfg.data.mix.tasks) if prompts.synthetic_share else [])
 
 
 def describe_device() -> dict:
@@ -155,9 +160,11 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
     """``r1hpc evaluate``: the recipe's base (``pretrain.base_dir``: a converted or pretrained model,
     never trained here) with ``weights`` (default: the base's own; e.g. a GRPO checkpoint's model/),
     evaluated on ``eval.sets``. Collective; rank 0 writes ``out_dir``."""
+    from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
     from r1hpc.model.weights import load_model_weights
+    from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.train.engine import Engine
     from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
@@ -166,7 +173,7 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
     if not (base_dir / "tokenizer.json").is_file():
         raise ConfigError(f"pretrain.base_dir: {base_dir} holds no model (no tokenizer.json): convert one with "
                           "`r1hpc convert hf-to-megatron` or pretrain it with `r1hpc pretrain`")
-    weights = Path(weights) if weights else base_dir / "weights"
+    weights = model_weights_dir(weights) if weights else base_dir / "weights"
     sets = default_sets(cfg)
     for name in sets:
         check_set_name(name)
@@ -188,9 +195,11 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
                                 "world_size": env.world_size},
                    "example_prompt": None, "sets": {}}
         records_all = []
-        with RewardScorer(cfg.rewards) as scorer:
+        problems_of = {name: eval_problems(cfg, name) for name in sets}
+        judges = build_judges(cfg, {p.data_source for problems in problems_of.values() for p in problems})
+        with RewardScorer(cfg.rewards, models=judges) as scorer:
             for name in sets:
-                problems = eval_problems(cfg, name)
+                problems = problems_of[name]
                 if results["example_prompt"] is None and problems:
                     results["example_prompt"] = render(problems[0].question)
                 metrics, records = evaluate_set(engine.module, tok, problems, render, scorer, cfg.eval,

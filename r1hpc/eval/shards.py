@@ -56,9 +56,11 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     held-out set for eval, the first training problems for rollout) and write this shard's file."""
     import torch
 
+    from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
     from r1hpc.model.weights import load_model_weights
+    from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.rollout.generate import generate, response_text
     from r1hpc.train.engine import Engine
@@ -75,12 +77,13 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     tok, _ = prepare_tokenizer(cfg, base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     engine = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
-    load_model_weights(engine.module, Path(weights) if weights else base_dir / "weights")
+    weights = model_weights_dir(weights) if weights else base_dir / "weights"
+    load_model_weights(engine.module, weights)
     s = _sampling(cfg, kind)
-    scorer = RewardScorer(cfg.rewards)
+    problems = _problems(cfg, kind)
+    scorer = RewardScorer(cfg.rewards, models=build_judges(cfg, {p.data_source for p in problems}))
     records = []
     try:
-        problems = _problems(cfg, kind)
         for index in range(i, len(problems), n):
             p = problems[index]
             prompt = tok.encode(render_prompt(p.question, cfg=cfg.data.template))
@@ -98,7 +101,7 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
         destroy_distributed()
     out = shard_path(Path(out_dir), i, n)
     _write_json_atomic(out, {"kind": kind, "shard": [i, n], "num_problems": len(problems),
-                             "weights": str(weights or base_dir / "weights"), "records": records})
+                             "weights": str(weights), "records": records})
     return out
 
 

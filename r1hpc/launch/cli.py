@@ -14,6 +14,13 @@ def add_launch_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (every stage)")
     p.add_argument("--stages", default="train",
                    help=f"comma-separated, run in order, each afterok on the one before: {', '.join(COMMANDS)}")
+    add_resource_args(p)
+    p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout stages")
+    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json")
+
+
+def add_resource_args(p) -> None:
+    """Slurm resources of every job, and where to run (shared by ``launch`` and ``pipeline``)."""
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--ntasks-per-node", type=int, default=8, help="ranks per node (one per GPU)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="0 for a CPU job")
@@ -21,8 +28,6 @@ def add_launch_parser(sub) -> None:
     p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
     p.add_argument("--partition")
     p.add_argument("--no-exclusive", action="store_true", help="share nodes with other jobs")
-    p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout stages")
-    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json")
     p.add_argument("--local", action="store_true", help="run here even when Slurm is present")
     p.add_argument("--no-wait", action="store_true", help="submit and return (Slurm only)")
     p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
@@ -33,9 +38,7 @@ def stages_from_args(args) -> list[Stage]:
     bad = [n for n in names if n not in COMMANDS]
     if bad or not names:
         raise ValueError(f"--stages: unknown {bad}; choose from {', '.join(COMMANDS)}")
-    res = Resources(nodes=args.nodes, ntasks_per_node=args.ntasks_per_node, gpus_per_node=args.gpus_per_node,
-                    cpus_per_task=args.cpus_per_task, time_minutes=args.time, partition=args.partition,
-                    exclusive=not args.no_exclusive)
+    res = resources_from_args(args)
     stages = []
     for i, name in enumerate(names):
         sharded = name in SHARDED
@@ -44,6 +47,12 @@ def stages_from_args(args) -> list[Stage]:
                             shards=args.shards if sharded else 0,
                             out=f"{args.out}/{name}" if sharded else None))
     return stages
+
+
+def resources_from_args(args) -> Resources:
+    return Resources(nodes=args.nodes, ntasks_per_node=args.ntasks_per_node, gpus_per_node=args.gpus_per_node,
+                     cpus_per_task=args.cpus_per_task, time_minutes=args.time, partition=args.partition,
+                     exclusive=not args.no_exclusive)
 
 
 def run_launch(args) -> int:

@@ -16,6 +16,7 @@ from r1hpc.data.problem import Problem
 from r1hpc.rewards.code import CodeConfig, code_reward
 from r1hpc.rewards.countdown import countdown_reward
 from r1hpc.rewards.format import FormatConfig, format_reward
+from r1hpc.rewards.judge_model import JudgeModelConfig
 from r1hpc.rewards.language import LANGUAGES, language_share
 from r1hpc.rewards.math import MathConfig, math_pool, math_reward_batch
 from r1hpc.rewards.model_based import JudgeReward, ScalarRewardModel, ScoreFn, as_score_fn
@@ -75,6 +76,8 @@ class RewardsConfig:
     language: str = "en"
     batch_timeout_s: float = 120.0
     workers: int = 0
+    # generative judges built from checkpoints by name, for "judge" terms (r1hpc.rewards.judge_model)
+    judges: dict[str, JudgeModelConfig] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         for source, terms in self.sources.items():
@@ -97,6 +100,8 @@ class RewardsConfig:
         self.math.validate()
         self.code.validate()
         self.format.validate()
+        for judge in self.judges.values():
+            judge.validate()
 
 
 def _extra(problem: Problem, key: str):
@@ -120,8 +125,8 @@ class RewardScorer:
         self.config.validate()
         self.models = dict(models or {})
         for source, terms in self.config.sources.items():
-            for t in terms:
-                if t.name in MODEL_TERMS and t.model_name not in self.models:
+            for t in terms:  # a configured judge is built by the job whose prompts need it (build_judges)
+                if t.name in MODEL_TERMS and t.model_name not in self.models and t.model_name not in self.config.judges:
                     raise ConfigError(f"sources.{source}: term {t.name!r} needs models[{t.model_name!r}]")
         self.workers = self.config.workers or os.cpu_count() or 1
         self.pool = math_pool(self.workers)
@@ -170,10 +175,15 @@ class RewardScorer:
 
     def _terms_for(self, problem: Problem) -> list[RewardTerm]:
         try:
-            return self.config.sources[problem.data_source]
+            terms = self.config.sources[problem.data_source]
         except KeyError:
             raise ValueError(f"problem {problem.id!r}: no rewards configured for data_source "
                              f"{problem.data_source!r}; configured: {', '.join(sorted(self.config.sources))}") from None
+        for t in terms:
+            if t.name in MODEL_TERMS and t.model_name not in self.models:
+                raise ValueError(f"problem {problem.id!r} (data_source {problem.data_source!r}): term {t.name!r} needs "
+                                 f"models[{t.model_name!r}], which this scorer was not given")
+        return terms
 
     def _run(self, name: str, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem],
              deadline: float) -> list[float]:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from r1hpc.checkpoint.layout import model_weights_dir
 from r1hpc.config import ConfigError, to_dict
 from r1hpc.data.corpus import build_corpus
 from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
@@ -181,10 +182,10 @@ def start_weights(cfg, base_dir: Path) -> Path:
     """The weights a job starts from: ``run.init_weights`` when set, else the base's own."""
     if not cfg.run.init_weights:
         return base_dir / "weights"
-    path = Path(cfg.run.init_weights)
+    path = model_weights_dir(cfg.run.init_weights)
     if not path.is_dir():
         raise ConfigError(f"run.init_weights: {path} is not a folder of megatron weights (an earlier stage's "
-                          "output, e.g. <run>/weights or <run>/checkpoints/step_N/model)")
+                          "output: <run>/weights, a checkpoint, or <run>/checkpoints for its latest)")
     return path
 
 

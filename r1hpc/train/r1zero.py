@@ -18,13 +18,14 @@ from r1hpc.checkpoint.manager import CheckpointManager
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
 from r1hpc.checkpoint.resume import choose_checkpoint, clear_stale
 from r1hpc.config import ConfigError, dump_yaml, to_dict
-from r1hpc.data.prompts import heldout_problems, training_stream
+from r1hpc.data.prompts import heldout_problems, run_data_sources, training_stream
 from r1hpc.data.templates import render_prompt
 from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
 from r1hpc.monitor.monitor import Monitor
 from r1hpc.monitor.plots import plot_training
+from r1hpc.rewards.judge_model import build_judges
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
@@ -78,7 +79,7 @@ def run_r1zero(cfg) -> dict:
 
     render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
     heldout = heldout_problems(cfg.data, cfg.eval.num_problems)
-    scorer = RewardScorer(cfg.rewards)
+    scorer = RewardScorer(cfg.rewards, models=build_judges(cfg, run_data_sources(cfg.data)))
     logger = MetricsLogger(run_dir, enabled=rank0, purge_step=resumed["step"] + 1 if resumed else None)
     evals = []
 

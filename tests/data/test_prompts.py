@@ -9,7 +9,8 @@ import pytest
 
 from r1hpc.config import ConfigError, load_config
 from r1hpc.data.mix import is_heldout
-from r1hpc.data.prompts import PromptFilesConfig, file_split, file_stream, heldout_problems, training_stream
+from r1hpc.data.prompts import (PromptFilesConfig, file_split, file_stream, heldout_problems, run_data_sources,
+                                training_stream)
 
 
 @pytest.fixture
@@ -54,3 +55,23 @@ def test_bad_settings_fail_at_load_time(tmp_path):
         load_config(None, ["data.prompts.heldout_fraction=1.5"])
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         file_split(PromptFilesConfig(files=[str(tmp_path / "missing.jsonl")]), "train")
+
+
+def test_synthetic_share_mixes_the_task_mix_into_the_file_stream(problems_file):
+    """R1's RL for all scenarios: reasoning prompts (the synthetic mix) alongside general files."""
+    cfg = load_config(None, [f"data.prompts.files=[{problems_file}]", "data.prompts.synthetic_share=0.75",
+                             "data.mix.tasks=[arithmetic]"])
+    drawn = list(itertools.islice(training_stream(cfg.data, seed=3), 800))
+    synthetic = sum(p.data_source == "arithmetic" for p in drawn)
+    assert {p.data_source for p in drawn} == {"arithmetic", "toy"}
+    assert abs(synthetic - 600) < 5 * (800 * 0.75 * 0.25) ** 0.5  # binomial(800, 0.75), 5 sigma
+    assert [p.id for p in itertools.islice(training_stream(cfg.data, seed=3), 50)] == [p.id for p in drawn[:50]]
+    held = heldout_problems(cfg.data, 8)
+    assert [p.data_source for p in held] == ["arithmetic"] * 6 + ["toy"] * 2
+    assert not {p.id for p in held} & {p.id for p in drawn if p.data_source == "toy"}
+    assert run_data_sources(cfg.data) == {"arithmetic", "toy"}
+
+
+def test_synthetic_share_needs_files():
+    with pytest.raises(ConfigError, match="synthetic_share"):
+        load_config(None, ["data.prompts.synthetic_share=0.5"])
