@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(bench)
     bench.add_argument("--out", required=True, help="folder for results.json, results.md and samples.jsonl")
     bench.add_argument("--weights", help="megatron weights to load (default: <pretrain.base_dir>/weights; "
-                       "e.g. a GRPO checkpoint's model/)")
+                       "a GRPO checkpoint, or its checkpoints/ folder for the latest)")
+    bench.add_argument("--shard", default="0/1", help="i/n: one job-array task (problems i, i+n, ... of every set); "
+                       "`r1hpc merge <out>` then writes the results")
     rep = sub.add_parser("report", help="HTML page + PNG plots of a run directory (learning curves, aha-moment monitor)")
     rep.add_argument("run_dir", help="a run directory, e.g. runs/tiny_r1zero")
     rep.add_argument("--out", help="where to write (default: <run_dir>/report)")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", required=True, help="directory for the shard files")
         p.add_argument("--shard", default="0/1", help="i/n: this task takes problems i, i+n, ... (default 0/1)")
         p.add_argument("--weights", help="megatron checkpoint to load (default: the recipe's base)")
-    sub.add_parser("merge", help="join the shard files of an eval/rollout array").add_argument("out")
+    sub.add_parser("merge", help="join the shard files of an eval/rollout/evaluate array").add_argument("out")
     from r1hpc.launch.cli import add_launch_parser
 
     add_launch_parser(sub)
@@ -83,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.config import load_config
             from r1hpc.eval.benchmarks import run_benchmarks
 
-            run_benchmarks(load_config(args.config, args.overrides), args.out, args.weights)
-            print(f"r1hpc: results in {args.out}/results.md")
+            from r1hpc.eval.shards import parse_shard
+
+            shard = parse_shard(args.shard)
+            run_benchmarks(load_config(args.config, args.overrides), args.out, args.weights, shard)
+            print(f"r1hpc: results in {args.out}/results.md" if shard[1] == 1 else
+                  f"r1hpc: shard {args.shard} in {args.out}; `r1hpc merge {args.out}` writes the results")
             return 0
         if args.command == "report":
             from r1hpc.monitor.report import build_report

@@ -76,16 +76,18 @@ def describe_device() -> dict:
 
 
 def evaluate_set(model, tok, problems: Sequence[Problem], render: Callable[[str], str], scorer, cfg, *,
-                 max_seq_length: int, fallbacks: Sequence[str], max_batch_rows: int = 512) -> tuple[dict, list[dict]]:
-    """(metrics, per-problem records) for one set, problems sharded over data-parallel ranks. ``cfg``: an
-    :class:`r1hpc.eval.heldout.EvalConfig`; ``fallbacks``: answer extraction for the vote, as the reward's."""
+                 max_seq_length: int, fallbacks: Sequence[str], max_batch_rows: int = 512,
+                 stream: int = 0) -> tuple[dict, list[dict]]:
+    """(metrics, per-problem records with their ``index`` in ``problems``) for one set, problems sharded
+    over data-parallel ranks. ``cfg``: an :class:`r1hpc.eval.heldout.EvalConfig`; ``fallbacks``: answer
+    extraction for the vote, as the reward's; ``stream``: an array task's own RNG stream (its shard index)."""
     from megatron.core import parallel_state
 
     k = cfg.samples_per_problem
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     mine = list(problems)[dp_rank::dp]
     prompts = [tok.encode(render(p.question)) for p in mine for _ in range(k)]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + dp_rank)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + dp_rank + 1_000_003 * stream)
     t0 = time.perf_counter()
     samples = generate(model, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
@@ -97,24 +99,23 @@ def evaluate_set(model, tok, problems: Sequence[Problem], render: Callable[[str]
     for i, p in enumerate(mine):
         rows = range(i * k, (i + 1) * k)
         answers = [extract_answer(texts[j], fallbacks).answer for j in rows]
-        records.append({"id": p.id, "data_source": p.data_source, "answer": p.answer,
+        records.append({"index": dp_rank + i * dp, "id": p.id, "data_source": p.data_source, "answer": p.answer,
                         "responses": [texts[j] for j in rows], "extracted": answers,
                         "scores": [scores[j] for j in rows],
                         "response_tokens": [len(samples[j].response_ids) for j in rows],
                         "truncated": [samples[j].truncated for j in rows]})
-    timing = {"generate_s": gen_s, "generated_tokens": sum(len(s.response_ids) for s in samples),
-              "prompt_tokens": sum(len(s.prompt_ids) for s in samples)}
-    if dp > 1:
+    if dp > 1:  # the slowest rank's generation time is the set's
         gathered: list = [None] * dp
-        torch.distributed.all_gather_object(gathered, (records, timing), group=parallel_state.get_data_parallel_group())
+        torch.distributed.all_gather_object(gathered, (records, gen_s), group=parallel_state.get_data_parallel_group())
         records = [r for part, _ in gathered for r in part]
-        timing = {"generate_s": max(t["generate_s"] for _, t in gathered),
-                  **{key: sum(t[key] for _, t in gathered) for key in ("generated_tokens", "prompt_tokens")}}
-    return summarize(records, k, timing), records
+        gen_s = max(t for _, t in gathered)
+    records.sort(key=lambda r: r["index"])
+    return summarize(records, k, gen_s), records
 
 
-def summarize(records: list[dict], k: int, timing: dict) -> dict:
-    """Per-set metrics from the per-problem records (each holding k scored samples)."""
+def summarize(records: list[dict], k: int, generate_s: float) -> dict:
+    """Per-set metrics from the per-problem records (each holding k scored samples); ``generate_s``:
+    the wall time their generation took."""
     if not records:
         return {"problems": 0, "k": k}
     acc = [[s.get("accuracy", 0.0) for s in r["scores"]] for r in records]
@@ -129,8 +130,8 @@ def summarize(records: list[dict], k: int, timing: dict) -> dict:
         "answered": sum(x is not None for r in records for x in r["extracted"]) / n_samples,
         "response_tokens_mean": sum(sum(r["response_tokens"]) for r in records) / n_samples,
         "truncated": sum(sum(r["truncated"]) for r in records) / n_samples,
-        "generate_s": timing["generate_s"],
-        "generate_tokens_per_s": timing["generated_tokens"] / max(timing["generate_s"], 1e-9),
+        "generate_s": generate_s,
+        "generate_tokens_per_s": sum(sum(r["response_tokens"]) for r in records) / max(generate_s, 1e-9),
     }
 
 
@@ -156,10 +157,13 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) -> dict:
+def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> dict:
     """``r1hpc evaluate``: the recipe's base (``pretrain.base_dir``: a converted or pretrained model,
     never trained here) with ``weights`` (default: the base's own; e.g. a GRPO checkpoint's model/),
-    evaluated on ``eval.sets``. Collective; rank 0 writes ``out_dir``."""
+    evaluated on ``eval.sets``. Collective; rank 0 writes ``out_dir``. ``shard`` (i, n) < (0, 1): one
+    task of a job array takes problems i, i+n, ... of every set and writes a shard file that
+    ``r1hpc merge`` turns into the same files (each task samples from its own RNG stream)."""
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
@@ -195,7 +199,8 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
                                 "world_size": env.world_size},
                    "example_prompt": None, "sets": {}}
         records_all = []
-        problems_of = {name: eval_problems(cfg, name) for name in sets}
+        i, n = shard
+        problems_of = {name: eval_problems(cfg, name)[i::n] for name in sets}
         judges = build_judges(cfg, {p.data_source for problems in problems_of.values() for p in problems})
         with RewardScorer(cfg.rewards, models=judges) as scorer:
             for name in sets:
@@ -205,18 +210,40 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None) 
                 metrics, records = evaluate_set(engine.module, tok, problems, render, scorer, cfg.eval,
                                                 max_seq_length=model_cfg.max_seq_length,
                                                 fallbacks=cfg.rewards.math.fallbacks,
-                                                max_batch_rows=cfg.rollout.max_batch_rows)
+                                                max_batch_rows=cfg.rollout.max_batch_rows, stream=i)
                 results["sets"][name] = metrics
-                records_all += [dict(r, set=name) for r in records]
+                records_all += [dict(r, set=name, index=i + r["index"] * n) for r in records]
                 if env.rank == 0:
                     print(f"[evaluate] {name}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
                                                             for key, v in metrics.items()), flush=True)
         results["device"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
-        if env.rank == 0:
+        if env.rank == 0 and n == 1:
             write_results(Path(out_dir), results, records_all)
+        elif env.rank == 0:
+            from r1hpc.eval.shards import shard_path, write_json_atomic
+
+            write_json_atomic(shard_path(Path(out_dir), i, n), {"kind": "evaluate", "shard": [i, n], "results": results,
+                                                                "records": records_all})
         return results
     finally:
         destroy_distributed()
+
+
+def merge_shards(out_dir: Path, shards: list[dict]) -> dict:
+    """The evaluation of a whole array from its shard files (checked complete by the caller): per
+    set, records in problem order and metrics over all of them; generation time is the slowest task's."""
+    first = shards[0]["results"]
+    if any(s["results"]["settings"] != first["settings"] or s["results"]["weights"] != first["weights"] for s in shards):
+        raise ValueError(f"{out_dir}: shards evaluated different weights or settings")
+    order = list(first["sets"])
+    records = sorted((r for s in shards for r in s["records"]), key=lambda r: (order.index(r["set"]), r["index"]))
+    results = dict(first, sets={}, settings=dict(first["settings"], shards=len(shards)))
+    for name in order:
+        mine = [r for r in records if r["set"] == name]
+        slowest = max(s["results"]["sets"][name].get("generate_s", 0.0) for s in shards)
+        results["sets"][name] = summarize(mine, first["settings"]["k"], slowest)
+    write_results(out_dir, results, records)
+    return results
 
 
 def write_results(out_dir: Path, results: dict, records: list[dict]) -> None:

@@ -100,14 +100,15 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
         scorer.close()
         destroy_distributed()
     out = shard_path(Path(out_dir), i, n)
-    _write_json_atomic(out, {"kind": kind, "shard": [i, n], "num_problems": len(problems),
+    write_json_atomic(out, {"kind": kind, "shard": [i, n], "num_problems": len(problems),
                              "weights": str(weights), "records": records})
     return out
 
 
 def merge(out_dir: str | Path) -> dict:
     """Join every shard file in ``out_dir`` into ``merged.json`` (records in problem order, and for
-    eval pass@1 overall and per task). Missing or inconsistent shards are named in the error."""
+    eval pass@1 overall and per task), or for ``r1hpc evaluate`` shards into its results files.
+    Missing or inconsistent shards are named in the error."""
     out_dir = Path(out_dir)
     files = sorted(out_dir.glob("shard-*-of-*.json"))
     if not files:
@@ -122,11 +123,16 @@ def merge(out_dir: str | Path) -> dict:
     if missing:
         raise FileNotFoundError(f"{out_dir}: shards {missing} of {n} are missing (failed or still running array tasks)")
     records = sorted((r for s in shards for r in s["records"]), key=lambda r: r["index"])
-    result = {"kind": kinds.pop(), "shards": n, "num_problems": shards[0]["num_problems"],
+    kind = kinds.pop()
+    if kind == "evaluate":
+        from r1hpc.eval.benchmarks import merge_shards
+
+        return merge_shards(out_dir, shards)
+    result = {"kind": kind, "shards": n, "num_problems": shards[0]["num_problems"],
               "weights": shards[0]["weights"], "records": records}
     if result["kind"] == "eval":
         result["metrics"] = pass_at_1(records)
-    _write_json_atomic(out_dir / MERGED, result)
+    write_json_atomic(out_dir / MERGED, result)
     return result
 
 
@@ -146,7 +152,7 @@ def pass_at_1(records: list[dict]) -> dict[str, float]:
     return out
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))

@@ -5,7 +5,7 @@ import sys
 
 from r1hpc.launch.launcher import SHARDED, ChainFailed, Resources, Stage, launch
 
-COMMANDS = ("train", "pretrain", "eval", "rollout")
+COMMANDS = ("train", "pretrain", "eval", "rollout", "evaluate")
 
 
 def add_launch_parser(sub) -> None:

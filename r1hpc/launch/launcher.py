@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from r1hpc.launch.task import R1hpcStep
 
-SHARDED = ("eval", "rollout")
+SHARDED = ("eval", "rollout", "evaluate")
 TERMINAL_OK = ("COMPLETED",)
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")

@@ -23,7 +23,7 @@ class PipelineConfig:
     rejection_samples: int = 4  # samples per prompt (k)
     distill_prompts: int = 256  # prompts the teacher answers for the student
     distill_samples: int = 2
-    shards: int = 2  # job-array tasks of each sampling stage
+    shards: int = 2  # job-array tasks of each sampling and evaluation stage
     evaluate: bool = True  # `r1hpc evaluate` after every stage that makes a model
     stage_overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     student: list[str] = dataclasses.field(default_factory=list)

@@ -5,7 +5,7 @@ before wrote, chained with ``afterok`` on Slurm or run in order here (r1hpc.laun
          -> [rejection_samples (array) -> rejection_filter -> rejection_sft (SFT from the base)]
          -> [all_scenarios_rl (GRPO)]
          -> [distill_samples (array, teacher) -> distill_filter -> student_base -> distill (SFT)]
-    and after every stage that makes a model, eval_<stage> (``r1hpc evaluate``); report last.
+    and after every stage that makes a model, eval_<stage> (``r1hpc evaluate``, an array); report last.
 
 Every job gets the same recipe file plus overrides: the pipeline's root (``<output_dir>/<name>``)
 as its output_dir, its stage name as run name, the model it starts from (``run.init_weights``)
@@ -61,9 +61,8 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
 
     def evaluate(model: Model) -> None:
         if p.evaluate:
-            evaluated.append(add(f"eval_{model.stage}", "evaluate",
-                                 ["--out", str(root / "eval" / model.stage), "--weights", model.weights],
-                                 model.stage, job_overrides=model.overrides))
+            evaluated.append(add(f"eval_{model.stage}", "evaluate", ["--weights", model.weights], model.stage,
+                                 job_overrides=model.overrides, shards=p.shards, out=str(root / "eval" / model.stage)))
 
     def sample_and_filter(stage: str, model: Model, prompts: int, k: int, after: str) -> tuple[str, str]:
         """A job array sampling k responses per prompt from ``model``, then the rejection filter."""

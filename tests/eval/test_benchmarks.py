@@ -3,6 +3,8 @@ samples, the markdown table and the config checks. (The command itself on the re
 runs in tests/train/test_smollm2_grpo.py.)"""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from r1hpc.config import ConfigError, load_config
@@ -23,7 +25,7 @@ def _record(answers, accuracy, tokens=10, truncated=False):
 def test_summarize_hand_computed():
     records = [_record(["42", "42", "41", None], [1, 1, 0, 0]),     # pass@1 .5, majority 42 right
                _record(["1", "2", "2", "3"], [1, 0, 0, 0], tokens=30, truncated=True)]  # .25, majority 2 wrong
-    m = summarize(records, 4, {"generate_s": 2.0, "generated_tokens": 160, "prompt_tokens": 99})
+    m = summarize(records, 4, 2.0)
     assert m["problems"] == 2 and m["k"] == 4
     assert m["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
     assert m["cons@4"] == pytest.approx(0.5)
@@ -34,10 +36,10 @@ def test_summarize_hand_computed():
 
 
 def test_results_table_has_one_row_per_set():
-    m = summarize([_record(["1", "1"], [1, 0])], 2, {"generate_s": 1.0, "generated_tokens": 20, "prompt_tokens": 5})
+    m = summarize([_record(["1", "1"], [1, 0])], 2, 1.0)
     results = {"checkpoint": "ck", "weights": "ck/weights", "device": {"device": "CPU x", "loadavg_1min": 1.0},
                "settings": {"k": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64, "template": "chat"},
-               "sets": {"gsm8k": m, "math500": summarize([], 2, {})}}
+               "sets": {"gsm8k": m, "math500": summarize([], 2, 0.0)}}
     table = results_table(results)
     assert "| set | problems | k | pass@1 | cons@2 | pass@2 |" in table
     assert "| gsm8k | 1 | 2 | 0.500 | 1.000 | 1.000 | 0.500 | 1.000 | 10 | 0.00 | 20.0 |" in table
@@ -61,3 +63,27 @@ def test_eval_problems_keep_training_files_held_out(tmp_path):
 def test_unknown_set_is_a_config_error():
     with pytest.raises(ConfigError, match="eval.sets: unknown set 'gsm9k'"):
         load_config(None, ["eval.sets=[gsm9k]"])
+
+
+def test_merged_evaluate_shards_equal_the_metrics_over_all_records(tmp_path):
+    """An array's shard files become the same results files, metrics over every problem of every shard."""
+    from r1hpc.eval.shards import merge, shard_path, write_json_atomic
+
+    recs = {"a": [_record(["1", "1"], [1, 1]), _record(["2", "3"], [0, 1]), _record(["4", "4"], [0, 0])],
+            "b": [_record(["5", None], [1, 0], tokens=4)]}
+    settings = {"k": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64, "template": "short"}
+    for i in range(2):
+        mine = {name: [dict(r, set=name, index=j, id=f"{name}{j}") for j, r in enumerate(rs) if j % 2 == i]
+                for name, rs in recs.items()}
+        sets = {name: summarize(rs, 2, 1.0 + i) for name, rs in mine.items()}
+        write_json_atomic(shard_path(tmp_path, i, 2), {
+            "kind": "evaluate", "shard": [i, 2], "records": [r for rs in mine.values() for r in rs],
+            "results": {"checkpoint": "c", "weights": "w", "settings": settings, "sets": sets,
+                        "device": {"device": "CPU", "loadavg_1min": 0.0}}})
+    merged = merge(tmp_path)
+    for name, rs in recs.items():
+        assert merged["sets"][name] == summarize(rs, 2, 2.0 if name == "a" else 1.0)  # slowest shard's time
+    assert merged["settings"]["shards"] == 2
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(s["set"], s["index"]) for s in samples] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert "| a | 3 | 2 |" in (tmp_path / "results.md").read_text()
