@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from r1hpc.config import ConfigError
 
@@ -18,6 +19,9 @@ class PipelineConfig:
     distillation student (a smaller dense ``model.*``; its own base is pretrained or converted)."""
 
     stages: list[str] = dataclasses.field(default_factory=lambda: list(STAGES))
+    # weights the first stage starts from instead of the base's, e.g. a finished pipeline's RL
+    # checkpoints (a checkpoints/ folder means its latest) to distill into another student
+    start_weights: Optional[str] = None
     cold_start_examples: int = 1000
     rejection_prompts: int = 256  # prompts sampled by the rejection-sampling stage
     rejection_samples: int = 4  # samples per prompt (k)

@@ -22,6 +22,9 @@ from r1hpc.config import ConfigError
 from r1hpc.launch.launcher import Resources, Stage
 
 COLD_START_STYLE = "rewards.format.style=cold_start"
+# a job-array task is one process holding the whole model (weights reshard on load)
+ONE_RANK = ["parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+            "parallel.expert_model_parallel_size=1", "parallel.context_parallel_size=1"]
 
 
 @dataclasses.dataclass
@@ -62,12 +65,13 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
     def evaluate(model: Model) -> None:
         if p.evaluate:
             evaluated.append(add(f"eval_{model.stage}", "evaluate", ["--weights", model.weights], model.stage,
-                                 job_overrides=model.overrides, shards=p.shards, out=str(root / "eval" / model.stage)))
+                                 job_overrides=[*model.overrides, *ONE_RANK], shards=p.shards,
+                                 out=str(root / "eval" / model.stage)))
 
     def sample_and_filter(stage: str, model: Model, prompts: int, k: int, after: str) -> tuple[str, str]:
         """A job array sampling k responses per prompt from ``model``, then the rejection filter."""
         samples = str(root / stage / "samples")
-        job = [*model.overrides, f"eval.num_problems={prompts}", f"rollout.group_size={k}"]
+        job = [*model.overrides, *ONE_RANK, f"eval.num_problems={prompts}", f"rollout.group_size={k}"]
         last = add(f"{stage}_samples", "rollout", ["--weights", model.weights], after, job_overrides=job,
                    shards=p.shards, out=samples)
         data = str(root / "data" / f"{stage}.jsonl")
@@ -76,7 +80,7 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
 
     formatted = False  # responses in the cold-start form from the cold-start SFT on
     last = add("base", "pretrain", [], None, job_overrides=stage_overrides("base", formatted))
-    base = current = Model("base", str(Path(base_dir) / "weights"), stage_overrides("base", formatted))
+    base = current = Model("base", p.start_weights or str(Path(base_dir) / "weights"), stage_overrides("base", formatted))
     evaluate(base)
     for stage in p.stages:
         if stage == "cold_start":

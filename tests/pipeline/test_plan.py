@@ -106,3 +106,16 @@ def test_weights_dir_resolves_a_checkpoint_directory_to_its_latest_model(tmp_pat
     assert model_weights_dir(ckpts) == ckpts / "step_00000002" / "model"
     assert model_weights_dir(ckpts / "step_00000004") == ckpts / "step_00000004" / "model"
     assert model_weights_dir(tmp_path / "weights") == tmp_path / "weights"
+
+
+@pytest.mark.parametrize("recipe", ["configs/r1_pipeline_moe16b_h800.yaml", "configs/r1_distill_7b.yaml"])
+def test_cluster_recipes_plan_with_single_rank_array_tasks(recipe):
+    cfg = load_config(recipe)
+    stages = {st.name: st for st in plan(cfg, recipe, [], Resources(nodes=4))}
+    arrays = [st for st in stages.values() if st.shards]
+    assert arrays and all(_value(st, "parallel.expert_model_parallel_size") == "1" for st in arrays)
+    assert all(_value(st, "parallel.expert_model_parallel_size") in (None, "1") or not st.shards
+               for st in stages.values())
+    if cfg.pipeline.stages == ["distill"]:  # distillation of a finished pipeline's RL model
+        assert _opt(stages["distill_samples"], "--weights") == cfg.pipeline.start_weights
+    assert _value(stages["distill"], "pretrain.base_dir") != cfg.pretrain.base_dir  # the student's own base
