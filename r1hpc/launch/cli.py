@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 
 from r1hpc.launch.launcher import SHARDED, ChainFailed, Resources, Stage, launch
+from r1hpc.launch.rejection import filter_resources
 
-COMMANDS = ("train", "pretrain", "eval", "rollout")
+COMMANDS = ("train", "pretrain", "eval", "rollout", "reject")
 
 
 def add_launch_parser(sub) -> None:
@@ -22,7 +23,9 @@ def add_launch_parser(sub) -> None:
     p.add_argument("--partition")
     p.add_argument("--no-exclusive", action="store_true", help="share nodes with other jobs")
     p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout stages")
-    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json")
+    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json; "
+                   "reject writes <out>/reject/dataset.jsonl from the rollout stage's samples")
+    p.add_argument("--weights", help="megatron checkpoint the eval/rollout stages load (default: the recipe's base)")
     p.add_argument("--local", action="store_true", help="run here even when Slurm is present")
     p.add_argument("--no-wait", action="store_true", help="submit and return (Slurm only)")
     p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
@@ -36,13 +39,20 @@ def stages_from_args(args) -> list[Stage]:
     res = Resources(nodes=args.nodes, ntasks_per_node=args.ntasks_per_node, gpus_per_node=args.gpus_per_node,
                     cpus_per_task=args.cpus_per_task, time_minutes=args.time, partition=args.partition,
                     exclusive=not args.no_exclusive)
+    if "reject" in names and "rollout" not in names[:names.index("reject")]:
+        raise ValueError("--stages: reject filters the samples of a rollout stage; list rollout before it")
     stages = []
     for i, name in enumerate(names):
         sharded = name in SHARDED
+        extra = ["--weights", args.weights] if sharded and args.weights else []
+        stage_res = res
+        if name == "reject":
+            extra = ["--samples", f"{args.out}/rollout", "--out", f"{args.out}/reject/dataset.jsonl"]
+            stage_res = filter_resources(res)
         stages.append(Stage(name=name, command=name, config=args.config, overrides=list(args.overrides),
-                            resources=res, after=[names[i - 1]] if i else [],
+                            resources=stage_res, after=[names[i - 1]] if i else [],
                             shards=args.shards if sharded else 0,
-                            out=f"{args.out}/{name}" if sharded else None))
+                            out=f"{args.out}/{name}" if sharded else None, extra_args=extra))
     return stages
 
 

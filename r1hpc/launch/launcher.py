@@ -41,8 +41,9 @@ class Resources:
 
 @dataclasses.dataclass
 class Stage:
-    """One ``r1hpc <command> <config> <overrides>`` job. ``shards`` > 0 makes it a job array whose
-    results ``r1hpc merge`` joins in ``out``; ``after`` names stages that must succeed first."""
+    """One ``r1hpc <command> <config> <overrides> <extra_args>`` job (``extra_args``: the command's
+    own options, e.g. ``--weights DIR``). ``shards`` > 0 makes it a job array whose results
+    ``r1hpc merge`` joins in ``out``; ``after`` names stages that must succeed first."""
 
     name: str
     command: str
@@ -52,9 +53,10 @@ class Stage:
     after: list[str] = dataclasses.field(default_factory=list)
     shards: int = 0
     out: Optional[str] = None
+    extra_args: list[str] = dataclasses.field(default_factory=list)
 
     def args(self) -> list[str]:
-        args = [self.command, self.config, *self.overrides]
+        args = [self.command, self.config, *self.overrides, *self.extra_args]
         if self.command == "train":
             args += ["--resume", "auto"]
         return args
