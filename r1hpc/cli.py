@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--shard", default="0/1", help="i/n: this task takes problems i, i+n, ... (default 0/1)")
         p.add_argument("--weights", help="megatron checkpoint to load (default: the recipe's base)")
     sub.add_parser("merge", help="join the shard files of an eval/rollout/evaluate array").add_argument("out")
+    rej = sub.add_parser("reject", help="rejection sampling: the correct, readable samples of a merged rollout "
+                         "as an SFT JSONL dataset with provenance (docs/rejection.md)")
+    _add_config_args(rej)
+    rej.add_argument("--samples", required=True, help="rollout directory holding merged.json (r1hpc rollout + merge)")
+    rej.add_argument("--out", required=True, help="the dataset, e.g. data/sft.jsonl (stats beside it: .stats.json)")
     from r1hpc.launch.cli import add_launch_parser
 
     add_launch_parser(sub)
@@ -115,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
 
             result = merge(args.out)
             print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
+            return 0
+        if args.command == "reject":
+            from r1hpc.config import load_config
+            from r1hpc.data.rejection import format_stats, run_rejection
+
+            cfg = load_config(args.config, args.overrides)
+            try:
+                stats = run_rejection(cfg, args.samples, args.out)
+            except (FileNotFoundError, ValueError) as e:
+                print(f"r1hpc reject: {e}", file=sys.stderr)
+                return 2
+            print(f"r1hpc reject: {format_stats(stats)} -> {args.out}")
             return 0
         if args.command == "launch":
             from r1hpc.launch.cli import run_launch

@@ -8,6 +8,7 @@ from r1hpc.algo.loss import AlgoConfig
 from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.config import ConfigError
 from r1hpc.data.config import DataConfig
+from r1hpc.data.rejection import RejectionConfig
 from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
@@ -52,6 +53,7 @@ class RunConfig:
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    rejection: RejectionConfig = dataclasses.field(default_factory=RejectionConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)

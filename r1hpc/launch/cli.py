@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 
 from r1hpc.launch.launcher import SHARDED, ChainFailed, Resources, Stage, launch
+from r1hpc.launch.rejection import filter_resources
 
-COMMANDS = ("train", "pretrain", "eval", "rollout", "evaluate")
+COMMANDS = ("train", "pretrain", "eval", "rollout", "evaluate", "reject")
 
 
 def add_launch_parser(sub) -> None:
@@ -15,8 +16,11 @@ def add_launch_parser(sub) -> None:
     p.add_argument("--stages", default="train",
                    help=f"comma-separated, run in order, each afterok on the one before: {', '.join(COMMANDS)}")
     add_resource_args(p)
-    p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout stages")
-    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json")
+    p.add_argument("--shards", type=int, default=8, help="array tasks of eval/rollout/evaluate stages")
+    p.add_argument("--out", default="runs/shards", help="eval/rollout results: <out>/<stage>/merged.json; "
+                   "reject writes <out>/reject/dataset.jsonl from the rollout stage's samples")
+    p.add_argument("--weights", help="megatron checkpoint the eval/rollout/evaluate stages load (default: the "
+                   "recipe's base)")
 
 
 def add_resource_args(p) -> None:
@@ -39,13 +43,20 @@ def stages_from_args(args) -> list[Stage]:
     if bad or not names:
         raise ValueError(f"--stages: unknown {bad}; choose from {', '.join(COMMANDS)}")
     res = resources_from_args(args)
+    if "reject" in names and "rollout" not in names[:names.index("reject")]:
+        raise ValueError("--stages: reject filters the samples of a rollout stage; list rollout before it")
     stages = []
     for i, name in enumerate(names):
         sharded = name in SHARDED
+        extra = ["--weights", args.weights] if sharded and args.weights else []
+        stage_res = res
+        if name == "reject":
+            extra = ["--samples", f"{args.out}/rollout", "--out", f"{args.out}/reject/dataset.jsonl"]
+            stage_res = filter_resources(res)
         stages.append(Stage(name=name, command=name, config=args.config, overrides=list(args.overrides),
-                            resources=res, after=[names[i - 1]] if i else [],
+                            resources=stage_res, after=[names[i - 1]] if i else [],
                             shards=args.shards if sharded else 0,
-                            out=f"{args.out}/{name}" if sharded else None))
+                            out=f"{args.out}/{name}" if sharded else None, extra_args=extra))
     return stages
 
 

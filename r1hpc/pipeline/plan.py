@@ -20,6 +20,7 @@ from typing import Optional
 
 from r1hpc.config import ConfigError
 from r1hpc.launch.launcher import Resources, Stage
+from r1hpc.launch.rejection import dataset_path, rejection_stages
 
 COLD_START_STYLE = "rewards.format.style=cold_start"
 # a job-array task is one process holding the whole model (weights reshard on load)
@@ -70,13 +71,11 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
 
     def sample_and_filter(stage: str, model: Model, prompts: int, k: int, after: str) -> tuple[str, str]:
         """A job array sampling k responses per prompt from ``model``, then the rejection filter."""
-        samples = str(root / stage / "samples")
         job = [*model.overrides, *ONE_RANK, f"eval.num_problems={prompts}", f"rollout.group_size={k}"]
-        last = add(f"{stage}_samples", "rollout", ["--weights", model.weights], after, job_overrides=job,
-                   shards=p.shards, out=samples)
-        data = str(root / "data" / f"{stage}.jsonl")
-        return add(f"{stage}_filter", "reject", ["--samples", samples, "--out", data], last,
-                   job_overrides=model.overrides), data
+        sampling, filtering = rejection_stages(config_path, job, model.weights, root / stage, p.shards, resources,
+                                               after=[after], name=stage)
+        stages.extend([sampling, filtering])
+        return filtering.name, str(dataset_path(root / stage))
 
     formatted = False  # responses in the cold-start form from the cold-start SFT on
     last = add("base", "pretrain", [], None, job_overrides=stage_overrides("base", formatted))
@@ -84,7 +83,7 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
     evaluate(base)
     for stage in p.stages:
         if stage == "cold_start":
-            data = str(root / "data" / "cold_start.jsonl")
+            data = str(dataset_path(root / "cold_start_data"))
             last = add("cold_start_data", "cold-start", ["--out", data, "--n", str(p.cold_start_examples)], last,
                        job_overrides=stage_overrides(stage, formatted))
             formatted = True

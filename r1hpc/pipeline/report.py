@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from r1hpc.launch.rejection import dataset_path
 from r1hpc.pipeline.config import STAGES
 from r1hpc.pipeline.plan import pipeline_root
 
@@ -17,10 +18,10 @@ def _load(path: Path):
 
 def _fed(root: Path, stage: str) -> dict:
     """What went into a stage: its dataset's statistics, or its RL run's summary."""
-    data = {"cold_start": "cold_start", "rejection_sft": "rejection", "distill": "distill"}.get(stage)
+    data = {"cold_start": "cold_start_data", "rejection_sft": "rejection", "distill": "distill"}.get(stage)
     if data:
-        stats = _load(root / "data" / f"{data}.jsonl.stats.json")
-        return {"dataset": str(root / "data" / f"{data}.jsonl"), "stats": stats}
+        path = dataset_path(root / data)
+        return {"dataset": str(path), "stats": _load(path.with_name(path.name + ".stats.json"))}
     summary = _load(root / stage / "summary.json")
     if summary:
         return {key: summary[key] for key in ("pass_at_1_before", "pass_at_1_after", "grpo_steps", "grpo_wall_s")}
@@ -61,8 +62,9 @@ def report_table(report: dict) -> str:
 def _describe(fed: dict) -> str:
     if "stats" in fed:
         st = fed["stats"] or {}
-        kept, total = st.get("kept"), st.get("total")
-        return f"{kept} of {total} samples kept" if kept is not None else "dataset"
+        if "samples" in st:
+            return f"{st['kept']} of {st['samples']} samples kept"
+        return f"{st['examples']} examples" if "examples" in st else "dataset"
     if "grpo_steps" in fed:
         return f"{fed['grpo_steps']} GRPO steps, held-out {fed['pass_at_1_before']:.3f} -> {fed['pass_at_1_after']:.3f}"
     return ""

@@ -58,8 +58,8 @@ def test_each_stage_starts_from_the_model_the_stage_before_made(pipeline_root):
     assert config("all_scenarios_rl")["run"]["init_weights"] == str(pipeline_root / "rejection_sft" / "weights")
     rl_model = model_weights_dir(pipeline_root / "reasoning_rl" / "checkpoints")
     teacher = model_weights_dir(pipeline_root / "all_scenarios_rl" / "checkpoints")
-    rejection = _jsonl(pipeline_root / "data" / "rejection.jsonl")
-    distill = _jsonl(pipeline_root / "data" / "distill.jsonl")
+    rejection = _jsonl(pipeline_root / "rejection" / "dataset.jsonl")
+    distill = _jsonl(pipeline_root / "distill" / "dataset.jsonl")
     # rejection sampling drew from the reasoning-RL model, distillation from the last RL model
     assert rejection and {r["checkpoint"] for r in rejection} == {str(rl_model)}
     assert distill and {r["checkpoint"] for r in distill} == {str(teacher)}
