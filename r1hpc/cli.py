@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")
     _add_config_args(sub.add_parser("pretrain", help="train (or reuse) the recipe's weak base model only"))
+    _add_config_args(sub.add_parser("sft", help="supervised fine-tuning on sft.data JSONL (cold start, rejection "
+                                    "sampling SFT, distillation); docs/sft.md"))
+    cold = sub.add_parser("cold-start", help="write cold-start SFT data: clean worked solutions of the training "
+                          "split in R1's |special_token|reasoning|special_token|summary form")
+    _add_config_args(cold)
+    cold.add_argument("--out", required=True, help="JSONL file to write (a .provenance.json is written beside it)")
+    cold.add_argument("--n", type=int, required=True, help="number of examples")
     train = sub.add_parser("train", help="R1-Zero: pretrain/reuse a base, evaluate, GRPO, evaluate")
     _add_config_args(train)
     train.add_argument("--resume", metavar="auto|none|PATH",
@@ -69,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             from r1hpc.train.pretrain import run_pretrain
 
             run_pretrain(load_config(args.config, args.overrides))
+            return 0
+        if args.command == "sft":
+            from r1hpc.config import load_config
+            from r1hpc.train.sft import run_sft
+
+            run_sft(load_config(args.config, args.overrides))
+            return 0
+        if args.command == "cold-start":
+            from r1hpc.config import load_config
+            from r1hpc.data.cold_start import build_cold_start
+
+            path = build_cold_start(load_config(args.config, args.overrides), args.n, args.out)
+            print(f"r1hpc: {args.n} cold-start examples in {path}")
             return 0
         if args.command == "train":
             from r1hpc.checkpoint.preemption import catch_signals_early

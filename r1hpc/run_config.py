@@ -19,6 +19,7 @@ from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import OptimConfig
 from r1hpc.train.grpo import GRPOConfig
 from r1hpc.train.pretrain import PretrainConfig
+from r1hpc.train.sft import SFTConfig
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class RunConfig:
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
     rewards: RewardsConfig = dataclasses.field(default_factory=RewardsConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)

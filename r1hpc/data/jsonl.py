@@ -48,8 +48,8 @@ def load_shared(name: str) -> list[Problem]:
     return load_problems(directory / f"{name}.jsonl")
 
 
-def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int) -> Problem:
-    """One line -> Problem; raises ValueError saying what is wrong (without the place)."""
+def read_record(raw: bytes) -> dict[str, Any]:
+    """One line -> its JSON object; raises ValueError saying what is wrong (without the place)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -62,7 +62,12 @@ def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int)
         raise ValueError(f"bad JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    for key in _REQUIRED:
+    return record
+
+
+def require_strings(record: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Each of ``keys`` present, a string and not blank; raises ValueError naming the first fault."""
+    for key in keys:
         if key not in record:
             raise ValueError(f"missing key {key!r} (have: {', '.join(sorted(record)) or 'none'})")
         value = record[key]
@@ -70,6 +75,12 @@ def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int)
             raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r}")
         if not value.strip():
             raise ValueError(f"empty {key!r}")
+
+
+def _parse_line(raw: bytes, data_source: str, seen: dict[str, int], lineno: int) -> Problem:
+    """One line -> Problem; raises ValueError saying what is wrong (without the place)."""
+    record = read_record(raw)
+    require_strings(record, _REQUIRED)
     if record["id"] in seen:
         raise ValueError(f"duplicate id {record['id']!r} (first on line {seen[record['id']]})")
     source = record.get("data_source", data_source)

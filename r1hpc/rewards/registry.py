@@ -163,9 +163,10 @@ class RewardScorer:
         scores: list[dict[str, float]] = [{} for _ in responses]
         # Group by term name so the slow kinds run as one parallel batch each.
         jobs: dict[str, list[tuple[int, RewardTerm, str]]] = {}
+        form = {"starts_in_think": self.config.format.starts_in_think, "style": self.config.format.style}
         for i, (r, terms) in enumerate(zip(responses, plan)):
             for t in terms:
-                jobs.setdefault(t.name, []).append((i, t, select_span(r, t.span, starts_in_think=self.config.format.starts_in_think)))
+                jobs.setdefault(t.name, []).append((i, t, select_span(r, t.span, **form)))
         for name, items in jobs.items():
             for (i, t, _), value in zip(items, self._run(name, items, problems, deadline)):
                 scores[i][t.out_key] = value
@@ -197,7 +198,8 @@ class RewardScorer:
             return [countdown_reward(x, _extra(problems[i], "numbers"), _extra(problems[i], "target"),
                                      exact_use=cfg.countdown_exact_use) for i, _, x in items]
         if name == "format":
-            return [format_reward(x, partial=cfg.format.partial, starts_in_think=cfg.format.starts_in_think)
+            return [format_reward(x, partial=cfg.format.partial, starts_in_think=cfg.format.starts_in_think,
+                                  style=cfg.format.style)
                     for _, _, x in items]
         if name == "language":
             return [language_share(x, cfg.language) for _, _, x in items]

@@ -3,6 +3,13 @@
 Batches are dicts of ``tokens``, ``labels`` (tokens shifted left) and ``loss_mask`` ([b, s] each);
 the loss is the mean over unmasked tokens of each micro-batch, computed by megatron's
 vocab-parallel cross entropy so no rank ever holds the full vocabulary of logits.
+
+Optional keys (SFT with packed rows, r1hpc.train.sft): ``position_ids`` [b, s] and
+``attention_mask`` [b, 1, s, s] (True = masked) replace the plain causal ones. With ``loss_scale``
+(a float) and ``vocab_size`` (the tokenizer's) the loss is ``sum(masked token losses) * loss_scale``
+instead of the micro-batch mean, so a step can average over all its tokens rather than over
+micro-batches, and megatron's vocabulary padding (to a multiple of 128 x TP) is kept out of the
+softmax, so the loss does not depend on the TP size.
 """
 from __future__ import annotations
 
@@ -22,11 +29,36 @@ def _masked_mean(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss, {"lm_loss": loss.detach().clone()}  # clone: megatron divides the loss in place
 
 
+_MASKED_LOGIT = -1e4  # exp() is exactly 0 in fp32 and bf16, yet finite
+
+
+def mask_vocab_padding(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """This TP rank's [..., V_local] logits with the entries past the real vocabulary masked out."""
+    from megatron.core import parallel_state
+
+    real = vocab_size - parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
+    if real >= logits.shape[-1]:
+        return logits
+    return logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) >= real, _MASKED_LOGIT)
+
+
+def _scaled_sum(batch: dict, logits: torch.Tensor):
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    per_token_loss = vocab_parallel_cross_entropy(mask_vocab_padding(logits, batch["vocab_size"]), batch["labels"])
+    loss_mask = batch["loss_mask"].float()
+    total = (per_token_loss.float() * loss_mask).sum()
+    return total * batch["loss_scale"], {"lm_loss_sum": total.detach().clone(), "lm_tokens": loss_mask.sum()}
+
+
 def lm_forward_step(data_iterator, model):
     batch = next(data_iterator)
     tokens = batch["tokens"]
-    out = model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device),
-                labels=batch["labels"])
+    positions = batch["position_ids"] if "position_ids" in batch else position_ids(tokens)
+    mask = batch["attention_mask"] if "attention_mask" in batch else causal_attention_mask(tokens.shape[1], tokens.device)
+    if "loss_scale" in batch:  # logits out (on the last pipeline stage); the loss function masks the padding
+        return model(tokens, positions, mask), partial(_scaled_sum, batch)
+    out = model(tokens, positions, mask, labels=batch["labels"])
     return out, partial(_masked_mean, batch["loss_mask"].float())
 
 

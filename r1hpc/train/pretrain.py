@@ -74,11 +74,17 @@ def prepare_tokenizer(cfg, base_dir: Path) -> tuple[TextTokenizer, list[tuple[st
     return tok, corpus
 
 
+def encode_pairs(tok: TextTokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per (prompt, completion) pair, EOS appended. Prompt and completion
+    are encoded apart, as a rollout sees them (the prompt alone, then sampled tokens), so no BPE
+    merge crosses the boundary."""
+    seqs = [(tok.encode(p), tok.encode(c) + [tok.eos_id]) for p, c in pairs]
+    return [(p + c, len(p)) for p, c in seqs]
+
+
 def encode_corpus(tok: TextTokenizer, corpus: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
-    """(token ids, prompt length) per pair. Prompt and completion are encoded apart, as a rollout
-    sees them (the prompt alone, then sampled tokens), so no BPE merge crosses the boundary."""
-    seqs = [(tok.encode(p), tok.encode(c) + [tok.eos_id]) for p, c in corpus]
-    return [(p + c, len(p)) for p, c in seqs if len(p) + len(c) <= max_len]
+    """:func:`encode_pairs`, leaving out sequences longer than ``max_len``."""
+    return [(ids, n) for ids, n in encode_pairs(tok, corpus) if len(ids) <= max_len]
 
 
 def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) -> dict:
