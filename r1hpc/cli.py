@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                          "as an SFT JSONL dataset with provenance (docs/rejection.md)")
     _add_config_args(rej)
     rej.add_argument("--samples", required=True, help="rollout directory holding merged.json (r1hpc rollout + merge)")
-    rej.add_argument("--out", required=True, help="the dataset, e.g. data/sft.jsonl (stats beside it: .stats.json)")
+    rej.add_argument("--out", required=True, help="the dataset, e.g. data/sft.jsonl (its counts beside it: <name>.provenance.json)")
     from r1hpc.launch.cli import add_launch_parser
 
     add_launch_parser(sub)

@@ -125,22 +125,22 @@ def problem_record(problem: Problem) -> dict[str, Any]:
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]], provenance: Mapping[str, Any]) -> Path:
-    """Write ``records`` one per line (atomically) and ``<name>.provenance.json`` beside them with
-    ``provenance`` (what made the data: config, checkpoint, sources), time, count and sha256."""
+    """Write ``records`` one per line and ``<name>.provenance.json`` beside them with ``provenance``
+    (what made the data: config, checkpoint, sources, counts), time, count and sha256. Each file is
+    either the old one or the complete new one, never a partial one (a job killed mid-write)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
     digest, count = hashlib.sha256(), 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                line = json.dumps(record, ensure_ascii=False) + "\n"
-                f.write(line)
-                digest.update(line.encode("utf-8"))
-                count += 1
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def lines():
+        nonlocal count
+        for record in records:
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+            digest.update(line.encode("utf-8"))
+            count += 1
+            yield line
+
+    write_atomic(p, lines())
     meta = {
         **provenance,
         "file": p.name,
@@ -148,8 +148,27 @@ def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]], provenan
         "sha256": digest.hexdigest(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    provenance_path(p).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    write_atomic(provenance_path(p), [json.dumps(meta, indent=1, default=str) + "\n"])
     return p
+
+
+def write_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
 
 
 def provenance_path(path: str | Path) -> Path:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from r1hpc.config import ConfigError
+from r1hpc.data.jsonl import provenance_path, write_jsonl
 from r1hpc.rewards.language import language_share
 from r1hpc.rewards.spans import select_span
 
@@ -152,38 +152,14 @@ def load_rollout(samples_dir: str | Path) -> tuple[list[dict], str]:
     return merged["records"], merged["weights"]
 
 
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: ``path`` is either the old file or
-    the complete new one, never a partial one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
-
-
-def stats_path(out_path: str | Path) -> Path:
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".stats.json")
-
-
 def write_dataset(rows: list[dict], stats: dict, out_path: str | Path) -> Path:
-    """``out_path`` (JSONL, one row per line) and ``<out_path>.stats.json``, each written atomically."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    _write_atomic(stats_path(out_path), [json.dumps(stats, indent=1) + "\n"])
-    return out_path
+    """``out_path`` (JSONL, one row per line) and its provenance file holding ``stats``, each atomic."""
+    return write_jsonl(out_path, rows, {"kind": "rejection_sampling", "checkpoint": stats["checkpoint"], "stats": stats})
+
+
+def read_stats(out_path: str | Path) -> dict:
+    """The counts a dataset written by :func:`write_dataset` was made with."""
+    return json.loads(provenance_path(out_path).read_text())["stats"]
 
 
 def format_stats(stats: dict) -> str:

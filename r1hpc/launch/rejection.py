@@ -18,7 +18,7 @@ def samples_dir(out_dir: str | Path) -> Path:
 
 
 def dataset_path(out_dir: str | Path) -> Path:
-    """The SFT JSONL the reject stage writes (its counts in ``dataset.jsonl.stats.json``)."""
+    """The SFT JSONL the reject stage writes (its counts in ``dataset.provenance.json``)."""
     return Path(out_dir) / "dataset.jsonl"
 
 

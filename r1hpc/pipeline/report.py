@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from r1hpc.data.jsonl import provenance_path
 from r1hpc.launch.rejection import dataset_path
 from r1hpc.pipeline.config import STAGES
 from r1hpc.pipeline.plan import pipeline_root
@@ -21,7 +22,7 @@ def _fed(root: Path, stage: str) -> dict:
     data = {"cold_start": "cold_start_data", "rejection_sft": "rejection", "distill": "distill"}.get(stage)
     if data:
         path = dataset_path(root / data)
-        return {"dataset": str(path), "stats": _load(path.with_name(path.name + ".stats.json"))}
+        return {"dataset": str(path), "provenance": _load(provenance_path(path))}
     summary = _load(root / stage / "summary.json")
     if summary:
         return {key: summary[key] for key in ("pass_at_1_before", "pass_at_1_after", "grpo_steps", "grpo_wall_s")}
@@ -60,11 +61,11 @@ def report_table(report: dict) -> str:
 
 
 def _describe(fed: dict) -> str:
-    if "stats" in fed:
-        st = fed["stats"] or {}
-        if "samples" in st:
-            return f"{st['kept']} of {st['samples']} samples kept"
-        return f"{st['examples']} examples" if "examples" in st else "dataset"
+    if "provenance" in fed:
+        prov = fed["provenance"] or {}
+        if "stats" in prov:
+            return f"{prov['stats']['kept']} of {prov['stats']['samples']} samples kept"
+        return f"{prov['records']} {prov.get('kind', '').replace('_', '-')} examples" if "records" in prov else "dataset"
     if "grpo_steps" in fed:
         return f"{fed['grpo_steps']} GRPO steps, held-out {fed['pass_at_1_before']:.3f} -> {fed['pass_at_1_after']:.3f}"
     return ""

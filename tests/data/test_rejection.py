@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from r1hpc.config import ConfigError, load_config
-from r1hpc.data.rejection import REASONS, RejectionConfig, filter_samples, load_rollout, stats_path, write_dataset
+from r1hpc.data.rejection import REASONS, RejectionConfig, filter_samples, load_rollout, read_stats, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = "/ckpt/step-300/model"
@@ -156,13 +156,13 @@ def test_write_is_atomic_and_a_failed_write_leaves_the_old_dataset(tmp_path):
     rows, stats = filter_samples([record([ENGLISH], [1.0])], RejectionConfig(), CKPT)
     write_dataset(rows, stats, out)
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
-    assert json.loads(stats_path(out).read_text()) == stats
+    assert read_stats(out) == stats
     before = out.read_bytes()
     bad = rows + [{"response": object()}]  # not JSON: fails after the first line is written
     with pytest.raises(TypeError):
         write_dataset(bad, stats, out)
     assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == [
-        "data.jsonl", "data.jsonl.stats.json"]
+        "data.jsonl", "data.provenance.json"]
     fresh = tmp_path / "fresh.jsonl"
     with pytest.raises(TypeError):
         write_dataset(bad, stats, fresh)
@@ -246,7 +246,7 @@ def test_checkpoint_rollout_to_dataset_through_the_local_launcher(tmp_path, monk
     assert [r["index"] for r in merged["records"]] == list(range(4)) and merged["weights"] == str(base / "weights")
     scores = [s for r in merged["records"] for s in r["scores"]]
     rows = [json.loads(line) for line in dataset_path(tmp_path / "rs").read_text().splitlines()]
-    stats = json.loads(stats_path(dataset_path(tmp_path / "rs")).read_text())
+    stats = read_stats(dataset_path(tmp_path / "rs"))
     assert all(row["rewards"]["accuracy"] >= 1.0 for row in rows)
     assert stats["samples"] == len(scores) == 4 * 4 and stats["kept"] == len(rows)
     assert stats["dropped"]["score"] == sum(s["accuracy"] < 1.0 for s in scores)
@@ -260,7 +260,7 @@ def test_checkpoint_rollout_to_dataset_through_the_local_launcher(tmp_path, monk
     assert main(["reject", config, *tiny, "rejection.score_key=total", "rejection.min_accuracy=0.0",
                  "--samples", str(samples_dir(tmp_path / "rs")), "--out", str(loose)]) == 0
     rows = [json.loads(line) for line in loose.read_text().splitlines()]
-    assert rows and len(rows) == json.loads(stats_path(loose).read_text())["kept"]
+    assert rows and len(rows) == read_stats(loose)["kept"]
     _assert_rows_match(rows, merged)
     assert main(["reject", config, "--samples", str(tmp_path), "--out", str(loose)]) == 2
 

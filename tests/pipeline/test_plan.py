@@ -119,3 +119,8 @@ def test_cluster_recipes_plan_with_single_rank_array_tasks(recipe):
     if cfg.pipeline.stages == ["distill"]:  # distillation of a finished pipeline's RL model
         assert _opt(stages["distill_samples"], "--weights") == cfg.pipeline.start_weights
     assert _value(stages["distill"], "pretrain.base_dir") != cfg.pretrain.base_dir  # the student's own base
+
+
+def test_a_bad_student_fails_when_the_chain_is_planned():
+    with pytest.raises(ConfigError, match="num_layers"):
+        _plan("pipeline.student=[model.num_layers=0]")
