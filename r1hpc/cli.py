@@ -79,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sft":
             from r1hpc.config import load_config
+            from r1hpc.data.jsonl import DatasetError
             from r1hpc.train.sft import run_sft
 
-            run_sft(load_config(args.config, args.overrides))
+            try:
+                run_sft(load_config(args.config, args.overrides))
+            except DatasetError as e:
+                print(f"r1hpc: bad SFT data: {e}", file=sys.stderr)
+                return 2
             return 0
         if args.command == "cold-start":
             from r1hpc.config import load_config

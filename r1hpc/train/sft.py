@@ -197,6 +197,13 @@ def check_has_data(cfg: SFTConfig) -> None:
         raise ConfigError("sft.data: no SFT data files given (e.g. sft.data=[cold_start.jsonl])")
 
 
+def check_no_pipeline(parallel) -> None:
+    """Packed micro-batches vary in rows and width; megatron's pipeline sends fixed shapes."""
+    if parallel.pipeline_model_parallel_size > 1:
+        raise ConfigError("parallel.pipeline_model_parallel_size: SFT does not support pipeline parallelism yet; "
+                          "use TP/DP (and EP for MoE)")
+
+
 def sft(cfg, log: Callable[[str], None] = print) -> dict:
     """Train ``start_weights`` on ``cfg.sft.data`` and write ``<run_dir>/{weights/, tokenizer.json,
     metrics.jsonl, sft_meta.json, config.yaml}``. Collective; distributed must be initialised."""
@@ -208,6 +215,8 @@ def sft(cfg, log: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     s = cfg.sft
     check_has_data(s)
+    check_no_pipeline(cfg.parallel)
+    examples = load_sft_examples(s.data)[:s.max_examples]  # a bad line stops the job before any model work
     rank0 = torch.distributed.get_rank() == 0
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     base_dir = base_dir_of(cfg)
@@ -219,7 +228,6 @@ def sft(cfg, log: Callable[[str], None] = print) -> dict:
     check_layout(cfg.parallel, model_cfg, torch.distributed.get_world_size())
     check_packing_supported(cfg, model_cfg)
 
-    examples = load_sft_examples(s.data)[:s.max_examples]
     seqs, dropped = encode_examples(tok, examples, cfg.data.template, model_cfg.max_seq_length + 1)
     if dropped:
         log(f"[sft] dropped {dropped} of {len(examples)} examples longer than model.max_seq_length + 1 = "
@@ -270,6 +278,7 @@ def run_sft(cfg) -> dict:
     from r1hpc.distributed import destroy_distributed, init_distributed
 
     check_has_data(cfg.sft)  # before megatron starts
+    check_no_pipeline(cfg.parallel)
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     try:
         meta = sft(cfg, log=print if env.rank == 0 else (lambda *a, **k: None))

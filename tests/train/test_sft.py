@@ -94,6 +94,14 @@ def test_cold_start_and_sft_commands(tmp_path):
     assert json.loads(data.with_suffix(".provenance.json").read_text())["seed"] == 3
     proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "sft", CONFIG], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "sft.data: no SFT data files given" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "sft", CONFIG, f"sft.data=[{data}]",
+                           "parallel.pipeline_model_parallel_size=2"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "SFT does not support pipeline parallelism" in proc.stderr
+    with data.open("a") as f:
+        f.write('{"question": "q"}\n')
+    proc = subprocess.run([sys.executable, "-m", "r1hpc.cli", "sft", CONFIG, f"sft.data=[{data}]",
+                           f"run.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and f"r1hpc: bad SFT data: {data}:6: missing key 'response'" in proc.stderr, proc.stderr[-2000:]
 
 
 # the ci recipe with a fast tokenizer and room for the cold-start markers (15 bytes each in the BPE)
