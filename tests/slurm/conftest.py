@@ -89,9 +89,9 @@ def sacct(env: dict, job_id: str, fields: str = "JobID,State,ExitCode,NodeList,S
 
 @pytest.fixture(scope="session")
 def base(slurm, work) -> Path:
-    """The shared tiny base, trained by slurm/sft.sbatch (2 ranks on one node)."""
+    """The shared tiny base, pretrained through slurm/sft.sbatch (2 ranks on one node)."""
     job = sbatch(slurm, "sft.sbatch", [CONFIG, *tiny(work, "base")], "--nodes=1", "--ntasks-per-node=2",
-                 f"--output={work}/sft-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs")
+                 f"--output={work}/sft-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/logs,R1HPC_SFT_COMMAND=pretrain")
     rows = wait_job(slurm, job)
     log = (work / f"sft-{job}.log").read_text()
     assert rows[job]["State"] == "COMPLETED", log

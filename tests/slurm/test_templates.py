@@ -22,6 +22,24 @@ def test_sft_template_trains_the_base_with_one_log_per_rank(base, work):
     assert [n.rsplit("-", 1)[1] for n in rank_logs] == ["rank0.log", "rank1.log"]
 
 
+def test_sft_template_fine_tunes_on_cold_start_data_across_two_nodes(slurm, base, work):
+    """`r1hpc sft` (the template's default) with data-parallel ranks on n1 and n2."""
+    from r1hpc.config import load_config
+    from r1hpc.data.cold_start import build_cold_start
+
+    data = build_cold_start(load_config(ROOT / CONFIG), 64, work / "cold_start.jsonl")
+    job = sbatch(slurm, "sft.sbatch", [CONFIG, *tiny(work, "cold_start"), f"sft.data=[{data}]", "sft.batch_size=16",
+                                       "sft.micro_batch_size=4"], "--nodes=2", "--ntasks-per-node=1",
+                 "--exclusive=user", f"--output={work}/cold-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/cold_logs")
+    rows = wait_job(slurm, job)
+    assert rows[job]["State"] == "COMPLETED", (work / f"cold-{job}.log").read_text()
+    assert rows[job]["NodeList"] == "n[1-2]"
+    run = work / "runs" / "cold_start"
+    meta = json.loads((run / "sft_meta.json").read_text())
+    assert meta["examples"] == 64 and (run / "weights" / "metadata.json").is_file()
+    assert [m["step"] for m in _metrics(run)] == list(range(1, 5))  # 64 examples / 16 per step
+
+
 def test_grpo_two_nodes_equals_one_node(slurm, base, work):
     """The same 2-rank GRPO job, ranks on n1 and n2 (srun, gloo) vs both on one node: same numbers."""
     jobs = {
