@@ -16,6 +16,9 @@ from r1hpc.distributed import free_port
 def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    import torch
+
+    torch.set_num_threads(1)  # spawned after torch was imported: the variable alone no longer applies
     try:
         result = ("ok", fn(*args))
     except BaseException:  # report any failure to the parent instead of hanging it

@@ -33,12 +33,17 @@ class TokenizerConfig:
     min_frequency: int = 2
     train_examples: int = 5000
     split_digits: bool = True
+    # more single tokens beside the tags, e.g. R1's cold-start marker "|special_token|" (the R1
+    # pipeline's cold start teaches a base that never saw it to write it: one token, not fifteen)
+    extra_tokens: list[str] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         if not _MIN_VOCAB <= self.vocab_size <= 1 << 20:
             raise ConfigError(f"vocab_size must be in [{_MIN_VOCAB}, {1 << 20}], got {self.vocab_size}")
         if self.min_frequency < 1 or self.train_examples < 1:
             raise ConfigError("min_frequency and train_examples must be >= 1")
+        if any(not t or t in (PAD, BOS, EOS, *TAGS) for t in self.extra_tokens):
+            raise ConfigError(f"extra_tokens must be non-empty and differ from the built-in ones, got {self.extra_tokens}")
 
 
 def _token_text(value: Any) -> str | None:
@@ -138,8 +143,10 @@ class TextTokenizer:
             raise ValueError(f"{file}: {e} (special tokens are read from {config_file.name} beside it)") from None
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, split_digits: bool = True) -> TextTokenizer:
-    """A byte-level BPE over ``texts`` with <pad> <bos> <eos> and the four tags as single tokens."""
+def train_bpe(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, split_digits: bool = True,
+              extra_tokens: Iterable[str] = ()) -> TextTokenizer:
+    """A byte-level BPE over ``texts`` with <pad> <bos> <eos>, the four tags and ``extra_tokens`` as
+    single tokens."""
     tokenizer = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.pre_tokenizer = (
@@ -147,7 +154,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int =
     )
     tokenizer.decoder = decoders.ByteLevel()
     specials = [AddedToken(t, special=True, normalized=False) for t in (PAD, BOS, EOS)]
-    tags = [AddedToken(t, special=False, normalized=False) for t in TAGS]
+    tags = [AddedToken(t, special=False, normalized=False) for t in (*TAGS, *extra_tokens)]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -166,4 +173,4 @@ def build_tokenizer(cfg: TokenizerConfig, corpus: Iterable[tuple[str, str]] = ()
     pairs = list(corpus)[: cfg.train_examples]
     if not pairs:
         raise ValueError("training a tokenizer needs a corpus (see r1hpc.data.corpus.build_corpus)")
-    return train_bpe((p + c for p, c in pairs), cfg.vocab_size, cfg.min_frequency, cfg.split_digits)
+    return train_bpe((p + c for p, c in pairs), cfg.vocab_size, cfg.min_frequency, cfg.split_digits, cfg.extra_tokens)

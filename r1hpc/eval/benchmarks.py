@@ -128,31 +128,42 @@ def vote_key(response: str, problem: Problem, fallbacks: Sequence[str]) -> str |
 
 def summarize(records: list[dict], k: int, generate_s: float) -> dict:
     """Per-set metrics from the per-problem records (each holding k scored samples); ``generate_s``:
-    the wall time their generation took."""
+    the wall time their generation took. ``reward`` is the mean total reward; a set scored without
+    a correctness check (general prompts under model-based rewards) has no pass@1, cons@k, pass@k."""
     if not records:
         return {"problems": 0, "k": k}
-    acc = [[s.get("accuracy", 0.0) for s in r["scores"]] for r in records]
-    keys = [[None if a is None else answer_key(a) for a in r["extracted"]] for r in records]
-    n_samples = sum(len(a) for a in acc)
-    return {
-        "problems": len(records), "k": k,
-        "pass@1": sum(pass_at_1(a) for a in acc) / len(acc),
-        f"cons@{k}": sum(cons_at_k(kk, a) for kk, a in zip(keys, acc)) / len(acc),
-        f"pass@{k}": sum(pass_at_k(len(a), int(sum(x > 0.5 for x in a)), k) for a in acc) / len(acc),
-        "format": sum(s.get("format", 0.0) for r in records for s in r["scores"]) / n_samples,
+    scores = [s for r in records for s in r["scores"]]
+    n_samples = len(scores)
+    out: dict = {"problems": len(records), "k": k, "pass@1": None, f"cons@{k}": None, f"pass@{k}": None}
+    if any("accuracy" in s for s in scores):
+        acc = [[s.get("accuracy", 0.0) for s in r["scores"]] for r in records]
+        keys = [[None if a is None else answer_key(a) for a in r["extracted"]] for r in records]
+        out.update({"pass@1": sum(pass_at_1(a) for a in acc) / len(acc),
+                    f"cons@{k}": sum(cons_at_k(kk, a) for kk, a in zip(keys, acc)) / len(acc),
+                    f"pass@{k}": sum(pass_at_k(len(a), int(sum(x > 0.5 for x in a)), k) for a in acc) / len(acc)})
+    tokens = sum(sum(r["response_tokens"]) for r in records)
+    out.update({
+        "reward": sum(s.get("total", 0.0) for s in scores) / n_samples,
+        "format": sum(s.get("format", 0.0) for s in scores) / n_samples,
         "answered": sum(x is not None for r in records for x in r["extracted"]) / n_samples,
-        "response_tokens_mean": sum(sum(r["response_tokens"]) for r in records) / n_samples,
+        "response_tokens_mean": tokens / n_samples,
         "truncated": sum(sum(r["truncated"]) for r in records) / n_samples,
         "generate_s": generate_s,
-        "generate_tokens_per_s": sum(sum(r["response_tokens"]) for r in records) / max(generate_s, 1e-9),
-    }
+        "generate_tokens_per_s": tokens / max(generate_s, 1e-9),
+    })
+    return out
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    """A table cell: the number, or "-" for a metric the set does not have."""
+    return "-" if value is None else format(value, spec)
 
 
 def results_table(results: dict) -> str:
     """The results as a markdown table, one row per set."""
     sets = results["sets"]
     k = results["settings"]["k"]
-    head = ["set", "problems", "k", "pass@1", f"cons@{k}", f"pass@{k}", "format", "answered", "mean tokens",
+    head = ["set", "problems", "k", "pass@1", f"cons@{k}", f"pass@{k}", "reward", "format", "answered", "mean tokens",
             "truncated", "gen tok/s"]
     lines = [f"Checkpoint `{results['checkpoint']}`; weights `{results['weights']}`; "
              f"{results['device']['device']} (load average {results['device']['loadavg_1min']} at start). "
@@ -164,8 +175,8 @@ def results_table(results: dict) -> str:
         if not m["problems"]:
             lines.append(f"| {name} | 0 | {k} |" + " - |" * (len(head) - 3))
             continue
-        lines.append(f"| {name} | {m['problems']} | {k} | {m['pass@1']:.3f} | {m[f'cons@{k}']:.3f} | "
-                     f"{m[f'pass@{k}']:.3f} | {m['format']:.3f} | {m['answered']:.3f} | "
+        lines.append(f"| {name} | {m['problems']} | {k} | {fmt(m['pass@1'])} | {fmt(m[f'cons@{k}'])} | "
+                     f"{fmt(m[f'pass@{k}'])} | {m['reward']:.3f} | {m['format']:.3f} | {m['answered']:.3f} | "
                      f"{m['response_tokens_mean']:.0f} | {m['truncated']:.2f} | {m['generate_tokens_per_s']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from r1hpc.data.jsonl import provenance_path
+from r1hpc.eval.benchmarks import fmt
 from r1hpc.launch.rejection import dataset_path
 from r1hpc.pipeline.config import STAGES
 from r1hpc.pipeline.plan import pipeline_root
@@ -46,16 +47,20 @@ def collect(root: Path) -> dict:
 def report_table(report: dict) -> str:
     """One row per stage; per set its pass@1 and cons@k (k from that stage's evaluation)."""
     sets = sorted({name for s in report["stages"] for name in s["sets"]})
-    head = ["stage"] + [f"{name} {m}" for name in sets for m in ("pass@1", "cons@k")] + ["fed"]
+    head = ["stage"] + [f"{name} {m}" for name in sets for m in ("pass@1", "cons@k", "reward")] + ["fed"]
     lines = [f"R1 pipeline `{report['root']}`: every stage's model evaluated with the same protocol "
-             "(pass@1 averaged over k samples; cons@k majority vote over normalised answers).", "",
+             "(pass@1 averaged over k samples; cons@k majority vote over normalised answers; reward: the mean "
+             "total reward, the only score of a set judged by a model).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in report["stages"]:
         k = s["settings"]["k"]
         cells = []
         for name in sets:
             m = s["sets"].get(name)
-            cells += [f"{m['pass@1']:.3f}", f"{m[f'cons@{k}']:.3f} (k={k})"] if m and m.get("problems") else ["-", "-"]
+            if m and m.get("problems"):
+                cells += [fmt(m["pass@1"]), f"{fmt(m[f'cons@{k}'])} (k={k})", fmt(m.get("reward"))]
+            else:
+                cells += ["-", "-", "-"]
         lines.append(f"| {s['stage']} | " + " | ".join(cells) + f" | {_describe(s['fed'])} |")
     return "\n".join(lines) + "\n"
 

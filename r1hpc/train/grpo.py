@@ -29,7 +29,7 @@ from r1hpc.data.problem import Problem
 from r1hpc.rollout.generate import RolloutConfig, Sample, generate, response_text
 from r1hpc.train.batching import pack_rows, split_rows
 from r1hpc.train.engine import Engine
-from r1hpc.train.lm_loss import position_ids
+from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
 from r1hpc.model.provider import causal_attention_mask
 
 
@@ -66,20 +66,13 @@ def _vocab_start(engine: Engine) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * shard
 
 
-def _logits(model, mb: dict, vocab_start: int, vocab_size: int) -> torch.Tensor:
+def _logits(model, mb: dict, vocab_size: int) -> torch.Tensor:
     """This rank's [b, s, V_local] logits with megatron's vocab padding (to a multiple of 128 x TP)
     masked out: the sampler draws from the real vocabulary only, so the trainer's log-probs and
     entropies must too (and must not depend on the TP size through the padding)."""
     tokens = mb["tokens"]
-    logits = model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
-    real = vocab_size - vocab_start
-    if real >= logits.shape[-1]:
-        return logits
-    padding = torch.arange(logits.shape[-1], device=logits.device) >= real
-    return logits.masked_fill(padding, _MASKED_LOGIT)
-
-
-_MASKED_LOGIT = -1e4  # exp() is exactly 0 in fp32 and bf16, yet finite: p * logit stays 0, not nan
+    return mask_vocab_padding(model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device)),
+                              vocab_size)
 
 
 def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logits: torch.Tensor):
@@ -218,7 +211,7 @@ class GRPOTrainer:
 
     def _logp_step(self, vocab_start: int, data_iterator, model):
         mb = next(data_iterator)
-        return _logits(model, mb, vocab_start, self.tok.vocab_size), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
+        return _logits(model, mb, self.tok.vocab_size), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
@@ -360,7 +353,7 @@ class GRPOTrainer:
 
     def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
         mb = next(data_iterator)
-        logits = _logits(model, mb, vocab_start, self.tok.vocab_size)
+        logits = _logits(model, mb, self.tok.vocab_size)
         if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
             with torch.no_grad():
                 sel = mb["response_mask"]

@@ -18,7 +18,7 @@ needs_shared = pytest.mark.skipif(SHARED is None or not (SHARED / "gsm8k.jsonl")
 
 
 def _record(answers, accuracy, tokens=10, truncated=False):
-    return {"extracted": answers, "scores": [{"accuracy": a, "format": 1.0 if a else 0.0} for a in accuracy],
+    return {"extracted": answers, "scores": [{"accuracy": a, "format": 1.0 if a else 0.0, "total": 1.1 * a} for a in accuracy],
             "response_tokens": [tokens] * len(answers), "truncated": [truncated] * len(answers)}
 
 
@@ -28,11 +28,24 @@ def test_summarize_hand_computed():
     m = summarize(records, 4, 2.0)
     assert m["problems"] == 2 and m["k"] == 4
     assert m["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert m["reward"] == pytest.approx(3 * 1.1 / 8)
     assert m["cons@4"] == pytest.approx(0.5)
     assert m["pass@4"] == pytest.approx(1.0)
     assert m["format"] == pytest.approx(3 / 8) and m["answered"] == pytest.approx(7 / 8)
     assert m["response_tokens_mean"] == pytest.approx(20.0) and m["truncated"] == pytest.approx(0.5)
     assert m["generate_tokens_per_s"] == pytest.approx(80.0)
+
+
+def test_a_set_judged_by_a_model_has_a_mean_reward_and_no_pass_at_k():
+    judged = [{"extracted": [None, None], "scores": [{"helpfulness": 1.0, "total": 1.0}, {"helpfulness": 0.0, "total": 0.25}],
+               "response_tokens": [5, 7], "truncated": [False, False]}]
+    m = summarize(judged, 2, 1.0)
+    assert m["pass@1"] is None and m["cons@2"] is None and m["pass@2"] is None
+    assert m["reward"] == pytest.approx(0.625) and m["response_tokens_mean"] == pytest.approx(6.0)
+    results = {"checkpoint": "ck", "weights": "w", "device": {"device": "CPU", "loadavg_1min": 0.0},
+               "settings": {"k": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "template": "chat"},
+               "sets": {"general": m}}
+    assert "| general | 1 | 2 | - | - | - | 0.625 |" in results_table(results)
 
 
 def test_results_table_has_one_row_per_set():
@@ -42,7 +55,7 @@ def test_results_table_has_one_row_per_set():
                "sets": {"gsm8k": m, "math500": summarize([], 2, 0.0)}}
     table = results_table(results)
     assert "| set | problems | k | pass@1 | cons@2 | pass@2 |" in table
-    assert "| gsm8k | 1 | 2 | 0.500 | 1.000 | 1.000 | 0.500 | 1.000 | 10 | 0.00 | 20.0 |" in table
+    assert "| gsm8k | 1 | 2 | 0.500 | 1.000 | 1.000 | 0.550 | 0.500 | 1.000 | 10 | 0.00 | 20.0 |" in table
     assert "| math500 | 0 | 2 |" in table
 
 
