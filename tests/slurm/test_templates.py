@@ -36,8 +36,9 @@ def test_sft_template_fine_tunes_on_cold_start_data_across_two_nodes(slurm, base
     assert rows[job]["NodeList"] == "n[1-2]"
     run = work / "runs" / "cold_start"
     meta = json.loads((run / "sft_meta.json").read_text())
-    assert meta["examples"] == 64 and (run / "weights" / "metadata.json").is_file()
-    assert [m["step"] for m in _metrics(run)] == list(range(1, 5))  # 64 examples / 16 per step
+    assert meta["examples"] + meta["dropped_too_long"] == 64 and (run / "weights" / "metadata.json").is_file()
+    assert meta["steps"] == -(-meta["examples"] // 16)  # 16 examples per step, both ranks together
+    assert [m["step"] for m in _metrics(run)] == list(range(1, meta["steps"] + 1))
 
 
 def test_grpo_two_nodes_equals_one_node(slurm, base, work):
