@@ -19,7 +19,7 @@ from r1hpc.rewards.language import language_share
 from r1hpc.rewards.spans import select_span
 
 # the reasons a sample is dropped, in the order the filters run
-REASONS = ("score", "language", "paragraph", "code_block", "duplicate", "max_per_prompt")
+REASONS = ("score", "format", "language", "paragraph", "code_block", "duplicate", "max_per_prompt")
 _FENCE_RE = re.compile(r"^[ \t]*```", re.M)
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
 
@@ -32,6 +32,9 @@ class RejectionConfig:
 
     score_key: str = "accuracy"
     min_accuracy: float = 1.0
+    # drop samples whose "format" reward (when their source scores one) is below this: a correct
+    # answer in the wrong form (e.g. not in the cold-start form) is not SFT data; 0 = off
+    min_format: float = 1.0
     # kept samples per prompt, the first ones in sample order; 0 = all
     max_per_prompt: int = 0
     # drop chains of thought (the think span) whose share in rewards.language is below min_language_share
@@ -72,6 +75,8 @@ def _drop_reason(response: str, score: dict, data_source: str, cfg: RejectionCon
                  starts_in_think: bool) -> str | None:
     if score[cfg.score_key] < cfg.min_accuracy:
         return "score"
+    if score.get("format", cfg.min_format) < cfg.min_format:
+        return "format"
     if cfg.language and language_share(select_span(response, "think", starts_in_think=starts_in_think),
                                        language) < cfg.min_language_share:
         return "language"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Literal, Optional
 
 from r1hpc.config import ConfigError
 
@@ -28,6 +28,9 @@ class PipelineConfig:
     distill_prompts: int = 256  # prompts the teacher answers for the student
     distill_samples: int = 2
     shards: int = 2  # job-array tasks of each sampling and evaluation stage
+    # what the rejection-sampling SFT fine-tunes: "base" as R1 (DeepSeek-V3-Base on 800k samples), or
+    # "previous", the reasoning-RL model, when the rejection data is too small to rebuild a model
+    rejection_sft_init: Literal["base", "previous"] = "base"
     evaluate: bool = True  # `r1hpc evaluate` after every stage that makes a model
     stage_overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     student: list[str] = dataclasses.field(default_factory=list)

@@ -97,7 +97,9 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
         elif stage == "rejection_sft":
             last, data = sample_and_filter("rejection", current, p.rejection_prompts, p.rejection_samples, last)
             # R1 fine-tunes the base (DeepSeek-V3-Base), not the RL checkpoint, on the rejection-sampled data
-            last = add(stage, "sft", [], last, job_overrides=[*stage_overrides(stage, formatted), f"sft.data=[{data}]"])
+            init = [] if p.rejection_sft_init == "base" else [f"run.init_weights={current.weights}"]
+            last = add(stage, "sft", [], last,
+                       job_overrides=[*stage_overrides(stage, formatted), f"sft.data=[{data}]", *init])
             current = Model(stage, str(root / stage / "weights"), stage_overrides(stage, formatted))
         elif stage == "distill":
             last, data = sample_and_filter("distill", current, p.distill_prompts, p.distill_samples, last)

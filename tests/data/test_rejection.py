@@ -123,9 +123,20 @@ def test_rows_carry_exact_provenance_and_stats_count_every_sample():
          "rewards": {"accuracy": 1.0, "format": 1.0, "total": 1.1}, "checkpoint": CKPT}]
     assert {k: v for k, v in stats.items() if k != "config"} == {
         "checkpoint": CKPT, "samples": 6, "kept": 2, "prompts": 3, "prompts_with_kept": 2,
-        "dropped": {"score": 2, "language": 1, "paragraph": 0, "code_block": 0, "duplicate": 1, "max_per_prompt": 0},
+        "dropped": {"score": 2, "format": 0, "language": 1, "paragraph": 0, "code_block": 0, "duplicate": 1, "max_per_prompt": 0},
         "per_source": {"arithmetic": {"kept": 1, "total": 5}, "humaneval": {"kept": 1, "total": 1}}}
     assert stats["config"]["min_accuracy"] == 1.0
+
+
+def test_a_correct_answer_in_the_wrong_form_is_dropped():
+    rec = record([ENGLISH, ENGLISH + " ", ENGLISH + "  "], [1.0, 1.0, 1.0])
+    rec["scores"][1]["format"] = 0.0
+    rec["scores"][2]["format"] = 0.5
+    assert kept([rec], dedupe=False) == ([0], drops(format=2))
+    assert kept([rec], dedupe=False, min_format=0.5) == ([0, 2], drops(format=1))
+    assert kept([rec], dedupe=False, min_format=0.0) == ([0, 1, 2], drops())
+    del rec["scores"][1]["format"]  # a source without a format reward: nothing to check
+    assert kept([rec], dedupe=False) == ([0, 1], drops(format=1))
 
 
 def test_judge_scored_source_is_kept_by_the_judges_verdict():
@@ -258,6 +269,7 @@ def test_checkpoint_rollout_to_dataset_through_the_local_launcher(tmp_path, monk
 
     loose = tmp_path / "loose.jsonl"
     assert main(["reject", config, *tiny, "rejection.score_key=total", "rejection.min_accuracy=0.0",
+                 "rejection.min_format=0",
                  "--samples", str(samples_dir(tmp_path / "rs")), "--out", str(loose)]) == 0
     rows = [json.loads(line) for line in loose.read_text().splitlines()]
     assert rows and len(rows) == read_stats(loose)["kept"]

@@ -48,7 +48,9 @@ def test_full_chain_runs_in_r1_order_each_stage_starting_from_the_one_before():
     assert _value(stages["cold_start"], "run.init_weights") == f"{root}/base/weights"
     assert _value(stages["reasoning_rl"], "run.init_weights") == f"{root}/cold_start/weights"
     assert _opt(stages["rejection_samples"], "--weights") == f"{root}/reasoning_rl/checkpoints"
-    assert _value(stages["rejection_sft"], "run.init_weights") is None  # R1: the base, not the RL model
+    assert _value(stages["rejection_sft"], "run.init_weights") == f"{root}/reasoning_rl/checkpoints"  # the recipe's
+    r1_way, _ = _plan("run.output_dir=/r", "pipeline.rejection_sft_init=base")
+    assert _value(r1_way["rejection_sft"], "run.init_weights") is None  # R1: the base, not the RL model
     assert _value(stages["all_scenarios_rl"], "run.init_weights") == f"{root}/rejection_sft/weights"
     assert _opt(stages["distill_samples"], "--weights") == f"{root}/all_scenarios_rl/checkpoints"
     # data files flow from the sampler through the filter into SFT
