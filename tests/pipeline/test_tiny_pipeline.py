@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the recipe's base (500 steps: a weak base, but one that gets some additions right) and fewer of
 # everything after it; rejection sampling and distillation keep the correct samples of 32 prompts x 4
 SHRINK = ["grpo.steps=2", "rollout.prompts_per_step=4", "rollout.group_size=4", "eval.num_problems=6",
-          "eval.samples_per_problem=2", "pipeline.cold_start_examples=256", "pipeline.rejection_prompts=32",
+          "eval.samples_per_problem=2", "pipeline.rejection_prompts=32",
           "pipeline.rejection_samples=4", "pipeline.distill_prompts=32", "pipeline.distill_samples=4",
           "pipeline.shards=2", "rewards.judges.helpfulness.max_new_tokens=4",
           "rewards.judges.harmlessness.max_new_tokens=4",
