@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(train)
     train.add_argument("--resume", metavar="auto|none|PATH",
                        help="sets checkpoint.resume: auto = the newest complete checkpoint (docs/checkpointing.md)")
+    worker = sub.add_parser("rollout-worker", help="a rollout worker of a disaggregated run: serve the trainer's "
+                            "orders from its newest weights until it finishes (docs/disaggregated.md)")
+    _add_config_args(worker)
+    worker.add_argument("--worker-id", help="default: w<SLURM_ARRAY_TASK_ID>, else <host>-<pid>")
     convert = sub.add_parser("convert", help="Hugging Face safetensors (or a GGUF file) <-> megatron checkpoint "
                              "(docs/hf_weights.md)")
     convert.add_argument("direction", choices=["hf-to-megatron", "megatron-to-hf"])
@@ -158,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"r1hpc reject: {format_stats(stats)} -> {args.out}")
             return 0
+        if args.command == "rollout-worker":
+            from r1hpc.config import load_config
+            from r1hpc.disagg.worker import run_rollout_worker
+
+            return run_rollout_worker(load_config(args.config, ["disagg.enabled=true", *args.overrides]),
+                                      args.worker_id)
         if args.command == "launch":
             from r1hpc.launch.cli import run_launch
 

@@ -9,6 +9,7 @@ from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.config import ConfigError
 from r1hpc.data.config import DataConfig
 from r1hpc.data.rejection import RejectionConfig
+from r1hpc.disagg.config import DisaggConfig, check_disagg
 from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
@@ -56,8 +57,11 @@ class RunConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     rejection: RejectionConfig = dataclasses.field(default_factory=RejectionConfig)
+    disagg: DisaggConfig = dataclasses.field(default_factory=DisaggConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)
         if self.algo.max_response_len != self.rollout.max_new_tokens and self.algo.overlong_buffer_len:
             raise ConfigError("algo.max_response_len must equal rollout.max_new_tokens when overlong shaping is on")
+        if self.disagg.enabled:
+            check_disagg(self)

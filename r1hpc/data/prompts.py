@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -74,6 +75,18 @@ def training_stream(data, seed: int) -> Iterator[Problem]:
         return file_stream(data.prompts, seed)
     return _mixed(stream(data.mix, "train", seed=seed), file_stream(data.prompts, seed),
                   data.prompts.synthetic_share, random.Random(f"sources:{seed}"))
+
+
+def training_problems(data, seed: int):
+    """The GRPO prompt stream as a resumable iterator (``state_dict``/``load_state_dict``): the
+    curriculum's when ``data.curriculum`` is on, else a cursor over ``training_stream``."""
+    if data.curriculum.kind != "none":
+        from r1hpc.data.curriculum import CurriculumStream
+
+        return CurriculumStream(data.mix, data.curriculum, seed)
+    from r1hpc.checkpoint.cursor import StreamCursor
+
+    return StreamCursor(partial(training_stream, data, seed=seed))
 
 
 def _mixed(synthetic: Iterator[Problem], files: Iterator[Problem], share: float, rng: random.Random) -> Iterator[Problem]:

@@ -21,6 +21,13 @@ def add_launch_parser(sub) -> None:
                    "reject writes <out>/reject/dataset.jsonl from the rollout stage's samples")
     p.add_argument("--weights", help="megatron checkpoint the eval/rollout/evaluate stages load (default: the "
                    "recipe's base)")
+    p.add_argument("--mode", choices=("colocated", "disaggregated"), default="colocated",
+                   help="disaggregated: the train job takes its batches from a rollout job array "
+                   "(docs/disaggregated.md); --stages must be train")
+    p.add_argument("--rollout-workers", type=int, default=2, help="rollout array tasks (disaggregated)")
+    p.add_argument("--rollout-partition", help="partition of the rollout tasks (default: --partition)")
+    p.add_argument("--rollout-gpus", type=int, default=1, help="GPUs per rollout task (0 for CPU)")
+    p.add_argument("--rollout-cpus", type=int, default=8, help="CPUs per rollout task")
 
 
 def add_resource_args(p) -> None:
@@ -66,7 +73,27 @@ def resources_from_args(args) -> Resources:
                      exclusive=not args.no_exclusive)
 
 
+def run_disaggregated(args) -> int:
+    from r1hpc.disagg.launch import run_local_disaggregated, submit_disaggregated, watch_disaggregated
+    from r1hpc.launch.launcher import slurm_available
+
+    if args.stages.strip() != "train" or args.rollout_workers < 1:
+        print("r1hpc launch: --mode disaggregated runs one train stage (--stages train) with "
+              "--rollout-workers >= 1", file=sys.stderr)
+        return 2
+    if args.local or not slurm_available():
+        return run_local_disaggregated(args.config, list(args.overrides), args.rollout_workers)
+    trainer = resources_from_args(args)
+    workers = Resources(nodes=1, ntasks_per_node=1, gpus_per_node=args.rollout_gpus, cpus_per_task=args.rollout_cpus,
+                        time_minutes=args.time, partition=args.rollout_partition or args.partition, exclusive=False)
+    jobs = submit_disaggregated(args.config, list(args.overrides), trainer, workers, args.rollout_workers, args.folder)
+    print(f"[launch] trainer job {jobs.trainer.job_id}; rollout tasks {', '.join(t.job_id for t in jobs.workers)}")
+    return 0 if args.no_wait else watch_disaggregated(jobs)
+
+
 def run_launch(args) -> int:
+    if args.mode == "disaggregated":
+        return run_disaggregated(args)
     try:
         stages = stages_from_args(args)
     except ValueError as e:

@@ -26,7 +26,8 @@ from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, truncated_is_weights
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
-from r1hpc.rollout.generate import RolloutConfig, Sample, generate, response_text
+from r1hpc.rollout.generate import RolloutConfig, Sample, response_text
+from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows, split_rows
 from r1hpc.train.engine import Engine
 from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
@@ -109,13 +110,15 @@ class GRPOTrainer:
 
     def __init__(self, policy: Engine, reference: Optional[Engine], *, tokenizer, scorer, algo: AlgoConfig,
                  rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int,
-                 monitor=None) -> None:
+                 monitor=None, source=None) -> None:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
         self.algo, self.rollout_cfg, self.cfg, self.render = algo, rollout, grpo, render
         self.problems, self.seed = problems, seed
         self.monitor = monitor  # r1hpc.monitor.Monitor: reads each rollout batch, adds its metrics
+        # r1hpc.disagg.source.ExchangeSource: batches come from rollout workers, weights go back to them
+        self.source = source
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         if rollout.prompts_per_step % self.dp:
@@ -133,6 +136,8 @@ class GRPOTrainer:
         state = {"step": self.step, "problems": self.problems.state_dict()}
         if self.monitor is not None:
             state["monitor"] = self.monitor.state_dict()
+        if self.source is not None:
+            state["source"] = self.source.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -140,17 +145,14 @@ class GRPOTrainer:
         self.problems.load_state_dict(state["problems"])
         if self.monitor is not None:
             self.monitor.load_state_dict(state["monitor"])
+        if self.source is not None and "source" in state:
+            self.source.load_state_dict(state["source"])
 
     # ----------------------------------------------------------------- rollout and rewards
     def _rollout(self, problems: list[Problem]) -> list[Sample]:
-        G = self.rollout_cfg.group_size
-        prompts = [self.tok.encode(self.render(p.question)) for p in problems for _ in range(G)]
-        gen = torch.Generator().manual_seed(hash((self.seed, self.step, self.dp_rank, len(problems))) % 2**62)
-        r = self.rollout_cfg
-        return generate(self.policy.module, prompts, vocab_size=self.tok.vocab_size, stop_ids=self.tok.stop_token_ids,
-                        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-                        max_seq_length=self.policy.model_cfg.max_seq_length, generator=gen,
-                        max_batch_rows=r.max_batch_rows, sampler=r.sampler)
+        return rollout_groups(self.policy.module, self.tok, problems, render=self.render, rollout=self.rollout_cfg,
+                              seed=self.seed, step=self.step, shard=self.dp_rank,
+                              max_seq_length=self.policy.model_cfg.max_seq_length)
 
     def _score(self, samples: list[Sample], problems: list[Problem]) -> list[dict[str, float]]:
         """Score on TP rank 0 of each model-parallel group and share: TP ranks hold identical samples."""
@@ -216,7 +218,12 @@ class GRPOTrainer:
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        samples, scores, problems, ds_stats = self._collect()
+        source_metrics: dict[str, float] = {}
+        if self.source is not None:
+            samples, scores, problems, source_metrics = self.source.collect(self.step, self.problems)
+            ds_stats = {}
+        else:
+            samples, scores, problems, ds_stats = self._collect()
         t_rollout_reward = time.perf_counter() - t0
         G = self.rollout_cfg.group_size
         n_groups = len(problems)
@@ -258,11 +265,18 @@ class GRPOTrainer:
         t_train = time.perf_counter() - t2
 
         metrics.update(self._rollout_metrics(scores, samples, rewards, lengths, zero_std, ds_stats))
+        if hasattr(self.problems, "observe"):  # a curriculum re-weights the next draws by these rewards
+            metrics.update(self._observe_curriculum(problems, scores))
         metrics.update(update_stats)
         if self.monitor is not None:
             metrics.update(self.monitor.observe(self.step + 1, samples, scores, [p for p in problems for _ in range(G)],
                                                 metrics))
+        if self.source is not None:  # workers may start on the next batch as soon as these weights land
+            source_metrics["disagg/publish_s"] = self.source.publish(self.step + 1)
         elapsed = time.perf_counter() - t0
+        if source_metrics:
+            source_metrics["disagg/idle_frac"] = source_metrics["disagg/idle_s"] / elapsed
+            metrics.update(source_metrics)
         total_tokens = self._dp_sum(float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)))
         metrics.update({"timing/rollout_reward_s": t_rollout_reward, "timing/logprob_s": t_logp,
                         "timing/train_s": t_train, "timing/step_s": elapsed,
@@ -378,6 +392,25 @@ class GRPOTrainer:
         if self.algo.dynamic_sampling:
             out["dynamic_sampling/groups_dropped"] = float(ds_stats["groups_dropped"])
         out["reward/timeouts"] = float(getattr(self.scorer, "timeouts", 0))
+        return out
+
+    def _observe_curriculum(self, problems: list[Problem], scores: list[dict]) -> dict[str, float]:
+        """Per task, the sum over its groups of p(1 - p) (p = the group's mean accuracy) and the group
+        count, summed over DP ranks so every rank's stream sees the same numbers."""
+        tasks = self.problems.tasks
+        G = self.rollout_cfg.group_size
+        sums = torch.zeros(len(tasks), 2, dtype=torch.float64)
+        for g, p in enumerate(problems):
+            acc = [s.get("accuracy", s["total"]) for s in scores[g * G:(g + 1) * G]]
+            mean = sum(acc) / G
+            sums[tasks.index(p.data_source)] += torch.tensor([mean * (1 - mean), 1.0], dtype=torch.float64)
+        if self.dp > 1:
+            from megatron.core import parallel_state
+
+            torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+        self.problems.observe({t: (float(sums[i, 0]), float(sums[i, 1])) for i, t in enumerate(tasks)})
+        out = {f"curriculum/weight/{t}": w for t, w in zip(tasks, self.problems.weights())}
+        out.update({f"curriculum/learnability/{t}": v for t, v in self.problems.learnability.items() if v is not None})
         return out
 
     def _dp_mean(self, values: torch.Tensor) -> float:

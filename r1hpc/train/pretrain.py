@@ -57,6 +57,7 @@ def base_fingerprint(cfg) -> str:
                 "seed": cfg.run.seed}
     relevant["pretrain"].pop("reuse", None)
     relevant["pretrain"].pop("base_dir", None)
+    relevant["data"].pop("curriculum", None)  # orders the RL prompts only; the base never sees it
     relevant["data"].pop("prompts", None)  # the GRPO prompt source does not shape the base
     relevant["model"].pop("vocab_size", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

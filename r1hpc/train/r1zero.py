@@ -12,14 +12,15 @@ from pathlib import Path
 import torch
 
 from r1hpc.checkpoint.compat import check_resumable, current_layout
-from r1hpc.checkpoint.cursor import StreamCursor
 from r1hpc.checkpoint.layout import read_meta
 from r1hpc.checkpoint.manager import CheckpointManager
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
 from r1hpc.checkpoint.resume import choose_checkpoint, clear_stale
 from r1hpc.config import ConfigError, dump_yaml, to_dict
-from r1hpc.data.prompts import heldout_problems, run_data_sources, training_stream
+from r1hpc.data.prompts import heldout_problems, run_data_sources, training_problems, training_stream
 from r1hpc.data.templates import render_prompt
+from r1hpc.disagg.config import exchange_root
+from r1hpc.disagg.source import ExchangeSource
 from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
@@ -93,10 +94,15 @@ def run_r1zero(cfg) -> dict:
                                                  if k.startswith("pass@1") or k == "format"))
         return result
 
+    source = None
     try:
-        problems = StreamCursor(partial(training_stream, cfg.data, seed=cfg.run.seed))
+        problems = training_problems(cfg.data, cfg.run.seed)
+        if cfg.disagg.enabled:
+            source = ExchangeSource(cfg.disagg, exchange_root(cfg), policy_module=policy.module,
+                                    make_stream=partial(training_stream, cfg.data, seed=cfg.run.seed), prompts_per_step=cfg.rollout.prompts_per_step,
+                                    group_size=cfg.rollout.group_size, seed=cfg.run.seed, say=say)
         trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
-                              grpo=cfg.grpo, render=render, problems=problems, seed=cfg.run.seed,
+                              grpo=cfg.grpo, render=render, problems=problems, seed=cfg.run.seed, source=source,
                               monitor=Monitor(cfg.monitor, tok, policy.module, run_dir, writer=rank0, say=say)
                               if cfg.monitor.enabled else None)
         ckpt = CheckpointManager(cfg.checkpoint, ckpt_dir, policy=policy, trainer=trainer, scorer=scorer,
@@ -116,6 +122,10 @@ def run_r1zero(cfg) -> dict:
             say(f"[resume] continuing from step {steps_done} ({resume_from})")
         else:
             evaluate(0)
+        if source is not None:
+            source.start(trainer.step, problems.drawn)
+            say(f"[disagg] exchange {source.ex.root}: life {source.life}, weights v{trainer.step} published; "
+                f"waiting for rollout workers")
         before = evals[0]
         t_grpo, evals_before = time.perf_counter(), len(evals)
 
@@ -150,7 +160,11 @@ def run_r1zero(cfg) -> dict:
         after = evaluate(steps_done)
         logger.log(steps_done, {f"eval/{k}": v for k, v in after.items() if k != "step"})
         save(steps_done, finished=steps_done >= cfg.grpo.steps)
+        if source is not None:
+            source.finish(steps_done)
     finally:
+        if source is not None:
+            source.close()
         guard.uninstall()
         scorer.close()
         logger.close()
