@@ -126,14 +126,14 @@ def test_a_worker_killed_mid_write_and_requeued_loses_and_repeats_nothing(out, c
 
 
 def test_staleness_one_overlaps_sampling_and_training(out, colocated):
-    """With max_staleness 1 the worker samples step t+1 from v_t while the trainer trains step t."""
+    """With max_staleness 1 the worker samples step t+1 from v_t while the trainer trains step t.
+    Started the way users start it without Slurm: ``r1hpc launch --mode disaggregated --local``."""
     name = "stale"
     ov = _overrides(out, name) + ["disagg.max_staleness=1", "algo.tis_cap=2.0"]
-    worker = _cli(["rollout-worker", CONFIG, *ov, "--worker-id", "w0"], _env())
-    trainer = _cli(["train", CONFIG, *ov, "disagg.enabled=true"], _env())
-    log = trainer.communicate(timeout=900)[0]
-    worker.communicate(timeout=120)
-    assert trainer.returncode == 0, log[-4000:]
+    launch = _cli(["launch", CONFIG, *ov, "--mode", "disaggregated", "--rollout-workers", "1", "--local"], _env())
+    log = launch.communicate(timeout=900)[0]
+    assert launch.returncode == 0, log[-4000:]
+    assert "the trainer finished" in log  # the worker left on DONE, not by being killed
     ledger = Exchange(out / name / "exchange").read_ledger()
     assert sorted(r["step"] for r in ledger) == list(range(STEPS))
     assert {r["staleness"] for r in ledger} <= {0, 1} and any(r["staleness"] == 1 for r in ledger)
