@@ -26,7 +26,7 @@ class ExchangeTimeout(RuntimeError):
     pass
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Beats a record every ``period`` seconds from a daemon thread, so a long step still shows life."""
 
     def __init__(self, beat: Callable[[], None], period: float) -> None:
@@ -61,7 +61,7 @@ class ExchangeSource:
         self.version = 0
         self.posted_through = -1
         self._ahead: Optional[Iterator[Problem]] = None
-        self._heartbeat: Optional[_Heartbeat] = None
+        self._heartbeat: Optional[Heartbeat] = None
         self._state = "starting"
         self.totals = {"reposted": 0, "dropped_stale": 0, "idle_s": 0.0}
         self.staleness_hist: Counter = Counter()
@@ -89,7 +89,7 @@ class ExchangeSource:
         self._state = f"publishing v{step}"
         if self.rank0:
             self._beat()
-            self._heartbeat = _Heartbeat(self._beat, self.cfg.heartbeat_s)
+            self._heartbeat = Heartbeat(self._beat, self.cfg.heartbeat_s)
             self._heartbeat.start()
         self.publish(step)
 
@@ -154,10 +154,10 @@ class ExchangeSource:
         self._post_ahead(step)
         t0 = time.perf_counter()
         self._state = f"waiting for step {step}"
-        files = self._wait_for_step(step) if self.rank0 else None
-        box = [files]
+        checked = self._wait_for_step(step) if self.rank0 else None  # rank 0 read them to check them
+        box = [[str(self.ex.batch_path(b.order)) for b in checked] if checked else None]
         torch.distributed.broadcast_object_list(box, src=0)
-        batches = [load_batch(Path(f)) for f in box[0]]
+        batches = checked or [load_batch(Path(f)) for f in box[0]]
         idle = time.perf_counter() - t0
         self._state = f"training step {step}"
         expected = [next(problems) for _ in range(self.prompts_per_step)]
@@ -193,7 +193,7 @@ class ExchangeSource:
         return ([s for _, ss, _ in mine for s in ss], [x for _, _, xs in mine for x in xs],
                 [p for p, _, _ in mine], metrics)
 
-    def _wait_for_step(self, step: int) -> list[str]:
+    def _wait_for_step(self, step: int) -> list[RolloutBatch]:
         """Rank 0: block until every shard of ``step`` has a usable batch; re-post orders whose
         worker went silent, drop batches older than the staleness bound, report while waiting."""
         J = self.cfg.shards_per_step
@@ -201,11 +201,15 @@ class ExchangeSource:
         start = time.monotonic()
         next_status = start + self.cfg.status_every_s
         pause = self.cfg.poll_s
-        usable: set[str] = set()
+        usable: dict[str, RolloutBatch] = {}
         while True:
-            usable |= {n for n in names if n not in usable and self.ex.batch_path(n).exists() and self._usable(n, step)}
+            for n in names:
+                if n not in usable and self.ex.batch_path(n).exists():
+                    batch = self._checked(n, step)
+                    if batch is not None:
+                        usable[n] = batch
             if len(usable) == J:
-                return [str(self.ex.batch_path(n)) for n in names]
+                return [usable[n] for n in names]
             self._expire_leases()
             now = time.monotonic()
             if now - start > 60 * self.cfg.wait_timeout_minutes:
@@ -217,18 +221,18 @@ class ExchangeSource:
             time.sleep(pause)
             pause = min(2 * pause, self.cfg.max_poll_s)
 
-    def _usable(self, name: str, step: int) -> bool:
-        """A batch within the staleness bound; an older one is dropped and its order re-posted."""
+    def _checked(self, name: str, step: int) -> Optional[RolloutBatch]:
+        """The batch when within the staleness bound; an older one is dropped and its order re-posted."""
         path = self.ex.batch_path(name)
-        batch: RolloutBatch = load_batch(path)
+        batch = load_batch(path)
         if step - batch.version <= self.cfg.max_staleness:
-            return True
+            return batch
         self.say(f"[disagg] dropping {name}: sampled by v{batch.version}, {step - batch.version} versions old "
                  f"(disagg.max_staleness={self.cfg.max_staleness}); re-posting it")
         path.unlink(missing_ok=True)
         self.totals["dropped_stale"] += 1
         self._post(step, batch.shard, batch.problems)
-        return False
+        return None
 
     def _expire_leases(self) -> None:
         now = time.time()

@@ -22,7 +22,7 @@ from r1hpc.data.problem import Problem
 from r1hpc.disagg.batch import RolloutBatch, save_batch
 from r1hpc.disagg.exchange import Exchange, read_json
 from r1hpc.disagg.config import exchange_root
-from r1hpc.disagg.source import _Heartbeat
+from r1hpc.disagg.source import Heartbeat
 
 KILL_IN_WRITE_ENV = "R1HPC_DISAGG_TEST_KILL_IN_WRITE"  # "<worker>:<n>": SIGKILL inside the n-th batch write
 EXIT_PREEMPTED = 75  # the requeue contract of r1hpc.launch.task
@@ -166,7 +166,7 @@ class RolloutWorker:
     def run(self) -> int:
         self.ex.make_dirs()
         self._give_back_own()
-        heartbeat = _Heartbeat(self._beat, self.d.heartbeat_s)
+        heartbeat = Heartbeat(self._beat, self.d.heartbeat_s)
         self._beat()
         heartbeat.start()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
