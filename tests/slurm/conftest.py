@@ -61,15 +61,19 @@ def sbatch(env: dict, template: str, args: list[str], *options: str, cwd: Path =
     return out.stdout.strip().split(";")[0]
 
 
-def wait_job(env: dict, job_id: str, timeout: float = 600) -> dict[str, dict]:
-    """Block until every record of the job (array tasks included) is final; sacct rows by JobID."""
+_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "RESIZING", "SUSPENDED")
+
+
+def wait_job(env: dict, job_id: str, timeout: float = 600, started: bool = True) -> dict[str, dict]:
+    """Block until every record of the job (array tasks included) is final; sacct rows by JobID.
+    ``started=False`` is for a job cancelled before it ran: its array keeps one ``<id>_[..]`` row,
+    and slurmdbd learns of the cancel a little after scancel returns."""
     deadline = time.monotonic() + timeout
     while True:
         rows = sacct(env, job_id)
-        if rows and all(r["State"] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "RESIZING",
-                                           "SUSPENDED") for r in rows.values()):
+        if rows and all(r["State"] not in _ACTIVE for r in rows.values()):
             # an array shows one pending row until its tasks start
-            if not any(k.endswith("]") for k in rows):
+            if not started or not any(k.endswith("]") for k in rows):
                 return rows
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} not finished after {timeout}s: {rows}")
