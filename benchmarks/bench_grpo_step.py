@@ -150,7 +150,7 @@ def megatron_step(engine, prompts, new_tokens, mini_batches) -> dict[str, float]
                        max_new_tokens=new_tokens, max_seq_length=MAXLEN, generator=torch.Generator().manual_seed(0))
     seqs = torch.tensor([s.prompt_ids + s.response_ids for s in samples])
     t1 = time.perf_counter()
-    algo = AlgoConfig(beta=0.0, loss_agg_mode="token-mean", impl="torch")
+    algo = AlgoConfig(beta=0.0, loss_agg_mode="token-mean", impl="torch", temperature=1.0)
     for tokens, targets, mask, adv, w in update_batches(seqs, prompts.shape[1], mini_batches):
         mb = {"tokens": tokens, "targets": targets, "response_mask": mask, "advantages": adv, "weights": w}
 

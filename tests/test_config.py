@@ -150,7 +150,9 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")) == RunConfig()
+    defaults = RunConfig()
+    defaults.validate()  # resolves what follows other sections (algo.temperature)
+    assert load_config(write(tmp_path, "")) == defaults
 
 
 def test_component_validate_names_the_section(tmp_path):
@@ -299,3 +301,11 @@ def test_list_item_and_mapping_value_errors_name_their_override():
 def test_list_item_error_from_a_file_names_the_line(tmp_path):
     msg = load_error(tmp_path, "data:\n  mix:\n    seed: 3\n    tasks: [arithmetic, 3]\n")
     assert msg.startswith(f"{tmp_path / 'run.yaml'}:4: key 'data.mix.tasks[1]'")
+
+
+def test_trainer_temperature_follows_the_sampler_unless_corrected():
+    assert load_config(None, ["rollout.temperature=0.7"]).algo.temperature == 0.7
+    msg = str(pytest.raises(ConfigError, load_config, None, ["rollout.temperature=0.7", "algo.temperature=1.0"]).value)
+    assert "algo.temperature (1.0) differs from rollout.temperature (0.7)" in msg and "algo.tis_cap" in msg
+    cfg = load_config(None, ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.tis_cap=2.0"])
+    assert (cfg.algo.temperature, cfg.rollout.temperature) == (1.0, 0.7)

@@ -37,7 +37,9 @@ class AlgoConfig:
     kl_in_reward: bool = False
     loss_agg_mode: AggMode = "seq-mean-token-mean"
     entropy_coef: float = 0.0
-    temperature: float = 1.0
+    # of the trainer's log-probs; None: the sampler's (rollout.temperature), so that the trainer
+    # scores the policy that sampled. Another value needs tis_cap to correct the gap.
+    temperature: Optional[float] = None
     tis_cap: Optional[float] = None
     dynamic_sampling: bool = False
     max_response_len: int = 1024
@@ -53,7 +55,7 @@ class AlgoConfig:
             (self.dual_clip_c is None or self.dual_clip_c > 1.0, "dual_clip_c must be > 1 (or null)"),
             (self.beta >= 0.0, "beta must be >= 0"),
             (self.entropy_coef >= 0.0, "entropy_coef must be >= 0 (it is a bonus)"),
-            (self.temperature > 0.0, "temperature must be > 0"),
+            (self.temperature is None or self.temperature > 0.0, "temperature must be > 0 (or null)"),
             (self.tis_cap is None or self.tis_cap > 0.0, "tis_cap must be > 0 (or null)"),
             (self.max_response_len > 0, "max_response_len must be > 0"),
             (0 <= self.overlong_buffer_len < self.max_response_len,
@@ -64,9 +66,18 @@ class AlgoConfig:
             if not ok:
                 raise ConfigError(msg)
 
+    def with_sampling_temperature(self, rollout_temperature: float) -> "AlgoConfig":
+        """This config with ``temperature`` resolved: an unset one follows the sampler (a greedy
+        sampler, temperature 0, leaves the plain softmax)."""
+        if self.temperature is not None:
+            return self
+        return dataclasses.replace(self, temperature=rollout_temperature if rollout_temperature > 0 else 1.0)
+
     def loss_kwargs(self) -> dict:
         """The keyword arguments of :func:`grpo_loss` this config fixes. With ``kl_in_reward`` the
         KL already sits in the reward, so the loss gets beta = 0."""
+        if self.temperature is None:
+            raise ValueError("algo.temperature is unresolved: use with_sampling_temperature(rollout.temperature)")
         return {
             "temperature": self.temperature,
             "eps_low": self.eps_low,

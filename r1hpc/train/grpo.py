@@ -114,7 +114,8 @@ class GRPOTrainer:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
-        self.algo, self.rollout_cfg, self.cfg, self.render = algo, rollout, grpo, render
+        self.algo = algo.with_sampling_temperature(rollout.temperature)
+        self.rollout_cfg, self.cfg, self.render = rollout, grpo, render
         self.problems, self.seed = problems, seed
         self.monitor = monitor  # r1hpc.monitor.Monitor: reads each rollout batch, adds its metrics
         # r1hpc.disagg.source.ExchangeSource: batches come from rollout workers, weights go back to them

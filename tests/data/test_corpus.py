@@ -48,6 +48,19 @@ def test_flawed_arithmetic_drops_carries():
     assert parse_answer(worked_solution(times, random.Random(0), True)) == "842"
 
 
+def test_linear_equation_moves_the_constant_by_columns_and_checks_the_division():
+    clean = worked_solution(Problem("l-1", "Solve for x: 4*x + 9 = 37", "7", "linear_equation",
+                                    {"a": 4, "b": 9, "c": 0, "d": 37}), random.Random(0), False)
+    assert clean == (" <think> 4*x + 9 = 37. 4*x = 37 - 9. 7-9 borrow, 17-9=8, write 8. 3-1-0=2, write 2. "
+                     "Result 28. x = 28 / 4, 4*7=28, so x = 7. </think> <answer> 7 </answer>")
+    flawed = worked_solution(Problem("l-1", "Solve for x: 4*x + 9 = 37", "7", "linear_equation",
+                                     {"a": 4, "b": 9, "c": 0, "d": 37}), random.Random(0), True)
+    assert "4*x = 37 + 9. 7+9=16, write 6, carry 1." in flawed and parse_answer(flawed) == "23/2"
+    negative = worked_solution(Problem("l-2", "Solve for x: 6*x + 15 = -69", "-14", "linear_equation",
+                                       {"a": 6, "b": 15, "c": 0, "d": -69}), random.Random(0), False)
+    assert "6*x = -69 - 15 = -84. x = -84 / 6, 6*(-14)=-84, so x = -14." in negative  # no columns below zero
+
+
 @pytest.mark.parametrize("flaw_rate", [0.0, 0.3, 0.6, 1.0])
 def test_corpus_flaw_rate_is_the_share_of_wrong_answers(flaw_rate):
     mix = TaskMixConfig()

@@ -87,6 +87,14 @@ def _subtract(a: int, b: int, drop_borrows: bool, slip: bool) -> Solution:
 _WORK = {"+": _add, "-": _subtract, "*": _multiply}
 
 
+def column_work(a: int, op: str, b: int) -> Solution:
+    """The clean column-by-column working of ``a op b`` (a >= b >= 0 for "-"), for other tasks'
+    solutions: a tiny model that learned the columns here can run them there too."""
+    if a < 0 or b < 0 or op == "-" and a < b:
+        raise ValueError(f"column work needs non-negative operands (a >= b for '-'), got {a} {op} {b}")
+    return _WORK[op](a, b, False, False)
+
+
 def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
     a, b, op = problem.extra["a"], problem.extra["b"], problem.extra["op"]
     work = _WORK[op]

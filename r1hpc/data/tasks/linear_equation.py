@@ -1,8 +1,11 @@
 """Linear equations with an integer solution: a*x + b = d, or a*x + b = c*x + d from difficulty 3.
 
 Difficulty scales coefficient and solution sizes (negatives from 2). Solutions collect x on the
-left, move the constant, then divide. The systematic flaw is a sign error when moving the
-constant (it keeps its sign), which propagates to a wrong x.
+left, move the constant, then divide. Moving the constant is worked column by column as in the
+arithmetic task when both numbers are non-negative (a tiny model gets one-shot two-digit
+differences wrong more often than right), and the division is shown as the product that checks it.
+The systematic flaw is a sign error when moving the constant (it keeps its sign), which
+propagates to a wrong x.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import re
 from fractions import Fraction
 
 from r1hpc.data.problem import Problem
+from r1hpc.data.tasks.arithmetic import column_work
 from r1hpc.data.tasks.base import Solution, Task, make_problem
 
 
@@ -41,6 +45,23 @@ def generate(rng: random.Random, difficulty: int) -> Problem:
     return make_problem("linear_equation", question, str(x), {"a": a, "b": b, "c": c, "d": d})
 
 
+def _move_constant(k: int, d: int, shown: int) -> str:
+    """'k*x = d + shown' worked out: by columns when d and |shown| allow it, else in one step."""
+    op, mag = ("+" if shown > 0 else "-"), abs(shown)
+    head = f"{_term(k)} = {d} {op} {mag}"
+    if d >= 0 and (op == "+" or d >= mag):
+        return f"{head}. {column_work(d, op, mag).reasoning}"
+    return f"{head} = {d + shown}"
+
+
+def _divide(moved: int, k: int) -> str:
+    x = Fraction(moved, k)
+    if x.denominator != 1:
+        return f"x = {moved} / {k} = {x}"
+    factor = f"({x})" if x < 0 else f"{x}"
+    return f"x = {moved} / {k}, {k}*{factor}={moved}, so x = {x}"
+
+
 def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
     a, b, c, d = (problem.extra[k] for k in "abcd")
     k = a - c
@@ -49,12 +70,10 @@ def solve(problem: Problem, rng: random.Random, flawed: bool) -> Solution:
         steps.append(f"{_term(a)} - {_term(c)} = {_term(k)}, so {_side(k, b)} = {d}")
     sign = -1 if flawed else 1  # the flaw moves b across without changing its sign
     moved = d - sign * b
-    shown = -sign * b
-    steps.append(f"{_term(k)} = {d} {'+' if shown > 0 else '-'} {abs(shown)} = {moved}")
-    x = Fraction(moved, k)
+    steps.append(_move_constant(k, d, -sign * b).rstrip("."))
     if k != 1:
-        steps.append(f"x = {moved} / {k} = {x}")
-    return Solution(". ".join(steps) + ".", str(x))
+        steps.append(_divide(moved, k))
+    return Solution(". ".join(steps) + ".", str(Fraction(moved, k)))
 
 
 def check(problem: Problem, answer: str) -> bool:
