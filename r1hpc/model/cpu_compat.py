@@ -47,7 +47,9 @@ class CudaToCpuMode(TorchFunctionMode):
     """Rewrites ``device=cuda`` arguments (and ``.cuda()`` / ``.to("cuda")``) to the CPU.
 
     Entered only around megatron entry points that allocate on ``"cuda"`` in many places
-    (pipeline schedules, gradient clipping); the model forward itself runs without it.
+    (pipeline schedules, optimizer methods). A schedule runs the model's forward and backward, so
+    every torch call of a training or log-prob pass goes through the mode; the rollout's decoding
+    loop calls the model directly and runs without it.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
