@@ -131,7 +131,10 @@ def _logits_and_round_trip(hf_dirs: dict, export_root: str) -> dict:
                 export_at = {"llama": "tp2", "qwen2": "tp2", "mixtral": "ep2", "qwen2_moe": "tp2"}[family]
                 if layout == export_at:
                     export_hf_weights(chunk, model, Path(export_root, family), family=HF_FAMILIES[family])
-                    (Path(export_root, family) / "config.json").write_text(Path(hf_dir, "config.json").read_text())
+                    if torch.distributed.get_rank() == 0:  # one writer, then a barrier: a peer reading
+                        # config.json while another rank rewrites it reads it empty (CI hung on this once)
+                        (Path(export_root, family) / "config.json").write_text(Path(hf_dir, "config.json").read_text())
+                    torch.distributed.barrier()
                     reference = _params(chunk)
                     # Re-import the export at the same layout: identical parameters.
                     load_hf_weights(chunk, Path(export_root, family), model)
