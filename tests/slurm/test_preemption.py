@@ -32,11 +32,6 @@ def _logs(work, name, job) -> str:
     return "\n".join(f.read_text() for f in files if f.is_file())
 
 
-def _assert_continuous(run_dir, log, total=STEPS):
-    steps = _steps(run_dir)
-    assert steps == list(range(1, total + 1)), (steps, log)  # no step repeated, none skipped
-
-
 def test_scontrol_requeue_resumes_at_the_checkpointed_step(slurm, base, work):
     run = tiny(work, "requeued", f"grpo.steps={STEPS}", "checkpoint.save_every=2")
     job = sbatch(slurm, "grpo.sbatch", [CONFIG, *run], "--nodes=1", "--ntasks-per-node=1",
@@ -50,7 +45,7 @@ def test_scontrol_requeue_resumes_at_the_checkpointed_step(slurm, base, work):
     rows = wait_job(slurm, job)
     log = _logs(work, "requeued", job)
     assert rows[job]["State"] == "COMPLETED", log
-    _assert_continuous(run_dir, log)
+    assert _steps(run_dir) == list(range(1, STEPS + 1)), (_steps(run_dir), log)  # none repeated, none skipped
     assert "[preempt] saved step" in log or "resum" in log.lower(), log
 
 
