@@ -39,10 +39,13 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
     tmp.rename(Path(out_dir, f"{rank}.pkl"))  # the parent never reads half a result
 
 
-def _reported(out_dir: str, world_size: int) -> dict:
-    """rank -> (status, value, time) for every rank that has written its result."""
-    paths = {rank: Path(out_dir, f"{rank}.pkl") for rank in range(world_size)}
-    return {rank: pickle.loads(p.read_bytes()) for rank, p in paths.items() if p.exists()}
+def _collect(out_dir: str, world_size: int, reported: dict) -> None:
+    """Add rank -> (status, value, time) for each rank that has newly written its result (each file is
+    read once, however often the parent polls)."""
+    for rank in range(world_size):
+        path = Path(out_dir, f"{rank}.pkl")
+        if rank not in reported and path.exists():
+            reported[rank] = pickle.loads(path.read_bytes())
 
 
 def _failures(reported: dict) -> str | None:
@@ -77,8 +80,9 @@ def run_workers(fn, world_size: int, *args, timeout_s: float = 240.0) -> list:
         ctx = mp.start_processes(_entry, args=(world_size, free_port(), out_dir, fn, args),
                                  nprocs=world_size, join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s
+        reported: dict = {}
         while not ctx.join(timeout=POLL_S):
-            reported = _reported(out_dir, world_size)
+            _collect(out_dir, world_size, reported)
             failures = _failures(reported)
             if failures:
                 stacks = _stop_live_ranks(ctx, out_dir, reported)
@@ -87,7 +91,7 @@ def run_workers(fn, world_size: int, *args, timeout_s: float = 240.0) -> list:
                 stacks = _stop_live_ranks(ctx, out_dir, reported)
                 raise TimeoutError(f"workers did not finish in {timeout_s}s (finished: ranks {sorted(reported)}); "
                                    f"the others were here:\n{stacks}")
-        reported = _reported(out_dir, world_size)
+        _collect(out_dir, world_size, reported)
         missing = [rank for rank in range(world_size) if rank not in reported]
         if missing:
             raise RuntimeError(f"ranks {missing} died without a result")

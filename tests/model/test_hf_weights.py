@@ -132,7 +132,7 @@ def _logits_and_round_trip(hf_dirs: dict, export_root: str) -> dict:
                 if layout == export_at:
                     export_hf_weights(chunk, model, Path(export_root, family), family=HF_FAMILIES[family])
                     if torch.distributed.get_rank() == 0:  # one writer, then a barrier: a peer reading
-                        # config.json while another rank rewrites it reads it empty (CI hung on this once)
+                        # config.json while another rank rewrites it can read it empty (the likely cause of a CI hang)
                         (Path(export_root, family) / "config.json").write_text(Path(hf_dir, "config.json").read_text())
                     torch.distributed.barrier()
                     reference = _params(chunk)
