@@ -9,13 +9,25 @@ The compiled sampler (csrc/, docs/kernels.md) is built here, at install time, ag
 that is already installed: install with ``pip install --no-build-isolation`` after torch (pip's
 build isolation would hide it, and the extension is then skipped with a message, never an error).
 ``r1hpc._cpu_sampling`` builds wherever torch does; ``r1hpc._C`` (CUDA) only where torch is a
-CUDA build and nvcc is found (CUDA_HOME); the target GPUs follow TORCH_CUDA_ARCH_LIST.
+CUDA build and nvcc is found (CUDA_HOME); the target GPUs follow TORCH_CUDA_ARCH_LIST (else the visible GPUs).
 """
 import sys
 
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["r1hpc", "r1hpc.*"]) + ["r1hpc.triton_kernels"]
+
+
+def _cuda_targets_known(torch) -> bool:
+    """The CUDA build compiles for TORCH_CUDA_ARCH_LIST, else for the visible GPUs; with neither (a CUDA
+    torch on a CPU machine or a login node) there is no target, so r1hpc._C is skipped with a message."""
+    import os
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.is_available():
+        return True
+    sys.stderr.write("r1hpc: CUDA torch but no GPU visible and TORCH_CUDA_ARCH_LIST unset, so the CUDA sampler "
+                     "(r1hpc._C) is not built; set TORCH_CUDA_ARCH_LIST (e.g. 9.0) to build it here\n")
+    return False
 
 
 def compiled_extensions() -> dict:
@@ -29,7 +41,7 @@ def compiled_extensions() -> dict:
         return {}
     ext = [cpp_extension.CppExtension("r1hpc._cpu_sampling", ["csrc/sampler_cpu.cpp"],
                                       extra_compile_args=["-O3", "-ffp-contract=off"])]
-    if torch.version.cuda and cpp_extension.CUDA_HOME:
+    if torch.version.cuda and cpp_extension.CUDA_HOME and _cuda_targets_known(torch):
         ext.append(cpp_extension.CUDAExtension(
             "r1hpc._C", ["csrc/sampler_cuda.cu", "csrc/sampler_cuda_binding.cpp"],
             extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"], "nvcc": ["-O3", "--fmad=false"]}))
@@ -46,7 +58,8 @@ setup(
     package_data={"r1hpc": ["py.typed"]},
     install_requires=[
         "torch>=2.6",
-        "megatron-core>=0.16.1,<0.17",
+        # 0.16.x is the newest series for Python 3.11; 0.19.x needs Python >= 3.12 (r1hpc.model.mcore_compat)
+        "megatron-core>=0.16.1,!=0.17.*,!=0.18.*,<0.20",
         "numpy",
         "packaging",
         "pyyaml",

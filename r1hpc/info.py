@@ -51,9 +51,18 @@ def _torch() -> dict:
 
 
 def _megatron() -> dict:
-    import megatron.core
+    """The version, and whether it is a release CI tests (else: supported series or not)."""
+    from r1hpc.model import mcore_compat
 
-    return {"version": getattr(megatron.core, "__version__", None) or _dist_version("megatron-core")}
+    version = mcore_compat.installed_version()
+    if mcore_compat.is_tested(version):
+        status = "tested"
+    else:
+        try:
+            status = f"untested (its series is supported; CI tests {mcore_compat.features(version).tested})"
+        except mcore_compat.MegatronVersionError:
+            status = f"unsupported (supported: {mcore_compat.supported_text()})"
+    return {"version": version, "status": status}
 
 
 def _transformer_engine() -> dict:

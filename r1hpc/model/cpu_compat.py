@@ -3,8 +3,9 @@
 megatron-core is written for GPUs; on a CPU its model code works but a handful of helpers hard-code
 ``device="cuda"``, CUDA RNG state or CUDA tensor type strings. This module fixes exactly those,
 nothing else, and only when CUDA is absent. Every patch is listed in :data:`PATCHES` with the reason
-(``r1hpc info`` prints them). The patches were written against the versions in
-:data:`TESTED_MEGATRON_VERSIONS`; another version raises a clear error instead of failing somewhere
+(``r1hpc info`` prints them). The patches were written against the megatron-core series in
+:data:`r1hpc.model.mcore_compat.SUPPORTED`, which also says how those series differ; another version,
+or a patch target that is not where it should be, raises a clear error instead of failing somewhere
 deep inside a training step.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-TESTED_MEGATRON_VERSIONS = ("0.16.1",)
+from r1hpc.model import mcore_compat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,21 +121,25 @@ class CpuRNGStatesTracker:
             torch.set_rng_state(orig)
 
 
-def _check_version() -> None:
-    import megatron.core
+def _check_version() -> mcore_compat.Series:
+    try:
+        return mcore_compat.features()
+    except mcore_compat.MegatronVersionError as e:
+        raise CpuCompatError(f"{e}; r1hpc's CPU compatibility layer knows only those (a CUDA machine needs "
+                             f"no patches)") from None
 
-    version = getattr(megatron.core, "__version__", "unknown")
-    if version not in TESTED_MEGATRON_VERSIONS:
+
+def _patch(owner: Any, name: str, new: Any, why: str, *, create: bool = False) -> None:
+    """Replace ``owner.name`` (a module or class attribute) with ``new``. A missing target means megatron
+    moved the code this patch fixes: fail here, naming it, rather than set an attribute nothing reads.
+    ``create`` is for the few patches that supply a name megatron leaves undefined."""
+    label = f"{getattr(owner, '__module__', '') + '.' if isinstance(owner, type) else ''}{owner.__name__}.{name}"
+    if not create and not hasattr(owner, name):
         raise CpuCompatError(
-            f"megatron-core {version} is installed, but r1hpc's CPU compatibility layer was written and "
-            f"tested for {', '.join(TESTED_MEGATRON_VERSIONS)}; install megatron-core=="
-            f"{TESTED_MEGATRON_VERSIONS[-1]} (see requirements/cpu-lock.txt) or run on a CUDA machine"
-        )
-
-
-def _patch(module: Any, name: str, new: Any, why: str) -> None:
-    setattr(module, name, new)
-    PATCHES.append(Patch(f"{module.__name__}.{name}", why))
+            f"CPU patch target {label} does not exist in megatron-core {mcore_compat.installed_version()} "
+            f"(patch: {why}); r1hpc.model.cpu_compat must be updated for this version")
+    setattr(owner, name, new)
+    PATCHES.append(Patch(label, why))
 
 
 def apply() -> list[Patch]:
@@ -142,7 +147,7 @@ def apply() -> list[Patch]:
     global _applied
     if torch.cuda.is_available() or _applied:
         return PATCHES
-    _check_version()
+    series = _check_version()
 
     from megatron.core.fusions import fused_softmax
     from megatron.core.optimizer import clip_grads
@@ -163,9 +168,9 @@ def apply() -> list[Patch]:
            "CUDA RNG state cannot be set without CUDA (the CPU tracker holds the streams)")
     _patch(tp_random.torch.cuda, "manual_seed", lambda seed: None,
            "torch.cuda.manual_seed is meaningless on CPU; per-rank CPU seeding is done by r1hpc.distributed")
-    if getattr(moe_utils, "te_general_gemm", "missing") == "missing":
+    if not series.te_general_gemm_defined:
         _patch(moe_utils, "te_general_gemm", None,
-               "the MoE router references te_general_gemm, undefined when Transformer Engine is absent")
+               "the MoE router references te_general_gemm, undefined when Transformer Engine is absent", create=True)
     _patch(token_dispatcher.torch.cuda, "Stream", _NoStream,
            "the all-to-all token dispatcher creates a side CUDA stream for device-to-host copies")
     _patch(token_dispatcher.torch.cuda, "current_stream", lambda *a, **k: _NoStream(),
@@ -183,11 +188,10 @@ def apply() -> list[Patch]:
     from megatron.core.models.common.language_module import language_module
 
     lm = language_module.LanguageModule
-    lm.setup_embeddings_and_output_layer = _in_cpu_mode(lm.setup_embeddings_and_output_layer)
-    PATCHES.append(Patch("LanguageModule.setup_embeddings_and_output_layer",
-                         "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce"))
+    _patch(lm, "setup_embeddings_and_output_layer", _in_cpu_mode(lm.setup_embeddings_and_output_layer),
+           "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce")
     _patch_all_to_all()
-    _patch_checkpoint_writer()
+    _patch_checkpoint_writer(series)
     _applied = True
     return PATCHES
 
@@ -285,12 +289,18 @@ def _patch_all_to_all() -> None:
     torch.distributed.all_to_all_single = all_to_all_single
 
 
-def _patch_checkpoint_writer() -> None:
-    """Distributed checkpointing writes through forked worker processes fed by a multiprocessing
-    Manager. Forking a process whose gloo threads are running deadlocks (seen here), so on CPU the
-    buckets are written in the calling process, one after another, with thread queues."""
+def _patch_checkpoint_writer(series: mcore_compat.Series) -> None:
+    """Distributed checkpointing takes its writer's results queue from a multiprocessing Manager
+    (a spawned server process) on every save; on CPU a thread queue does. 0.16 also writes through
+    forked worker processes, and forking a process whose gloo threads are running deadlocks (seen
+    here), so there the buckets are written in the calling process, one after another (0.19 writes
+    with threads, which is safe)."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
 
+    _patch(fsa, series.results_queue_factory, lambda *a, **k: queue.Queue(),
+           "checkpoint saving starts a multiprocessing Manager for its results queue")
+    if series.threaded_checkpoint_writer:
+        return
     writer = fsa.FileSystemWriterAsync
 
     def write_in_process(transform_list, use_msc, rank, write_buckets, global_results_queue):
@@ -306,8 +316,5 @@ def _patch_checkpoint_writer() -> None:
             collected[idx] = out
         global_results_queue.put(collected)
 
-    _patch(fsa, "_get_write_results_queue", queue.Queue,
-           "checkpoint saving starts a multiprocessing Manager for its results queue")
-    writer.write_preloaded_data_multiproc = staticmethod(write_in_process)
-    PATCHES.append(Patch("FileSystemWriterAsync.write_preloaded_data_multiproc",
-                         "forks writer processes while gloo threads run, which deadlocks; write in-process"))
+    _patch(writer, "write_preloaded_data_multiproc", staticmethod(write_in_process),
+           "forks writer processes while gloo threads run, which deadlocks; write in-process")

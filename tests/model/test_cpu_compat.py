@@ -1,4 +1,5 @@
-"""The CPU compatibility layer: idempotent, documented, version-guarded, and its cuda->cpu mapping.
+"""The CPU compatibility layer: idempotent, documented, version-guarded, strict about its targets, and
+its cuda->cpu mapping.
 
 Applying the patches changes torch and megatron process-wide, so that runs in a spawned rank;
 the version guard raises before patching anything, so it is tested here with monkeypatch.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r1hpc.model import cpu_compat
+from r1hpc.model import cpu_compat, mcore_compat
 from r1hpc.model.cpu_compat import CpuCompatError, CpuRNGStatesTracker, CudaToCpuMode
 from tests.multiproc import run_workers
 
@@ -53,18 +54,30 @@ def test_every_patch_says_what_and_why(applied):
 
 
 @no_cuda
-def test_untested_megatron_version_is_refused(monkeypatch):
+def test_unsupported_megatron_version_is_refused(monkeypatch):
     import megatron.core
 
-    monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
+    monkeypatch.setattr(megatron.core, "__version__", "0.18.2")
     monkeypatch.setattr(cpu_compat, "_applied", False)
     monkeypatch.setattr(cpu_compat, "PATCHES", [])
     with pytest.raises(CpuCompatError) as e:
         cpu_compat.apply()
     msg = str(e.value)
-    assert "megatron-core 0.99.0 is installed" in msg
-    assert all(v in msg for v in cpu_compat.TESTED_MEGATRON_VERSIONS)
+    assert "megatron-core 0.18.2 is installed" in msg
+    assert all(s.tested in msg for s in mcore_compat.SUPPORTED.values())
     assert cpu_compat.PATCHES == []  # refused before patching anything
+
+
+def test_a_missing_patch_target_fails_loudly(monkeypatch):
+    import types
+
+    monkeypatch.setattr(cpu_compat, "PATCHES", [])
+    mod = types.ModuleType("megatron.core.fake_module")
+    with pytest.raises(CpuCompatError, match=r"megatron\.core\.fake_module\.moved_helper does not exist in megatron-core"):
+        cpu_compat._patch(mod, "moved_helper", None, "a helper that allocates on cuda")
+    assert not hasattr(mod, "moved_helper") and cpu_compat.PATCHES == []
+    cpu_compat._patch(mod, "undefined_name", None, "a name megatron leaves undefined without TE", create=True)
+    assert mod.undefined_name is None and [p.target for p in cpu_compat.PATCHES] == ["megatron.core.fake_module.undefined_name"]
 
 
 def test_cuda_to_cpu_mode_maps_devices():
