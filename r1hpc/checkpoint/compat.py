@@ -64,3 +64,17 @@ def check_resumable(meta: dict, config: dict, layout: dict[str, int], where: str
             f"{where}: the config changes the run's meaning ({'; '.join(diffs)}). Resume with the checkpoint's "
             f"values, or start a new run (checkpoint.resume=none, or another run.name). May differ: "
             f"{', '.join(MAY_CHANGE)}")
+
+
+def version_change(meta: dict, here: dict[str, str]) -> str | None:
+    """A note when the checkpoint was written under other megatron-core or torch versions than
+    ``here``: it may load (r1hpc.model.weights says clearly when it does not), but bitwise-equal
+    continuation is only promised within one version of each."""
+    written = meta.get("versions")
+    if not written:
+        return None
+    changed = [f"{k} {written.get(k)} -> {here[k]}" for k in ("megatron_core", "torch") if written.get(k) != here[k]]
+    if not changed:
+        return None
+    return (f"[resume] NOTE: the checkpoint was written with other versions ({'; '.join(changed)}); it resumes, "
+            f"but the continuation is bitwise equal to an uninterrupted run only within one version")

@@ -8,7 +8,8 @@ A checkpoint directory (see layout.py for naming and atomicity):
                   engine step counter (LR schedule), reward-scorer counters
     tokenizer.json  the run's tokenizer
     meta.json     rank 0, written last: step, finished, evals so far, metrics.jsonl length,
-                  the resolved config and the parallel layout
+                  the resolved config, the parallel layout and the versions of megatron-core, torch
+                  and Python that wrote it
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from r1hpc.checkpoint.compat import current_layout
 from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.checkpoint.layout import fsync_tree, prune, publish, read_meta, step_dir_name
 from r1hpc.checkpoint.rng import capture_rng, restore_rng
-from r1hpc.model.weights import load_model_weights, save_model_weights, sharded_model_state
+from r1hpc.model.mcore_compat import version_record
+from r1hpc.model.weights import (load_dist_checkpoint, load_model_weights, save_dist_checkpoint, save_model_weights,
+                                 sharded_model_state)
 
 FORMAT_VERSION = 1
 # Test hook (docs/checkpointing.md): during the save of this step, after the model and optimizer
@@ -47,8 +50,6 @@ class CheckpointManager:
     # ------------------------------------------------------------------ save
     def save(self, step: int, *, evals: list[dict], metrics_path: Path, finished: bool) -> Path:
         """Write and publish a complete checkpoint of the state as of now; returns its path."""
-        from megatron.core import dist_checkpointing
-
         tmp = self.directory / (step_dir_name(step) + ".tmp")
         final = self.directory / step_dir_name(step)
         if self.rank == 0:
@@ -59,7 +60,7 @@ class CheckpointManager:
         torch.distributed.barrier()
         save_model_weights(self.policy.module, tmp / "model")
         optim_state = self._optimizer_state(is_loading=False)
-        dist_checkpointing.save(optim_state, str(tmp / "optimizer"))
+        save_dist_checkpoint(optim_state, tmp / "optimizer")
         torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
                     "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
                     "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
@@ -72,7 +73,8 @@ class CheckpointManager:
                 shutil.copy2(self.tokenizer_path, tmp / "tokenizer.json")
             meta = {"format_version": FORMAT_VERSION, "step": step, "finished": finished, "evals": evals,
                     "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0,
-                    "config": self.config, "layout": current_layout(), "saved_at": time.time()}
+                    "config": self.config, "layout": current_layout(), "versions": version_record(),
+                    "saved_at": time.time()}
             publish(tmp, final, meta)
             prune(self.directory, self.cfg.keep_last)
         torch.distributed.barrier()
@@ -85,14 +87,12 @@ class CheckpointManager:
     def load(self, path: Path) -> dict:
         """Restore every component from ``path`` (checked with compat.check_resumable first);
         RNG states last, so nothing built afterwards consumes them. Returns meta.json."""
-        from megatron.core import dist_checkpointing
-
         meta = read_meta(path)
         own = torch.load(path / "ranks" / f"rank_{self.rank:05d}.pt", weights_only=False)
         load_model_weights(self.policy.module, path / "model")
         if own["optimizer_stepped"]:  # else Adam has no moments yet, exactly like the fresh optimizer
             self.policy.optimizer.load_state_dict(
-                dist_checkpointing.load(self._optimizer_state(is_loading=True), str(path / "optimizer")))
+                load_dist_checkpoint(self._optimizer_state(is_loading=True), path / "optimizer"))
         self.trainer.load_state_dict(own["trainer"])
         self.policy.load_state_dict(own["engine"])
         self.scorer.load_state_dict(own["scorer"])

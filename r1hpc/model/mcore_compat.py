@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import platform
 import sys
 from typing import Iterator, Optional
 
@@ -67,6 +68,13 @@ def release(version: Optional[str] = None) -> str:
 
 def supported_text() -> str:
     return ", ".join(f"{k}.x (tested: {s.tested}, Python {s.python})" for k, s in SUPPORTED.items())
+
+
+def version_record() -> dict[str, str]:
+    """What a checkpoint records about the stack that wrote it (checked when it fails to load elsewhere)."""
+    import torch
+
+    return {"megatron_core": installed_version(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def features(version: Optional[str] = None) -> Series:

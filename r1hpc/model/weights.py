@@ -3,12 +3,25 @@
 A checkpoint written at one TP/PP/EP layout loads at another (megatron reshards through
 ``sharded_state_dict``), so a base model pretrained at TP=1 starts a GRPO run at TP=2, and the
 reference policy is loaded from the same files as the policy.
+
+Every checkpoint directory written here also holds ``versions.json`` (megatron-core, torch, Python of
+the writer), so a checkpoint that does not load under another megatron-core says which two met.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from r1hpc.model.mcore_compat import version_record
+
+VERSIONS_FILE = "versions.json"
+
+
+class CheckpointVersionError(RuntimeError):
+    """A checkpoint written under one megatron-core / torch does not load under the installed ones."""
 
 
 def _chunks(model) -> list:
@@ -30,14 +43,11 @@ def sharded_model_state(model) -> dict:
 
 def save_model_weights(model, directory: str | Path) -> None:
     """Collective: every rank calls it; each writes its own shards."""
-    from megatron.core import dist_checkpointing
-
     directory = Path(directory)
     if torch.distributed.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(sharded_model_state(model), str(directory))
-    torch.distributed.barrier()
+    save_dist_checkpoint(sharded_model_state(model), directory)
 
 
 def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> None:
@@ -48,9 +58,8 @@ def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> 
     directory = Path(directory)
     if not dist_checkpointing.check_is_distributed_checkpoint(str(directory)):
         raise FileNotFoundError(f"{directory}: not a megatron distributed checkpoint (no metadata.json)")
-    state = dist_checkpointing.load(
-        sharded_model_state(model), str(directory),
-        strict=StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_UNEXPECTED)
+    state = load_dist_checkpoint(sharded_model_state(model), directory,
+                                 strict=StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_UNEXPECTED)
     chunks = [_unwrap(m) for m in _chunks(model)]
     if len(chunks) == 1:
         chunks[0].load_state_dict(_strip(state, "model."), strict=False)
@@ -61,3 +70,40 @@ def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> 
 
 def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_dist_checkpoint(state: dict, directory: Path) -> None:
+    """Collective: megatron's save of a sharded state into the (existing, empty) ``directory``, then
+    rank 0 records the versions that wrote it."""
+    from megatron.core import dist_checkpointing
+
+    dist_checkpointing.save(state, str(directory))
+    if torch.distributed.get_rank() == 0:
+        (Path(directory) / VERSIONS_FILE).write_text(json.dumps(version_record(), indent=1) + "\n")
+    torch.distributed.barrier()
+
+
+def written_versions(directory: Path) -> dict[str, str] | None:
+    """The versions recorded by save_dist_checkpoint; None for a checkpoint from before they were recorded."""
+    path = Path(directory) / VERSIONS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_dist_checkpoint(state: dict, directory: Path, **kwargs: Any) -> dict:
+    """megatron's load; a failure on a checkpoint written under another megatron-core or torch
+    raises CheckpointVersionError naming both stacks and the underlying error."""
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        return dist_checkpointing.load(state, str(directory), **kwargs)
+    except (Exception, CheckpointException) as error:
+        written, here = written_versions(directory), version_record()
+        if not written or all(written.get(k) == here[k] for k in ("megatron_core", "torch")):
+            raise
+        raise CheckpointVersionError(
+            f"{directory} was written with megatron-core {written.get('megatron_core')} (torch {written.get('torch')}, "
+            f"Python {written.get('python')}) and does not load with megatron-core {here['megatron_core']} (torch "
+            f"{here['torch']}, Python {here['python']}): {type(error).__name__}: {error}. Load it where it was "
+            f"written, or convert it there to Hugging Face (r1hpc convert megatron-to-hf) and import that here"
+        ) from error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from r1hpc.checkpoint.compat import check_resumable, current_layout
+from r1hpc.checkpoint.compat import check_resumable, current_layout, version_change
 from r1hpc.checkpoint.layout import read_meta
 from r1hpc.checkpoint.manager import CheckpointManager
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
@@ -23,6 +23,7 @@ from r1hpc.disagg.config import exchange_root
 from r1hpc.disagg.source import ExchangeSource
 from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
+from r1hpc.model.mcore_compat import version_record
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
 from r1hpc.monitor.monitor import Monitor
 from r1hpc.monitor.plots import plot_training
@@ -48,6 +49,8 @@ def run_r1zero(cfg) -> dict:
     if resume_from is not None:
         resumed = read_meta(resume_from)
         check_resumable(resumed, to_dict(cfg), current_layout(), str(resume_from))
+        if note := version_change(resumed, version_record()):
+            say(note)
         if resumed["finished"] and resumed["step"] >= cfg.grpo.steps:
             say(f"[resume] the run already finished: {resume_from} holds its final step {resumed['step']} "
                 f"of {cfg.grpo.steps}; nothing to do")
