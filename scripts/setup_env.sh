@@ -18,10 +18,9 @@ VENV="${R1HPC_VENV:-$DEFAULT_VENV}"
 # The interpreter: $PYTHON, else pythonX.Y on PATH, else a pyenv installation of X.Y (whose shim may
 # be inactive). Each candidate must really be X.Y.
 find_python() {
-  local candidates=("${PYTHON:-}" "python$PY_VERSION")
-  if command -v pyenv >/dev/null 2>&1; then
-    candidates+=("$(pyenv root)"/versions/"$PY_VERSION".*/bin/"python$PY_VERSION")
-  fi
+  local pyenv_root
+  pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+  local candidates=("${PYTHON:-}" "python$PY_VERSION" "$pyenv_root"/versions/"$PY_VERSION".*/bin/"python$PY_VERSION")
   local c
   for c in "${candidates[@]}"; do
     [ -n "$c" ] || continue
