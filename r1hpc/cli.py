@@ -6,6 +6,7 @@ import sys
 
 from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.config import ConfigError
+from r1hpc.model.mcore_compat import CheckpointVersionError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ResumeError as e:
         print(f"r1hpc: cannot resume: {e}", file=sys.stderr)
+        return 2
+    except CheckpointVersionError as e:
+        print(f"r1hpc: cannot load a checkpoint: {e}", file=sys.stderr)
         return 2
     return 1
 

@@ -45,6 +45,10 @@ class MegatronVersionError(RuntimeError):
     """The installed megatron-core is not one r1hpc supports; the message says which are."""
 
 
+class CheckpointVersionError(RuntimeError):
+    """A checkpoint written under one megatron-core / torch does not load under the installed ones."""
+
+
 def installed_version() -> str:
     """megatron-core's version as it reports it (0.19 adds a local label such as ``0.19.2+65a6cf7``)."""
     import megatron.core

@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import Version
 
-from r1hpc.model.mcore_compat import version_record
+from r1hpc.model.mcore_compat import CheckpointVersionError, release, version_record
 
 VERSIONS_FILE = "versions.json"
-
-
-class CheckpointVersionError(RuntimeError):
-    """A checkpoint written under one megatron-core / torch does not load under the installed ones."""
 
 
 def _chunks(model) -> list:
@@ -101,9 +98,16 @@ def load_dist_checkpoint(state: dict, directory: Path, **kwargs: Any) -> dict:
         written, here = written_versions(directory), version_record()
         if not written or all(written.get(k) == here[k] for k in ("megatron_core", "torch")):
             raise
-        raise CheckpointVersionError(
-            f"{directory} was written with megatron-core {written.get('megatron_core')} (torch {written.get('torch')}, "
+        raise CheckpointVersionError(_version_error_text(directory, written, here, error)) from error
+
+
+def _version_error_text(directory: Path, written: dict, here: dict, error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]  # a CheckpointException holds tracebacks
+    older = Version(release(here["megatron_core"])) < Version(release(written["megatron_core"]))
+    return (f"{directory} was written with megatron-core {written['megatron_core']} (torch {written.get('torch')}, "
             f"Python {written.get('python')}) and does not load with megatron-core {here['megatron_core']} (torch "
-            f"{here['torch']}, Python {here['python']}): {type(error).__name__}: {error}. Load it where it was "
-            f"written, or convert it there to Hugging Face (r1hpc convert megatron-to-hf) and import that here"
-        ) from error
+            f"{here['torch']}, Python {here['python']}): {type(error).__name__}: {lines[-1] if lines else ''}. "
+            + ("A newer megatron-core's checkpoint format need not be readable by an older one (0.16 cannot read "
+               "0.19's; 0.19 reads 0.16's). " if older else "")
+            + "Load it where it was written, or convert it there to Hugging Face (r1hpc convert megatron-to-hf) "
+              "and import that here")
