@@ -133,7 +133,7 @@ def _patch(owner: Any, name: str, new: Any, why: str, *, create: bool = False) -
     """Replace ``owner.name`` (a module or class attribute) with ``new``. A missing target means megatron
     moved the code this patch fixes: fail here, naming it, rather than set an attribute nothing reads.
     ``create`` is for the few patches that supply a name megatron leaves undefined."""
-    label = f"{getattr(owner, '__module__', '') + '.' if isinstance(owner, type) else ''}{owner.__name__}.{name}"
+    label = f"{f'{owner.__module__}.{owner.__qualname__}' if isinstance(owner, type) else owner.__name__}.{name}"
     if not create and not hasattr(owner, name):
         raise CpuCompatError(
             f"CPU patch target {label} does not exist in megatron-core {mcore_compat.installed_version()} "
