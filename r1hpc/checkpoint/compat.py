@@ -76,5 +76,5 @@ def version_change(meta: dict, here: dict[str, str]) -> str | None:
     changed = [f"{k} {written.get(k)} -> {here[k]}" for k in ("megatron_core", "torch") if written.get(k) != here[k]]
     if not changed:
         return None
-    return (f"[resume] NOTE: the checkpoint was written with other versions ({'; '.join(changed)}); it resumes, "
-            f"but the continuation is bitwise equal to an uninterrupted run only within one version")
+    return (f"[resume] NOTE: the checkpoint was written with other versions ({'; '.join(changed)}); a continuation "
+            f"is bitwise equal to an uninterrupted run only within one version")
