@@ -48,6 +48,20 @@ def _cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each process's output once it exited; one still running at the deadline is killed and its log says
+    so, so that a failure shows why a trainer or worker stalled instead of a bare TimeoutExpired."""
+    deadline = time.monotonic() + timeout
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=max(deadline - time.monotonic(), 0.1))[0])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            logs.append(p.communicate()[0] + f"\n[test: killed, still running after {timeout:.0f} s]")
+    return logs
+
+
 def _steps(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "reward/mean" in r]
@@ -87,9 +101,9 @@ def test_staleness_zero_reproduces_the_colocated_run(out, colocated):
     env = _env()
     workers = [_cli(["rollout-worker", CONFIG, *_overrides(out, name), "--worker-id", f"w{i}"], env) for i in range(2)]
     trainer = _cli(["train", CONFIG, *_overrides(out, name), "disagg.enabled=true"], env)
-    log = trainer.communicate(timeout=900)[0]
-    worker_logs = [w.communicate(timeout=120)[0] for w in workers]
-    assert trainer.returncode == 0, log[-4000:]
+    log = _finish([trainer], 900)[0]
+    worker_logs = _finish(workers, 120 if trainer.returncode == 0 else 0)  # on DONE they leave within a poll
+    assert trainer.returncode == 0, (log[-4000:], [w[-2000:] for w in worker_logs])
     assert [w.returncode for w in workers] == [0, 0], worker_logs  # both saw DONE and left
     _assert_same_run(_steps(out / name), colocated)
     ledger = _assert_exactly_once(out / name / "exchange")
@@ -115,9 +129,10 @@ def test_a_worker_killed_mid_write_and_requeued_loses_and_repeats_nothing(out, c
     survivor = _cli(["rollout-worker", CONFIG, *ov, "--worker-id", "w1"], _env())
     time.sleep(5)
     requeued = _cli(["rollout-worker", CONFIG, *ov, "--worker-id", "w0"], _env())
-    log = trainer.communicate(timeout=900)[0]
-    logs = [survivor.communicate(timeout=120)[0], requeued.communicate(timeout=120)[0]]
-    assert trainer.returncode == 0, log[-4000:]
+    log = _finish([trainer], 900)[0]
+    logs = _finish([survivor, requeued], 120 if trainer.returncode == 0 else 0)
+    assert trainer.returncode == 0, (log[-4000:], [w[-2000:] for w in logs])
+    assert [p.returncode for p in (survivor, requeued)] == [0, 0], logs
     assert "re-posted" in log or "gave back" in logs[1], (log[-3000:], logs)
     assert "0/1 batches ready" in log and "claimed by w0" in log  # the waiting trainer said what it waited for
     _assert_same_run(_steps(out / name), colocated)
