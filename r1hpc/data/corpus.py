@@ -1,9 +1,9 @@
 """Worked solutions in the R1-Zero format and the pretraining corpus built from them.
 
 A base model for R1-Zero should know the output format but be weak at the task: RL then has
-room to improve past its data (DESIGN.md section 4: a base merely under-trained gave RL no edge
-over more supervised steps; one trained on systematically flawed data did). ``flaw_rate`` is the
-chance that a worked solution carries its task's systematic error, which always ends in a wrong
+room to improve past its data (measured on the tiny recipe: a base merely under-trained gave RL
+no edge over more supervised steps; one trained on systematically flawed data did). ``flaw_rate`` is
+the chance that a worked solution carries its task's systematic error, which always ends in a wrong
 answer, so a perfect imitator scores 1 - flaw_rate.
 """
 from __future__ import annotations

@@ -45,9 +45,11 @@ def test_grpo_two_nodes_equals_one_node(slurm, base, work):
     """The same 2-rank GRPO job, ranks on n1 and n2 (srun, gloo) vs both on one node: same numbers."""
     jobs = {
         "two_nodes": sbatch(slurm, "grpo.sbatch", [CONFIG, *tiny(work, "two_nodes")], "--nodes=2",
-                            "--ntasks-per-node=1", "--exclusive=user", f"--output={work}/two-%j.log"),
+                            "--ntasks-per-node=1", "--exclusive=user", f"--output={work}/two-%j.log",
+                            f"--export=ALL,R1HPC_LOG_DIR={work}/two_logs"),
         "one_node": sbatch(slurm, "grpo.sbatch", [CONFIG, *tiny(work, "one_node")], "--nodes=1",
-                           "--ntasks-per-node=2", "--exclusive=user", f"--output={work}/one-%j.log"),
+                           "--ntasks-per-node=2", "--exclusive=user", f"--output={work}/one-%j.log",
+                           f"--export=ALL,R1HPC_LOG_DIR={work}/one_logs"),
     }
     for name, job in jobs.items():
         rows = wait_job(slurm, job)
