@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from r1hpc.launch.launcher import TERMINAL_BAD, TERMINAL_OK, Resources, _executor, _sacct_states
+from r1hpc.launch.launcher import TERMINAL_BAD, TERMINAL_OK, Resources, slurm_executor, sacct_states
 from r1hpc.launch.task import R1hpcStep
 
 WORKER_GRACE_S = 120  # after the trainer ends, how long workers get to notice DONE
@@ -43,8 +43,8 @@ def submit_disaggregated(config: str, overrides: list[str], trainer_res: Resourc
     """Submit the trainer and an array of ``workers`` one-task rollout jobs (no dependency between
     them: workers wait for the trainer's first weights)."""
     folder = Path(folder)
-    trainer = _executor(folder, "train", trainer_res).submit(R1hpcStep(trainer_args(config, overrides)))
-    ex = _executor(folder, "rollout", dataclasses.replace(worker_res, nodes=1), ntasks=1, array=workers)
+    trainer = slurm_executor(folder, "train", trainer_res).submit(R1hpcStep(trainer_args(config, overrides)))
+    ex = slurm_executor(folder, "rollout", dataclasses.replace(worker_res, nodes=1), ntasks=1, array=workers)
     with ex.batch():
         tasks = [ex.submit(R1hpcStep(worker_args(config, overrides))) for _ in range(workers)]
     return DisaggJobs(trainer, tasks)
@@ -57,7 +57,7 @@ def watch_disaggregated(jobs: DisaggJobs, poll_s: float = 5.0, log: Callable[[st
     ended_at = None
     while True:
         ids = [jobs.trainer.job_id] + [t.job_id for t in jobs.workers]
-        states = _sacct_states(ids)
+        states = sacct_states(ids)
         for t in jobs.workers:
             state = states.get(t.job_id, ("PENDING", ""))[0]
             if state in TERMINAL_BAD and seen.get(t.job_id) != state:

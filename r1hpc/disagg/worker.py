@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
+from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE
 from r1hpc.data.problem import Problem
 from r1hpc.disagg.batch import RolloutBatch, save_batch
 from r1hpc.disagg.exchange import Exchange, read_json
@@ -25,7 +26,6 @@ from r1hpc.disagg.config import exchange_root
 from r1hpc.disagg.source import Heartbeat
 
 KILL_IN_WRITE_ENV = "R1HPC_DISAGG_TEST_KILL_IN_WRITE"  # "<worker>:<n>": SIGKILL inside the n-th batch write
-EXIT_PREEMPTED = 75  # the requeue contract of r1hpc.launch.task
 
 
 class Stopped(Exception):
@@ -208,7 +208,7 @@ class RolloutWorker:
                 self.say(f"{e}: gave back {claim.name.partition('@')[0]}")
             for staged in self.ex.staging.glob(f"*@{self.id}.*"):
                 staged.unlink(missing_ok=True)
-            return EXIT_PREEMPTED if e.signum == signal.SIGUSR2 else 128 + e.signum
+            return EXIT_CODE_REQUEUE if e.signum == signal.SIGUSR2 else 128 + e.signum
         finally:
             heartbeat.stop()
             self.stats["state"] = "stopped"

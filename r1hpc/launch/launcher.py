@@ -88,8 +88,8 @@ def slurm_available() -> bool:
         ["scontrol", "ping"], capture_output=True).returncode == 0
 
 
-def _executor(folder: Path, name: str, res: Resources, *, ntasks: Optional[int] = None, array: int = 0,
-              dependency: Optional[str] = None):
+def slurm_executor(folder: Path, name: str, res: Resources, *, ntasks: Optional[int] = None, array: int = 0,
+                   dependency: Optional[str] = None):
     import submitit
 
     ex = submitit.AutoExecutor(folder=folder / name, cluster="slurm")
@@ -129,26 +129,26 @@ def submit_chain(stages: list[Stage], folder: str | Path = "logs/submitit") -> d
             if not st.out:
                 raise ValueError(f"stage {st.name!r} is sharded and needs an output directory (out)")
             array_res = dataclasses.replace(st.resources, nodes=1, exclusive=False)
-            ex = _executor(folder, st.name, array_res, ntasks=1, array=st.shards, dependency=dep)
+            ex = slurm_executor(folder, st.name, array_res, ntasks=1, array=st.shards, dependency=dep)
             with ex.batch():
                 tasks = [ex.submit(R1hpcStep(st.args() + ["--out", st.out, "--shard", f"{i}/{st.shards}"],
                                              result=st.out)) for i in range(st.shards)]
             array_id = tasks[0].job_id.split("_")[0]
             merge_res = Resources(nodes=1, ntasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
                                   time_minutes=30, partition=st.resources.partition, exclusive=False)
-            mex = _executor(folder, f"{st.name}-merge", merge_res, dependency=f"afterok:{array_id}")
+            mex = slurm_executor(folder, f"{st.name}-merge", merge_res, dependency=f"afterok:{array_id}")
             merge_job = mex.submit(R1hpcStep(["merge", st.out], result=str(Path(st.out) / "merged.json")))
             jobs[st.name] = tasks + [merge_job]
             last_of[st.name] = merge_job.job_id
         else:
-            ex = _executor(folder, st.name, st.resources, dependency=dep)
+            ex = slurm_executor(folder, st.name, st.resources, dependency=dep)
             job = ex.submit(R1hpcStep(st.args()))
             jobs[st.name] = [job]
             last_of[st.name] = job.job_id
     return jobs
 
 
-def _sacct_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+def sacct_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """job id -> (state, exit code) from sacct (needs slurmdbd), array tasks as ``<id>_<i>``."""
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", ",".join(
         sorted({j.split("_")[0] for j in job_ids}))], capture_output=True, text=True).stdout
@@ -169,7 +169,7 @@ def watch_chain(stages: list[Stage], jobs: dict[str, list], poll_s: float = 5.0,
     results: dict[str, StageResult] = {}
     while len(results) < len(stages):
         ids = [j.job_id for js in jobs.values() for j in js]
-        states = _sacct_states(ids)
+        states = sacct_states(ids)
         for st in stages:
             if st.name in results:
                 continue

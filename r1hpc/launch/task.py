@@ -16,7 +16,8 @@ from typing import Optional
 
 import submitit
 
-EXIT_CODE_REQUEUE = 75  # the contract of r1hpc.checkpoint.preemption
+from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE
+
 SAVE_GRACE_S = 110  # --signal=USR2@120 leaves this long for the save before Slurm's kill
 
 
