@@ -2,11 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 
 from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.config import ConfigError
 from r1hpc.model.mcore_compat import CheckpointVersionError
+
+
+# Third-party warnings a user cannot act on (the CPU stack has no Apex/TE by design; deprecations inside
+# megatron's and torch's own checkpoint code). Filtered here at the entry, never in library code;
+# R1HPC_SHOW_WARNINGS=1 shows them.
+_KNOWN_HARMLESS = (
+    (UserWarning, r"Transformer Engine and Apex are not installed"),
+    (UserWarning, r"Apex is not installed"),
+    (UserWarning, r"full scope is deprecated"),
+    (FutureWarning, r"`load_state_dict` is deprecated"),
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
+)
+
+
+def _quiet_known_warnings() -> None:
+    if os.environ.get("R1HPC_SHOW_WARNINGS") == "1":
+        return
+    for category, message in _KNOWN_HARMLESS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -15,6 +36,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_warnings()
     parser = argparse.ArgumentParser(prog="r1hpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and what the CPU compatibility layer patched")

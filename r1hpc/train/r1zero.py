@@ -8,6 +8,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -136,14 +137,16 @@ def run_r1zero(cfg) -> dict:
             """This process's training time: held-out evaluations in between do not count."""
             return time.perf_counter() - t_grpo - sum(e["eval_s"] for e in evals[evals_before:])
 
-        progress = _progress(cfg.grpo.steps, rank0)
+        progress = _progress(cfg.grpo.steps, cfg.grpo.time_limit_minutes, rank0)
         progress.update(steps_done)
         for step in range(steps_done + 1, cfg.grpo.steps + 1):
             metrics = trainer.train_step()
             logger.log(step, metrics)
             steps_done = step
+            budget = {} if cfg.grpo.time_limit_minutes is None else \
+                {"time": f"{_grpo_seconds() / 60:.1f}/{cfg.grpo.time_limit_minutes:g}min"}  # the limit ends it first
             progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('reward/accuracy', 0):.3f}",
-                                 len=f"{metrics.get('response_length/mean', 0):.0f}")
+                                 len=f"{metrics.get('response_length/mean', 0):.0f}", **budget)
             progress.update(1)
             if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0 and step < cfg.grpo.steps:
                 logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items() if k != "step"})
@@ -200,7 +203,9 @@ def _agreed_stop(local: bool) -> bool:
     return bool(flag)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, limit_minutes: Optional[float], enabled: bool):
+    """Steps out of ``grpo.steps``; with a time limit the bar says so, since the limit usually ends the run first."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="GRPO", disable=not enabled, dynamic_ncols=True)
+    desc = "GRPO" if limit_minutes is None else f"GRPO (stops at {limit_minutes:g} min)"
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
