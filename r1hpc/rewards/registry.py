@@ -6,14 +6,14 @@ under its own key ("accuracy", "format", "language", ...) and "total" is the wei
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Literal, Sequence
 
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
-from r1hpc.rewards.code import CodeConfig, code_reward
+from r1hpc.rewards.code import CodeBatchStats, CodeConfig, code_reward_batch
 from r1hpc.rewards.countdown import countdown_reward
 from r1hpc.rewards.format import FormatConfig, format_reward
 from r1hpc.rewards.judge_model import JudgeModelConfig
@@ -27,6 +27,10 @@ TERM_KEYS = {"math": "accuracy", "code": "accuracy", "countdown": "accuracy", "f
              "language": "language", "reward_model": "reward_model", "judge": "judge"}
 MODEL_TERMS = ("reward_model", "judge")
 WHOLE_RESPONSE_TERMS = ("math", "countdown", "format")
+# what each term needs in Problem.extra (checked before scoring: a data error, not the model's)
+EXTRA_KEYS = {"code": ("tests",), "countdown": ("numbers", "target")}
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -116,7 +120,9 @@ class RewardScorer:
 
     ``models`` holds what model-based terms use: ``ScalarRewardModel`` or ``(prompts, responses)
     -> scores`` callables for "reward_model" terms, ``JudgeReward`` (or ``generate`` callables)
-    for "judge" terms. ``timeouts`` counts checks that ran out of time and scored 0.
+    for "judge" terms. ``timeouts`` counts checks that ran out of time and scored 0, ``errors``
+    checks that raised on a response and scored 0 (nothing a response holds raises out of
+    ``score_batch``).
     """
 
     def __init__(self, config: RewardsConfig | None = None, *,
@@ -131,6 +137,7 @@ class RewardScorer:
         self.workers = self.config.workers or os.cpu_count() or 1
         self.pool = math_pool(self.workers)
         self.code_timeouts = 0
+        self.errors = 0
 
     @property
     def timeouts(self) -> int:
@@ -139,10 +146,11 @@ class RewardScorer:
 
     def state_dict(self) -> dict:
         """The cumulative counters (logged as ``reward/timeouts``), for exact resume."""
-        return {"pool_timeouts": self.pool.timeouts, "code_timeouts": self.code_timeouts}
+        return {"pool_timeouts": self.pool.timeouts, "code_timeouts": self.code_timeouts, "errors": self.errors}
 
     def load_state_dict(self, state: dict) -> None:
         self.pool.timeouts, self.code_timeouts = state["pool_timeouts"], state["code_timeouts"]
+        self.errors = state.get("errors", 0)  # absent in checkpoints written before it was counted
 
     def close(self) -> None:
         self.pool.close()
@@ -168,7 +176,7 @@ class RewardScorer:
             for t in terms:
                 jobs.setdefault(t.name, []).append((i, t, select_span(r, t.span, **form)))
         for name, items in jobs.items():
-            for (i, t, _), value in zip(items, self._run(name, items, problems, deadline)):
+            for (i, t, _), value in zip(items, self._run_safely(name, items, problems, deadline)):
                 scores[i][t.out_key] = value
         for s, terms in zip(scores, plan):
             s["total"] = sum(t.weight * s[t.out_key] for t in terms)
@@ -184,7 +192,27 @@ class RewardScorer:
             if t.name in MODEL_TERMS and t.model_name not in self.models:
                 raise ValueError(f"problem {problem.id!r} (data_source {problem.data_source!r}): term {t.name!r} needs "
                                  f"models[{t.model_name!r}], which this scorer was not given")
+            for key in EXTRA_KEYS.get(t.name, ()):
+                _extra(problem, key)
         return terms
+
+    def _run_safely(self, name: str, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem],
+                    deadline: float) -> list[float]:
+        """``_run``; if it raises, each response again on its own, a raising one scoring 0 (counted
+        in ``errors``) so one response cannot fail the batch."""
+        try:
+            return self._run(name, items, problems, deadline)
+        except Exception as e:
+            log.warning("reward %r raised on a batch (%r); scoring its responses one by one", name, e)
+        out = []
+        for item in items:
+            try:
+                out.append(self._run(name, [item], problems, deadline)[0])
+            except Exception as e:
+                log.warning("reward %r raised on the response to problem %r, scored 0: %r", name, problems[item[0]].id, e)
+                self.errors += 1
+                out.append(0.0)
+        return out
 
     def _run(self, name: str, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem],
              deadline: float) -> list[float]:
@@ -208,20 +236,12 @@ class RewardScorer:
         return self._judge(items, problems)
 
     def _code(self, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem], deadline: float) -> list[float]:
-        cfg = self.config.code
-        ex = ThreadPoolExecutor(max_workers=self.workers)
-        futures = [ex.submit(code_reward, x, _extra(problems[i], "tests"), entry_point=problems[i].extra.get("entry_point"),
-                             timeout_s=max(0.1, min(cfg.timeout_s, deadline - time.monotonic())), config=cfg)
-                   for i, _, x in items]
-        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        ex.shutdown(wait=False, cancel_futures=True)
-        out = []
-        for f in futures:
-            if f.done() and not f.cancelled():
-                out.append(f.result())
-            else:
-                self.code_timeouts += 1
-                out.append(0.0)
+        stats = CodeBatchStats()
+        out = code_reward_batch([x for _, _, x in items], [problems[i].extra["tests"] for i, _, _ in items],
+                                [problems[i].extra.get("entry_point") for i, _, _ in items], config=self.config.code,
+                                workers=self.workers, deadline=deadline, stats=stats)
+        self.code_timeouts += stats.timeouts
+        self.errors += stats.errors
         return out
 
     def _reward_model(self, items: list[tuple[int, RewardTerm, str]], problems: Sequence[Problem]) -> list[float]:

@@ -393,6 +393,7 @@ class GRPOTrainer:
         if self.algo.dynamic_sampling:
             out["dynamic_sampling/groups_dropped"] = float(ds_stats["groups_dropped"])
         out["reward/timeouts"] = float(getattr(self.scorer, "timeouts", 0))
+        out["reward/errors"] = float(getattr(self.scorer, "errors", 0))
         return out
 
     def _observe_curriculum(self, problems: list[Problem], scores: list[dict]) -> dict[str, float]:

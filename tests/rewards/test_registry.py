@@ -111,3 +111,38 @@ def test_yaml_config_with_overrides(tmp_path):
     path.write_text("sources:\n  gsm8k:\n    - {name: math, wieght: 2}\n")
     with pytest.raises(ConfigError, match="wieght"):
         load_config(path, cls=RewardsConfig)
+
+
+def test_a_response_that_breaks_its_checker_scores_0_and_is_counted(scorer, monkeypatch):
+    import r1hpc.rewards.registry as registry
+
+    deep = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\ndef f():\n    return 1\n"
+    tests = "def check(f):\n    assert f() == 1\n"
+    out = scorer.score_batch([deep], [_p("humaneval", tests=tests, entry_point="f")])  # sandbox cleanup holds
+    assert out[0]["total"] == 1.0
+
+    real = registry.countdown_reward
+
+    def fragile(response, *a, **k):
+        if "boom" in response:
+            raise RecursionError("a checker bug a response can trigger")
+        return real(response, *a, **k)
+
+    monkeypatch.setattr(registry, "countdown_reward", fragile)
+    errors = scorer.errors
+    out = scorer.score_batch([FMT.format(think="boom", answer="(1+2)*3"), FMT.format(think="ok", answer="(1+2)*3")],
+                             [_p("countdown", numbers=[1, 2, 3], target=9)] * 2)
+    assert [o["accuracy"] for o in out] == [0.0, 1.0] and [o["format"] for o in out] == [1.0, 1.0]
+    assert scorer.errors == errors + 1 and scorer.state_dict()["errors"] == errors + 1
+
+
+def test_code_reward_batch_has_a_deadline():
+    from r1hpc.rewards.code import CodeBatchStats, CodeConfig, code_reward_batch
+
+    stats = CodeBatchStats()
+    t0 = time.monotonic()
+    out = code_reward_batch(["def f():\n    return 1\n"] + ["while True: pass"] * 4, ["assert f() == 1"] * 5,
+                            [None] * 5, config=CodeConfig(batch_timeout_s=2.0), workers=2, stats=stats)
+    print(f"batch of 5 with 4 hanging programs returned in {time.monotonic() - t0:.2f} s")
+    # the last two never start before the deadline; the two running then may end on their own shortened limit
+    assert out == [1.0, 0.0, 0.0, 0.0, 0.0] and 2 <= stats.timeouts <= 4

@@ -142,8 +142,53 @@ def test_double_forked_daemon_does_not_outlive_the_run():
     assert _alive(marker) == []
 
 
-def test_work_dir_is_removed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_work_dir_is_removed(tmp_path, monkeypatch, isolation):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))")
+    r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))",
+                   config=SandboxConfig(isolation=isolation))
     assert r.status == "ok" and r.stdout == "xxx\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_only_the_system_python_and_its_stdlib_are_visible():
+    import sys
+
+    import r1hpc
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(r1hpc.__file__)))
+    hidden = [checkout, sys.prefix, os.path.expanduser("~"), "/work", "/usr/local", "/run", "/var", "/etc",
+              "/usr/lib/python3/dist-packages"]
+    code = f"import os, json\nprint([p for p in {hidden!r} if os.path.exists(p) and os.listdir(p)])\nimport json, sqlite3"
+    r = run_python(code)
+    assert (r.status, r.stdout) == ("ok", "[]\n"), r
+
+
+def test_unix_sockets_at_file_paths_are_unreachable():
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d, socket.socket(socket.AF_UNIX) as server:
+        path = os.path.join(d, "s.sock")
+        server.bind(path)
+        server.listen(1)
+        server.settimeout(0.5)
+        r = run_python(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('CONNECTED')")
+        assert r.status == "error" and "CONNECTED" not in r.stdout
+        with pytest.raises(socket.timeout):
+            server.accept()
+
+
+_DEEP = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_deep_nesting_is_cleaned_up_without_raising(tmp_path, monkeypatch, isolation):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    r = run_python(_DEEP, config=SandboxConfig(isolation=isolation))
+    assert (r.status, r.stdout) == ("ok", "deep\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_work_dir_is_a_size_capped_tmpfs():
+    r = run_python("open('big', 'wb').write(b'x' * (80 * 1024 * 1024))", config=SandboxConfig(tmpfs_mb=16, max_file_mb=512))
+    assert r.status == "error" and "No space left on device" in r.stderr, r
