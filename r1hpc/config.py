@@ -210,7 +210,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         src.name = str(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded, src.lines = _yaml_with_lines(p.read_text(), str(p))
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+        loaded, src.lines = _yaml_with_lines(text, str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -45,6 +45,8 @@ class ParallelConfig:
                      "context_parallel_size", "expert_model_parallel_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"key '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.timeout_minutes < 1:
+            raise ConfigError(f"key 'timeout_minutes' must be >= 1 (collectives time out after it), got {self.timeout_minutes}")
         if self.data_parallel_size is not None and self.data_parallel_size < 1:
             raise ConfigError(f"key 'data_parallel_size' must be >= 1 or null, got {self.data_parallel_size}")
 

@@ -35,8 +35,12 @@ class RunSection:
     init_weights: Optional[str] = None
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"key 'name' must be a non-empty name without '/', got {self.name!r}")
+        # the run dir is <output_dir>/<name>: a name must stay one level below output_dir
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"key 'name' must be a non-empty name without '/', '\\' or NUL and not '.' or '..' "
+                              f"(the run dir is <output_dir>/<name>), got {self.name!r}")
+        if not self.output_dir or "\0" in self.output_dir:
+            raise ConfigError(f"key 'output_dir' must be a non-empty path, got {self.output_dir!r}")
 
 
 @dataclasses.dataclass

@@ -309,3 +309,27 @@ def test_trainer_temperature_follows_the_sampler_unless_corrected():
     assert "algo.temperature (1.0) differs from rollout.temperature (0.7)" in msg and "algo.tis_cap" in msg
     cfg = load_config(None, ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.tis_cap=2.0"])
     assert (cfg.algo.temperature, cfg.rollout.temperature) == (1.0, 0.7)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/../..", "..\\x", "a\0b", ""])
+def test_run_name_stays_inside_output_dir(name):
+    with pytest.raises(ConfigError, match=r"section 'run': key 'name' must be a non-empty name without '/'.*"
+                                          r"<output_dir>/<name>"):
+        from_dict(RunConfig, {"run": {"name": name}})
+    assert from_dict(RunConfig, {"run": {"name": ".hidden-run_1"}}).run.name == ".hidden-run_1"
+
+
+def test_run_name_dotdot_override_is_rejected_naming_the_key():
+    assert "section 'run': key 'name'" in load_error(None, None, ["run.name=.."])
+
+
+def test_non_utf8_config_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{path}: not UTF-8 text \(byte 16"):
+        load_config(path)
+
+
+def test_a_zero_collective_timeout_fails_validation():
+    with pytest.raises(ConfigError, match="section 'parallel': key 'timeout_minutes' must be >= 1"):
+        load_config(None, ["parallel.timeout_minutes=0"])

@@ -18,15 +18,16 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-from r1hpc.checkpoint.compat import current_layout
+from r1hpc.checkpoint.compat import ResumeError, current_layout
 from r1hpc.checkpoint.config import CheckpointConfig
-from r1hpc.checkpoint.layout import fsync_tree, prune, publish, read_meta, step_dir_name
+from r1hpc.checkpoint.layout import LATEST, fsync_tree, prune, publish, read_meta, step_dir_name
 from r1hpc.checkpoint.rng import capture_rng, restore_rng
-from r1hpc.model.mcore_compat import version_record
+from r1hpc.model.mcore_compat import CheckpointVersionError, version_record
 from r1hpc.model.weights import (load_dist_checkpoint, load_model_weights, save_dist_checkpoint, save_model_weights,
                                  sharded_model_state)
 
@@ -98,6 +99,39 @@ class CheckpointManager:
         self.scorer.load_state_dict(own["scorer"])
         restore_rng(own["rng"])
         return meta
+
+    def load_first(self, candidates: list[Path], say: Callable[[str], None]) -> tuple[Path, dict]:
+        """Load the first of ``candidates`` (newest first) that loads on every rank. One that does
+        not (a truncated shard, a corrupt file) is reported and moved aside as ``<name>.unloadable``
+        (kept for inspection, never deleted, never retried); the next older one is tried."""
+        for path in candidates:
+            error: Optional[BaseException] = None
+            try:
+                meta = self.load(path)
+            except CheckpointVersionError:
+                raise  # not a damaged checkpoint: an older one would fail the same way
+            except (Exception, CheckpointException) as e:  # a damaged checkpoint: try the previous one
+                error = e
+                print(f"[checkpoint] rank {self.rank}: {path} does not load: {type(e).__name__}: {str(e)[:300]}",
+                      flush=True)
+            failed = torch.tensor(float(error is not None))
+            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+            if not failed:
+                return path, meta
+            say(f"[checkpoint] WARNING: {path} does not load (see above); keeping it as "
+                f"{path.name}.unloadable and falling back to the previous complete checkpoint")
+            torch.distributed.barrier()
+            if self.rank == 0:
+                aside = path.with_name(path.name + ".unloadable")
+                n = 1
+                while aside.exists():
+                    aside, n = path.with_name(f"{path.name}.unloadable{n}"), n + 1
+                os.replace(path, aside)
+                if (path.parent / LATEST).is_file() and (path.parent / LATEST).read_text().strip() == path.name:
+                    (path.parent / LATEST).unlink()
+            torch.distributed.barrier()
+        raise ResumeError("no checkpoint loads: " + ", ".join(str(p) for p in candidates)
+                          + " (each moved aside as .unloadable); start over with checkpoint.resume=none")
 
 
 def _has_adam_moments(state: dict) -> bool:

@@ -16,7 +16,7 @@ from r1hpc.checkpoint.compat import check_resumable, current_layout, version_cha
 from r1hpc.checkpoint.layout import read_meta
 from r1hpc.checkpoint.manager import CheckpointManager
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE, PreemptionGuard
-from r1hpc.checkpoint.resume import choose_checkpoint, clear_stale
+from r1hpc.checkpoint.resume import check_fresh_start, clear_stale, resume_candidates
 from r1hpc.config import ConfigError, dump_yaml, to_dict
 from r1hpc.data.prompts import heldout_problems, run_data_sources, training_problems, training_stream
 from r1hpc.data.templates import render_prompt
@@ -40,12 +40,18 @@ def run_r1zero(cfg) -> dict:
         raise ConfigError("model.hf_path: the R1-Zero job starts from a converted checkpoint, not an HF folder: "
                           "run `r1hpc convert hf-to-megatron <folder or .gguf> <dir>` and set pretrain.base_dir "
                           "to <dir> (docs/hf_weights.md)")
+    if cfg.rollout.group_size < 2:  # else it fails only after pretraining
+        raise ConfigError(f"rollout.group_size: GRPO compares samples within a group and needs >= 2, got "
+                          f"{cfg.rollout.group_size}")
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    ckpt_dir = Path(cfg.checkpoint.directory) if cfg.checkpoint.directory else run_dir / "checkpoints"
+    if cfg.checkpoint.resume == "none":
+        check_fresh_start(ckpt_dir, cfg.checkpoint.overwrite)
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     rank0 = env.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    ckpt_dir = Path(cfg.checkpoint.directory) if cfg.checkpoint.directory else run_dir / "checkpoints"
-    resume_from = choose_checkpoint(cfg.checkpoint.resume, ckpt_dir, say)
+    candidates = resume_candidates(cfg.checkpoint.resume, ckpt_dir, say)
+    resume_from = candidates[0] if candidates else None
     resumed = None
     if resume_from is not None:
         resumed = read_meta(resume_from)
@@ -58,8 +64,6 @@ def run_r1zero(cfg) -> dict:
             destroy_distributed()
             return {"already_finished": True, "grpo_steps": resumed["step"]}
     torch.distributed.barrier()  # every rank decided before rank 0 touches the directory
-    if resume_from is None:
-        clear_stale(ckpt_dir, rank0, say)
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
@@ -112,13 +116,20 @@ def run_r1zero(cfg) -> dict:
         ckpt = CheckpointManager(cfg.checkpoint, ckpt_dir, policy=policy, trainer=trainer, scorer=scorer,
                                  config=to_dict(cfg), tokenizer_path=base_dir / "tokenizer.json")
 
+        if resume_from is None:  # only now that the run could start: a failed start deletes nothing
+            clear_stale(ckpt_dir, rank0, say)
+            torch.distributed.barrier()
+
         def save(step: int, finished: bool = False) -> None:
             path = ckpt.save(step, evals=evals, metrics_path=logger.path, finished=finished)
             say(f"[checkpoint] saved {path}")
 
         start_step = steps_done = 0
         if resumed is not None:
-            ckpt.load(resume_from)
+            loaded, resumed = ckpt.load_first(candidates, say)
+            if loaded != resume_from:
+                check_resumable(resumed, to_dict(cfg), current_layout(), str(loaded))
+                resume_from = loaded
             if rank0:  # only after a successful load: a failed resume loses nothing
                 truncate_metrics(logger.path, resumed["metrics_bytes"])
             evals.extend(resumed["evals"])

@@ -161,3 +161,28 @@ def test_a_resume_that_changes_the_model_fails_clearly(reference, tmp_path):
     assert "cannot resume" in proc.stderr and "model.hidden_size: 96 -> 64" in proc.stderr
     assert "model.ffn_hidden_size: 192 -> 128" in proc.stderr
 
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+    base, ref = reference
+    run_dir = tmp_path / "ci_r1zero"
+    shutil.copytree(ref, run_dir)
+    ckpts = run_dir / "checkpoints"
+    shard = ckpts / f"step_{STEPS:08d}" / "ranks" / "rank_00000.pt"
+    shard.write_bytes(shard.read_bytes()[:100])  # a truncated shard: torch.load fails
+    proc = _train(tmp_path, base, f"grpo.steps={STEPS + 2}", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"step_{STEPS:08d} does not load" in proc.stdout and f"[resume] continuing from step {STEPS - 2}" in proc.stdout
+    kept = ckpts / f"step_{STEPS:08d}.unloadable"
+    assert kept.is_dir() and len((kept / "ranks" / "rank_00000.pt").read_bytes()) == 100  # reported, never deleted
+    per_step = lambda d: [r for r in _comparable(d) if "reward/mean" in r]  # noqa: E731
+    assert per_step(run_dir)[:STEPS] == per_step(ref)  # the replayed steps are bitwise the reference's
+
+
+def test_a_fresh_start_refuses_to_delete_an_earlier_runs_checkpoints(reference, tmp_path):
+    base, ref = reference
+    shutil.copytree(ref, tmp_path / "ci_r1zero")
+    before = sorted(p.name for p in (tmp_path / "ci_r1zero" / "checkpoints").iterdir())
+    proc = _train(tmp_path, base)
+    assert proc.returncode == 2 and "checkpoint.overwrite=true" in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "ci_r1zero" / "checkpoints").iterdir()) == before

@@ -125,3 +125,39 @@ def test_checkpoint_section_is_validated():
     assert load_config(None, ["checkpoint.resume=auto"]).checkpoint.resume == "auto"
     with pytest.raises(ConfigError, match="checkpoint.*keep_last"):
         load_config(None, ["checkpoint.keep_last=0"])
+
+
+def test_a_fresh_start_over_complete_checkpoints_needs_overwrite(tmp_path):
+    from r1hpc.checkpoint.resume import check_fresh_start
+
+    check_fresh_start(tmp_path / "missing", overwrite=False)
+    (tmp_path / "step_00000004.tmp").mkdir()
+    check_fresh_start(tmp_path, overwrite=False)  # only an unfinished save: nothing of value
+    _complete(tmp_path, 2)
+    with pytest.raises(ResumeError, match=r"1 checkpoint\(s\) of an earlier run \(newest step_00000002\).*"
+                                          r"checkpoint.overwrite=true"):
+        check_fresh_start(tmp_path, overwrite=False)
+    check_fresh_start(tmp_path, overwrite=True)
+    assert (tmp_path / "step_00000002" / "meta.json").is_file()  # the check itself never deletes
+
+
+def test_resume_candidates_are_newest_first_with_fallbacks_only_for_auto(tmp_path):
+    from r1hpc.checkpoint.resume import resume_candidates
+
+    for step in (2, 4, 6):
+        _complete(tmp_path, step)
+    (tmp_path / "step_00000008.tmp").mkdir()
+    names = [p.name for p in resume_candidates("auto", tmp_path, lambda s: None)]
+    assert names == ["step_00000006", "step_00000004", "step_00000002"]
+    assert resume_candidates(str(tmp_path / "step_00000004"), tmp_path, lambda s: None) == [tmp_path / "step_00000004"]
+    assert resume_candidates("none", tmp_path, lambda s: None) == []
+
+
+def test_grpo_with_one_sample_per_prompt_fails_before_anything_runs(tmp_path):
+    from r1hpc.config import ConfigError, load_config
+    from r1hpc.train.r1zero import run_r1zero
+
+    cfg = load_config(None, ["rollout.group_size=1", f"run.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="rollout.group_size: GRPO .* needs >= 2, got 1"):
+        run_r1zero(cfg)
+    assert list(tmp_path.iterdir()) == []
