@@ -139,6 +139,23 @@ def bench_sandbox() -> dict:
     return out
 
 
+def bench_extraction() -> dict:
+    """Answer extraction on hostile nesting (``\\boxed{`` 25,000 deep, and 4x that): linear time, so
+    the second takes about 4x the first (quadratic copying took seconds per call)."""
+    from r1hpc.rewards.math import MathConfig, prepare
+
+    out = {}
+    for depth in (25_000, 100_000):
+        text = "\\boxed{" * depth + "7" + "}" * depth
+        best = float("inf")
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            prepare(text, "7", MathConfig(max_response_chars=len(text)))
+            best = min(best, time.perf_counter() - t)
+        out[f"nested_boxes_{depth}_ms"] = round(best * 1000, 1)
+    return out
+
+
 def bench_scorer() -> dict:
     from r1hpc.data.problem import Problem
     from r1hpc.rewards.registry import RewardScorer, RewardsConfig
@@ -162,7 +179,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rewards_cpu.json"))
     args = ap.parse_args()
-    result = {"machine": machine(), "math": bench_math(), "sandbox": bench_sandbox(), "scorer": bench_scorer()}
+    result = {"machine": machine(), "math": bench_math(), "sandbox": bench_sandbox(), "scorer": bench_scorer(),
+              "extraction": bench_extraction()}
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

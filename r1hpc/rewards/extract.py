@@ -1,8 +1,9 @@
 """Pull the final answer out of a model response: last ``\\boxed{}``/``\\fbox{}``, the ``<answer>``
 tag, then opt-in textual fallbacks.
 
-Everything here is linear in the input (one brace-matching pass, no backtracking regexes) so it can
-run in the training process on untrusted text without a timeout.
+Everything here is linear in the input (one brace-matching pass, no backtracking regexes, and no
+copy of a box's content longer than ``cap``: boxes nested 25,000 deep would otherwise copy a
+quadratic amount of text) so it can run in the training process on untrusted text without a timeout.
 """
 from __future__ import annotations
 
@@ -19,11 +20,23 @@ NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|[+-]?\.
 
 
 @dataclasses.dataclass(frozen=True)
+class LongAnswer:
+    """A boxed answer longer than the cap, named by its place in the text instead of being copied
+    (two of them are different answers unless they are the same box)."""
+
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True)
 class Extraction:
     """The chosen answer (None when none was found) and every boxed answer seen (for anti-spraying)."""
 
     answer: str | None
-    boxed: tuple[str, ...] = ()
+    boxed: tuple[str | LongAnswer, ...] = ()
 
 
 def match_braces(text: str) -> dict[int, int]:
@@ -40,17 +53,18 @@ def match_braces(text: str) -> dict[int, int]:
     return pairs
 
 
-def boxed_answers(text: str) -> list[str]:
-    """Contents of every ``\\boxed{..}``/``\\fbox{..}`` (nested braces allowed) and ``\\boxed 5``, in order."""
+def boxed_answers(text: str, cap: int = 1_000) -> list[str | LongAnswer]:
+    """Contents of every ``\\boxed{..}``/``\\fbox{..}`` (nested braces allowed) and ``\\boxed 5``, in
+    order; a content longer than ``cap`` characters is a ``LongAnswer`` (its span, not a copy)."""
     if "\\boxed" not in text and "\\fbox" not in text:
         return []
     pairs = match_braces(text)
-    found = []
+    found: list[str | LongAnswer] = []
     for m in _BOX_RE.finditer(text):
         if m.group(1):
             close = pairs.get(m.start(1))
             if close is not None:
-                found.append(text[m.end(1) : close].strip())
+                found.append(text[m.end(1) : close].strip() if close - m.end(1) <= cap else LongAnswer(m.end(1), close))
         else:
             tail = text[m.end() : m.end() + 64].split()
             if tail and not tail[0].startswith("\\"):
@@ -91,16 +105,20 @@ def last_answer_tag(text: str) -> str | None:
     return text[start + len("<answer>") : end] if start >= 0 else None
 
 
-def extract_answer(text: str, fallbacks: tuple[str, ...] | list[str] = ("answer_is",)) -> Extraction:
+def _text(text: str, answer: str | LongAnswer) -> str:
+    return text[answer.start : answer.end].strip() if isinstance(answer, LongAnswer) else answer
+
+
+def extract_answer(text: str, fallbacks: tuple[str, ...] | list[str] = ("answer_is",), cap: int = 1_000) -> Extraction:
     """The last ``<answer>`` tag wins (a box inside it preferred), else the last box, else the
-    fallbacks in the order given."""
-    boxed = tuple(boxed_answers(text))
+    fallbacks in the order given. Boxes longer than ``cap`` are ``LongAnswer`` spans in ``boxed``."""
+    boxed = tuple(boxed_answers(text, cap))
     tag = last_answer_tag(text)
     if tag is not None:
-        inner = boxed_answers(tag)
-        return Extraction((inner[-1] if inner else tag.strip()) or None, boxed)
+        inner = boxed_answers(tag, cap)
+        return Extraction((_text(tag, inner[-1]) if inner else tag.strip()) or None, boxed)
     if boxed:
-        return Extraction(boxed[-1], boxed)
+        return Extraction(_text(text, boxed[-1]) or None, boxed)
     for name in fallbacks:
         found = _fallback(text, name)
         if found:

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from r1hpc.config import ConfigError
 from r1hpc.rewards.extract import FALLBACKS, extract_answer
-from r1hpc.rewards.normalize import answer_key, canonical, numbers_equal, plain_number
+from r1hpc.rewards.normalize import (answer_key, canonical, has_relation, numbers_equal, plain_number,
+                                    qualified_number)
 from r1hpc.rewards.pool import WorkerPool
 
 
@@ -43,7 +44,7 @@ class MathConfig:
 
 def prepare(response: str, gold: str, cfg: MathConfig) -> float | tuple[str, str]:
     """A decided score, or the (gold, predicted) pair that needs the sympy worker."""
-    ext = extract_answer(response[-cfg.max_response_chars :], cfg.fallbacks)
+    ext = extract_answer(response[-cfg.max_response_chars :], cfg.fallbacks, cfg.max_answer_chars)
     pred = ext.answer
     if pred is None or len(pred) > cfg.max_answer_chars:
         return 0.0
@@ -52,7 +53,11 @@ def prepare(response: str, gold: str, cfg: MathConfig) -> float | tuple[str, str
     gold = gold.strip()
     if canonical(pred) == canonical(gold):
         return 1.0
+    if has_relation(pred) and not has_relation(gold):
+        return 0.0  # "6=5" is not 5 (math-verify would compare the last side)
     g, p = plain_number(gold), plain_number(pred)
+    if g is not None and p is None and qualified_number(pred):
+        return 0.0  # "5 and a half" is not 5
     if g is not None and p is not None:
         same = numbers_equal(g, p)
         if same is not None:

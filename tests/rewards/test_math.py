@@ -155,3 +155,33 @@ def test_fast_path_agrees_with_math_verify(a, b, style_a, style_b, same):
     decided = prepare(rf"\boxed{{{pred}}}", gold, MathConfig())
     if not isinstance(decided, tuple):
         assert decided == float(verify_pair(gold, pred)), (gold, pred)
+
+
+# Wrong answers that trailing words or a relation used to pass, and number/matrix forms accepted since.
+TIGHTENED = [
+    ("12", "12 dozen", False), ("144", "12 dozen", True), ("5", "5 thousand", False), ("5000", "5 thousand", True),
+    ("5000", "5 thousand dollars", True), ("3", "3 squared", False), ("9", "3 squared", True), ("27", "3 cubed", True),
+    ("5", "5 and a half", False), ("7", "7 more", False), ("3", "3 times", False), ("50%", "50 percent", True),
+    ("5", "6=5", False), ("7", r"3 \to 7", False), ("7", r"3 \rightarrow 7", False), ("5", r"x \approx 5", False),
+    ("5", "x = 5", True), ("30", r"\theta = 30^\circ", True), ("4", "f(2) = 4", True), ("-1", "a_1 = -1", True),
+    ("1000000", r"1\,000\,000", True), ("1000000", "1\u2009000\u2009000", True), ("1000", "1{,}000", True),
+    ("3.5", "3{,}5", True), ("3.25", "3{,}25", True), ("3.5", "3{,}6", False),
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{bmatrix}1&2\\3&4\end{bmatrix}", True),
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\left(\begin{array}{cc}1&2\\3&4\end{array}\right)", True),
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\left[\begin{array}{cc}1&2\\3&5\end{array}\right]", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,same", TIGHTENED, ids=[f"{g}|{p}" for g, p, _ in TIGHTENED])
+def test_units_relations_and_number_forms(gold, pred, same, pool):
+    assert math_reward(rf"<answer>{pred}</answer>", gold, pool=pool, timeout_s=30) == float(same)
+    assert math_reward(rf"so \boxed{{{pred}}}", gold, pool=pool, timeout_s=30) == float(same)
+
+
+def test_deeply_nested_boxes_are_extracted_in_one_pass(pool):
+    # 25,000 nested boxes: quadratic extraction copied ~300 MB of text here; linear takes milliseconds
+    # (benchmarks/bench_rewards.py prints the time; no timed assert)
+    deep = r"\boxed{" * 25_000 + "7" + "}" * 25_000
+    assert prepare(deep, "7", MathConfig()) == 0.0  # boxes with different contents: anti-spraying
+    assert prepare("<answer>" + deep + "</answer>", "7", MathConfig()) == 0.0
+    assert math_reward(r"\boxed{7}" + " x" * 50_000, "7", pool=pool) == 1.0
