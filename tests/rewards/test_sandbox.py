@@ -142,13 +142,25 @@ def test_double_forked_daemon_does_not_outlive_the_run():
     assert _alive(marker) == []
 
 
+@pytest.fixture
+def scratch(monkeypatch):
+    """The temp dir ``run_python`` uses, reachable by the throwaway uid (pytest's tmp_path is 0700 root)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="r1hpc-sbx-test-")
+    os.chmod(d, 0o755)
+    monkeypatch.setattr("tempfile.tempdir", d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("isolation", ["bwrap", "none"])
-def test_work_dir_is_removed(tmp_path, monkeypatch, isolation):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+def test_work_dir_is_removed(scratch, isolation):
     r = run_python("open('big.txt', 'w').write('x' * 1000)\nprint(open('big.txt').read(3))",
                    config=SandboxConfig(isolation=isolation))
     assert r.status == "ok" and r.stdout == "xxx\n"
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(scratch) == []
 
 
 def test_only_the_system_python_and_its_stdlib_are_visible():
@@ -182,11 +194,10 @@ _DEEP = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\
 
 
 @pytest.mark.parametrize("isolation", ["bwrap", "none"])
-def test_deep_nesting_is_cleaned_up_without_raising(tmp_path, monkeypatch, isolation):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+def test_deep_nesting_is_cleaned_up_without_raising(scratch, isolation):
     r = run_python(_DEEP, config=SandboxConfig(isolation=isolation))
     assert (r.status, r.stdout) == ("ok", "deep\n")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(scratch) == []
 
 
 def test_work_dir_is_a_size_capped_tmpfs():
