@@ -42,6 +42,8 @@ class TokenizerConfig:
             raise ConfigError(f"vocab_size must be in [{_MIN_VOCAB}, {1 << 20}], got {self.vocab_size}")
         if self.min_frequency < 1 or self.train_examples < 1:
             raise ConfigError("min_frequency and train_examples must be >= 1")
+        if self.path and not (Path(self.path).is_file() or (Path(self.path) / "tokenizer.json").is_file()):
+            raise ConfigError(f"key 'path': no tokenizer.json at {self.path}")
         if any(not t or t in (PAD, BOS, EOS, *TAGS) for t in self.extra_tokens):
             raise ConfigError(f"extra_tokens must be non-empty and differ from the built-in ones, got {self.extra_tokens}")
 

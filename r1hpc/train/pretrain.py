@@ -69,8 +69,16 @@ def base_is_ready(base_dir: Path, fingerprint: str) -> bool:
 
 
 def prepare_tokenizer(cfg, base_dir: Path) -> tuple[TextTokenizer, list[tuple[str, str]]]:
+    """The base's tokenizer (else the configured or a newly trained one). A configured tokenizer
+    that differs from the base's is an error: the base was trained on other token ids."""
     corpus = build_corpus(cfg.data.mix, cfg.data.corpus, cfg.data.template)
     tok_path = base_dir / "tokenizer.json"
+    configured = cfg.data.tokenizer.path
+    if configured and tok_path.is_file():
+        if TextTokenizer.load(configured).tokenizer.to_str() != TextTokenizer.load(tok_path).tokenizer.to_str():
+            raise ConfigError(f"data.tokenizer.path: {configured} is not the tokenizer of the base in {base_dir} "
+                              f"({tok_path}), whose token ids the model was trained on; drop the key to use the "
+                              "base's, or point pretrain.base_dir at a base built with it")
     tok = TextTokenizer.load(tok_path) if tok_path.is_file() else build_tokenizer(cfg.data.tokenizer, corpus)
     return tok, corpus
 
