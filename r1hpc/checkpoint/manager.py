@@ -100,10 +100,11 @@ class CheckpointManager:
         restore_rng(own["rng"])
         return meta
 
-    def load_first(self, candidates: list[Path], say: Callable[[str], None]) -> tuple[Path, dict]:
+    def load_first(self, candidates: list[Path], say: Callable[[str], None], move_aside: bool = True) -> tuple[Path, dict]:
         """Load the first of ``candidates`` (newest first) that loads on every rank. One that does
-        not (a truncated shard, a corrupt file) is reported and moved aside as ``<name>.unloadable``
-        (kept for inspection, never deleted, never retried); the next older one is tried."""
+        not (a truncated shard, a corrupt file) is reported and, with ``move_aside``, renamed
+        ``<name>.unloadable`` (kept for inspection, never deleted, never retried); the next older
+        one is tried."""
         for path in candidates:
             error: Optional[BaseException] = None
             try:
@@ -112,16 +113,18 @@ class CheckpointManager:
                 raise  # not a damaged checkpoint: an older one would fail the same way
             except (Exception, CheckpointException) as e:  # a damaged checkpoint: try the previous one
                 error = e
-                print(f"[checkpoint] rank {self.rank}: {path} does not load: {type(e).__name__}: {str(e)[:300]}",
+                print(f"[checkpoint] rank {self.rank}: {path} does not load: {type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:300]}",
                       flush=True)
             failed = torch.tensor(float(error is not None))
             torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
             if not failed:
                 return path, meta
-            say(f"[checkpoint] WARNING: {path} does not load (see above); keeping it as "
-                f"{path.name}.unloadable and falling back to the previous complete checkpoint")
+            say(f"[checkpoint] WARNING: {path} does not load (see above)" + (
+                f"; keeping it as {path.name}.unloadable and falling back to the previous complete checkpoint"
+                if move_aside else ""))
             torch.distributed.barrier()
-            if self.rank == 0:
+            if self.rank == 0 and move_aside:
                 aside = path.with_name(path.name + ".unloadable")
                 n = 1
                 while aside.exists():
@@ -131,7 +134,8 @@ class CheckpointManager:
                     (path.parent / LATEST).unlink()
             torch.distributed.barrier()
         raise ResumeError("no checkpoint loads: " + ", ".join(str(p) for p in candidates)
-                          + " (each moved aside as .unloadable); start over with checkpoint.resume=none")
+                          + (" (each moved aside as .unloadable)" if move_aside else "")
+                          + "; start over with checkpoint.resume=none")
 
 
 def _has_adam_moments(state: dict) -> bool:

@@ -126,7 +126,7 @@ def run_r1zero(cfg) -> dict:
 
         start_step = steps_done = 0
         if resumed is not None:
-            loaded, resumed = ckpt.load_first(candidates, say)
+            loaded, resumed = ckpt.load_first(candidates, say, move_aside=cfg.checkpoint.resume == "auto")
             if loaded != resume_from:
                 check_resumable(resumed, to_dict(cfg), current_layout(), str(loaded))
                 resume_from = loaded
