@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from r1hpc.checkpoint.compat import ResumeError
+from r1hpc.checkpoint.layout import CheckpointWriteError
 from r1hpc.config import ConfigError
 from r1hpc.model.mcore_compat import CheckpointVersionError
 
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except CheckpointVersionError as e:
         print(f"r1hpc: cannot load a checkpoint: {e}", file=sys.stderr)
+        return 2
+    except CheckpointWriteError as e:
+        print(f"r1hpc: cannot save a checkpoint: {e}", file=sys.stderr)
         return 2
     return 1
 

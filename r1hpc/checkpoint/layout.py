@@ -10,17 +10,38 @@ previous complete checkpoint or a ``.tmp`` directory that resume skips with a wa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 META = "meta.json"
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d{8})(\.tmp)?$")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota, a read-only filesystem)."""
+
+
+@contextlib.contextmanager
+def explain_write_errors(directory: Path, what: str) -> Iterator[None]:
+    """Turn a failed write (an ``OSError``, or torch's ``inline_container`` ``RuntimeError`` that
+    hides ENOSPC) into one line naming the directory and its free space."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB free there"
+        except OSError:
+            free = "free space unknown"
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointWriteError(f"checkpoint.directory {directory}: writing {what} failed ({free}): "
+                                   f"{type(e).__name__}: {detail}") from e
 
 
 def step_dir_name(step: int) -> str:

@@ -25,7 +25,8 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from r1hpc.checkpoint.compat import ResumeError, current_layout
 from r1hpc.checkpoint.config import CheckpointConfig
-from r1hpc.checkpoint.layout import LATEST, fsync_tree, prune, publish, read_meta, step_dir_name
+from r1hpc.checkpoint.layout import (LATEST, explain_write_errors, fsync_tree, prune, publish, read_meta,
+                                    step_dir_name)
 from r1hpc.checkpoint.rng import capture_rng, restore_rng
 from r1hpc.model.mcore_compat import CheckpointVersionError, version_record
 from r1hpc.model.weights import (load_dist_checkpoint, load_model_weights, save_dist_checkpoint, save_model_weights,
@@ -59,12 +60,13 @@ class CheckpointManager:
             for sub in ("optimizer", "ranks"):
                 (tmp / sub).mkdir(parents=True)
         torch.distributed.barrier()
-        save_model_weights(self.policy.module, tmp / "model")
-        optim_state = self._optimizer_state(is_loading=False)
-        save_dist_checkpoint(optim_state, tmp / "optimizer")
-        torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
-                    "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
-                    "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
+        with explain_write_errors(self.directory, f"step {step}"):
+            save_model_weights(self.policy.module, tmp / "model")
+            optim_state = self._optimizer_state(is_loading=False)
+            save_dist_checkpoint(optim_state, tmp / "optimizer")
+            torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
+                        "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
+                        "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
         if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)
         fsync_tree(tmp)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from itertools import count
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,14 @@ def test_grpo_with_one_sample_per_prompt_fails_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="rollout.group_size: GRPO .* needs >= 2, got 1"):
         run_r1zero(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_directory():
+    import torch
+
+    from r1hpc.checkpoint.layout import CheckpointWriteError, explain_write_errors
+
+    with pytest.raises(CheckpointWriteError, match=r"^checkpoint.directory /dev: writing step 3 failed \(.*free.*\): "
+                                                   r"RuntimeError: [^\n]*$"):
+        with explain_write_errors(Path("/dev"), "step 3"):
+            torch.save({"x": torch.zeros(100_000)}, "/dev/full")  # every write: ENOSPC
