@@ -1,13 +1,15 @@
 """Run untrusted Python in a fresh, isolated, resource-limited process.
 
 Layers, outermost first (see docs/rewards.md for what holds where):
-- bubblewrap (when installed): read-only root, private /tmp, no network (even loopback), own PID
-  namespace, so every process of the run dies with it (double-forked daemons included);
+- bubblewrap (when installed): a root holding only read-only /usr (system Python and its standard
+  library), /dev and /proc, and a size-capped tmpfs /tmp with the working dir (no home, venvs,
+  checkout, data, /run or /var); no network (even loopback), own PID namespace, so every process of
+  the run dies with it (double-forked daemons included);
 - a throwaway uid (when we are root and ``setpriv`` exists): cannot read other users' files or
   signal our processes, and its RLIMIT_NPROC counts only the run's own processes;
 - rlimits via ``prlimit``: CPU seconds, address space, processes, file size, open files, no core;
 - its own session, killed as a whole at the end; a scrubbed environment; stdin only from the given
-  text; stdout/stderr read with a cap; a temp working dir removed afterwards.
+  text; stdout/stderr read with a cap; without bubblewrap, a host temp working dir removed afterwards.
 """
 from __future__ import annotations
 
