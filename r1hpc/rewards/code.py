@@ -1,9 +1,10 @@
 """Code accuracy: the tests run in a harness process the program cannot reach; pass means they all ran.
 
-Inside the sandbox two interpreters run. The harness (trusted) reads the tests and a random per-run
-sentinel from stdin, makes itself non-dumpable (so a same-uid process cannot read its memory, its
-``/proc/<pid>/fd`` or ptrace it) and starts the program's interpreter, which gets the program over a
-pipe and runs it as module "solution" (its ``if __name__ == "__main__":`` block does not run). The
+Inside the sandbox two processes run. The harness (trusted) makes itself non-dumpable (so a same-uid
+process cannot read its memory, its ``/proc/<pid>/fd`` or ptrace it), forks the program's process
+(which drops stdin and the harness's stdout at once) and only then reads the tests and a random
+per-run sentinel from stdin. The program's process gets the program over a pipe and runs it as
+module "solution" (its ``if __name__ == "__main__":`` block does not run). The
 tests run in the harness: every name they use that they do not define themselves (``candidate``,
 the entry point, prompt helpers) is fetched from the program's process, calls go over the pipe and
 only plain data comes back (exact ``None``/``bool``/``int``/``float``/``complex``/``str``/``bytes``
@@ -84,53 +85,58 @@ def _recv(f):
     return json.loads(line)
 '''
 
-# The program's process: fd 3 = requests, fd 4 = replies; stdin /dev/null, stdout/stderr = the run's stderr.
-_PROGRAM_SIDE = _CODEC + r'''
-_rq, _rp = os.fdopen(3, "rb"), os.fdopen(4, "wb")
-_ns = {"__name__": "solution", "__builtins__": builtins}
-try:
-    exec(compile(_recv(_rq)[1], "solution.py", "exec"), _ns)
-    _send(_rp, ["ok"])
-except BaseException as e:
-    _send(_rp, ["raise", repr(e)[:500]])
-    raise
-while True:
-    try:
-        op, name, args, kwargs = _recv(_rq)
-    except EOFError:
-        break
-    try:
-        obj = _ns[name]
-    except KeyError:
-        _send(_rp, ["missing"])
-        continue
-    try:
-        if op == "get":
-            _send(_rp, ["callable"] if callable(obj) else ["value", _enc(obj)])
-        else:
-            _send(_rp, ["value", _enc(obj(*_dec(args), **_dec(kwargs)))])
-    except BaseException as e:
-        _send(_rp, ["raise", repr(e)[:500]])
-'''
-
-# The harness: main.py of the sandbox run (PROGRAM_SIDE is prepended as a literal).
+# The harness: main.py of the sandbox run.
 _HARNESS = _CODEC + r'''
-import ctypes, fcntl
-if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 0
+import ctypes
+if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 0, inherited by the fork below
     sys.exit("harness: cannot make itself non-dumpable")
 _verdict = os.dup(1)
 os.dup2(2, 1)  # the tests' own prints go to stderr; stdout carries only the sentinel
 
-def _high(fd):
-    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(fd)
-    return new
+def _serve(rq, rp):
+    # the program's process: run the program as module "solution", then answer the harness
+    ns = {"__name__": "solution", "__builtins__": builtins}
+    try:
+        exec(compile(_recv(rq)[1], "solution.py", "exec"), ns)
+        _send(rp, ["ok"])
+    except BaseException as e:
+        _send(rp, ["raise", repr(e)[:500]])
+        return
+    while True:
+        try:
+            op, name, args, kwargs = _recv(rq)
+        except EOFError:
+            return
+        try:
+            obj = ns[name]
+        except KeyError:
+            _send(rp, ["missing"])
+            continue
+        try:
+            if op == "get":
+                _send(rp, ["callable"] if callable(obj) else ["value", _enc(obj)])
+            else:
+                _send(rp, ["value", _enc(obj(*_dec(args), **_dec(kwargs)))])
+        except BaseException as e:
+            _send(rp, ["raise", repr(e)[:500]])
 
-_req_r, _req_w = map(_high, os.pipe())
-_rep_r, _rep_w = map(_high, os.pipe())
-os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", PROGRAM_SIDE], dict(os.environ),
-               file_actions=[(os.POSIX_SPAWN_DUP2, _req_r, 3), (os.POSIX_SPAWN_DUP2, _rep_w, 4),
-                             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, 2, 1)])
+# Forked before stdin (tests, sentinel) is read, so the program's process never held them; it drops
+# stdin and the sentinel's fd before any of the program runs.
+_req_r, _req_w = os.pipe()
+_rep_r, _rep_w = os.pipe()
+if os.fork() == 0:
+    try:
+        _null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(_null, 0)
+        for _fd in (_null, _verdict, _req_w, _rep_r):
+            os.close(_fd)
+        _serve(os.fdopen(_req_r, "rb"), os.fdopen(_rep_w, "wb"))
+    finally:
+        try:  # what the program printed (to the run's stderr), then exit without the harness's atexit
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
 os.close(_req_r)
 os.close(_rep_w)
 _rq, _rp = os.fdopen(_req_w, "wb"), os.fdopen(_rep_r, "rb")
@@ -221,7 +227,7 @@ def run_tests(program: str, tests: str, *, entry_point: str | None = None, timeo
         tests += f"\ncheck({entry_point})\n"
     token = secrets.token_hex(16)
     job = json.dumps({"program": extract_code(program), "tests": tests, "token": token})
-    result = run_python(f"PROGRAM_SIDE = {_PROGRAM_SIDE!r}\n" + _HARNESS, stdin=job, timeout_s=timeout_s,
+    result = run_python(_HARNESS, stdin=job, timeout_s=timeout_s,
                         memory_mb=cfg.memory_mb, config=cfg.sandbox)
     return result.status == "ok" and result.stdout == token + "\n", result
 

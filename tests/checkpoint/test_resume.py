@@ -170,7 +170,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, t
     ckpts = run_dir / "checkpoints"
     shard = ckpts / f"step_{STEPS:08d}" / "ranks" / "rank_00000.pt"
     shard.write_bytes(shard.read_bytes()[:100])  # a truncated shard: torch.load fails
-    proc = _train(tmp_path, base, f"grpo.steps={STEPS + 2}", "--resume", "auto")
+    proc = _train(tmp_path, base, f"grpo.steps={STEPS + 1}", "--resume", "auto")  # the newest is final: extend
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"step_{STEPS:08d} does not load" in proc.stdout and f"[resume] continuing from step {STEPS - 2}" in proc.stdout
     kept = ckpts / f"step_{STEPS:08d}.unloadable"
