@@ -1,6 +1,7 @@
 """Device discipline, proven on the CPU (docs/megatron_cpu.md): on two gloo ranks (data parallel)
 a pretrain step, an SFT step, a GRPO step (rollout, old and reference log-probs, two mini-batch
-updates, the monitor's metrics), a held-out evaluation and the preemption/time-limit agreements run
+updates, the monitor's metrics), a held-out evaluation, a disaggregated trainer step (its batch from a
+real rollout-worker process) and the preemption/time-limit agreements run
 with every tensor factory call in r1hpc checked for an explicit device, and every collective's
 tensors checked against the device the backend needs (gloo here: the CPU, the engine's device;
 NCCL: CUDA). On a CPU an implicit allocation costs nothing; next to a CUDA model it is the first
@@ -20,7 +21,7 @@ def reports(tmp_path_factory):
     return run_workers(device_workers.all_steps, 2, str(tmp_path_factory.mktemp("device")), timeout_s=400)
 
 
-PHASES = ("pretrain", "sft", "grpo", "eval", "stop_agreement")
+PHASES = ("pretrain", "sft", "grpo", "eval", "disagg", "stop_agreement")
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -41,4 +42,4 @@ def test_collectives_run_on_the_backends_device(reports, phase):
 
 
 def test_the_steps_really_ran(reports):
-    assert all(r["ran"] == {"updates": 2.0, "stop": False} for r in reports)
+    assert all(r["ran"] == {"updates": 2.0, "stop": False, "disagg_updates": 2.0} for r in reports)
