@@ -179,8 +179,9 @@ def check_grpo(quick: bool) -> dict:
         name = recipe or "bf16"
         try:
             check_fp8_support(cfg.model, te_version, capability)
-        except ConfigError as e:
-            runs.append({"precision": name, "skipped": str(e)})
+        except ConfigError as e:  # never recorded as passed: a run that did not happen says why
+            status = "not run: Transformer Engine unavailable" if te_version is None else "not run: unsupported here"
+            runs.append({"precision": name, "status": status, "skipped": str(e)})
             continue
         try:
             runs.append({"precision": name, **_grpo_steps(cfg, steps=2 if quick else 3)})

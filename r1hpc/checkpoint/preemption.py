@@ -34,7 +34,9 @@ class PreemptionGuard:
         """Collective over the default group: True on every rank when any rank got a signal."""
         import torch  # not at module level: catch_signals_early runs before the heavy imports
 
-        flag = torch.tensor(float(self.received is not None))
+        from r1hpc.device import collective_device
+
+        flag = torch.tensor(float(self.received is not None), device=collective_device())
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag)

@@ -79,8 +79,7 @@ class RolloutWorker:
         from r1hpc.distributed import init_distributed
         from r1hpc.rewards.judge_model import build_judges
         from r1hpc.rewards.registry import RewardScorer
-        from r1hpc.train.engine import Engine
-        from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
+        from r1hpc.train.policy import load_policy
 
         single = dataclasses.replace(self.cfg.parallel, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
                                      expert_model_parallel_size=1, context_parallel_size=1, data_parallel_size=None,
@@ -89,10 +88,8 @@ class RolloutWorker:
         if env.world_size != 1:
             raise RuntimeError(f"a rollout worker is one process (got world size {env.world_size}); "
                                "scale out with more array tasks")
-        base_dir = base_dir_of(self.cfg)
-        self.tok, _ = prepare_tokenizer(self.cfg, base_dir)
-        model_cfg = base_model_config(self.cfg, base_dir, self.tok)
-        self.engine = Engine(model_cfg, single, self.cfg.optim, trainable=False)
+        # no weights yet: the newest published ones are loaded before the first order
+        self.engine, self.tok, model_cfg = load_policy(self.cfg, None, trainable=False, parallel=single)
         self.max_seq_length = model_cfg.max_seq_length
         self.scorer = RewardScorer(self.cfg.rewards, models=build_judges(self.cfg, run_data_sources(self.cfg.data)))
         self.render = partial(render_prompt, cfg=self.cfg.data.template, chat_template=self.tok.chat_template)

@@ -190,12 +190,11 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
     ``r1hpc merge`` turns into the same files (each task samples from its own RNG stream)."""
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
-    from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
-    from r1hpc.model.weights import load_model_weights
+    from r1hpc.distributed import destroy_distributed, init_distributed
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
-    from r1hpc.train.engine import Engine
-    from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
+    from r1hpc.train.policy import load_policy
+    from r1hpc.train.pretrain import base_dir_of
 
     base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():
@@ -208,11 +207,7 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     device = describe_device()
     try:
-        tok, _ = prepare_tokenizer(cfg, base_dir)
-        model_cfg = base_model_config(cfg, base_dir, tok)
-        check_layout(cfg.parallel, model_cfg, env.world_size)
-        engine = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
-        load_model_weights(engine.module, weights)
+        engine, tok, model_cfg = load_policy(cfg, weights, trainable=False, base_dir=base_dir)
         render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
         results = {"checkpoint": str(base_dir), "weights": str(weights), "device": device,
                    "settings": {"k": cfg.eval.samples_per_problem, "temperature": cfg.eval.temperature,

@@ -10,6 +10,7 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
+from r1hpc.device import collective_device
 from r1hpc.rollout.generate import generate, response_text
 
 
@@ -52,12 +53,14 @@ def evaluate_pass_at_1(model, tok, problems: Sequence[Problem], render: Callable
     scores = scorer.score_batch([response_text(tok, s) for s in samples], [p for p in mine for _ in range(k)])
     sources = sorted({p.data_source for p in problems})
     # per source: [correct, total, well-formed]
-    counts = torch.zeros(len(sources), 3, dtype=torch.float64)
+    group = parallel_state.get_data_parallel_group()
+    counts = torch.zeros(len(sources), 3, dtype=torch.float64, device=collective_device(group))
     for i, s in enumerate(scores):
         row = sources.index(mine[i // k].data_source)
-        counts[row] += torch.tensor([s.get("accuracy", 0.0), 1.0, s.get("format", 0.0)], dtype=torch.float64)
+        counts[row] += torch.tensor([s.get("accuracy", 0.0), 1.0, s.get("format", 0.0)], dtype=torch.float64,
+                                    device=counts.device)
     if dp > 1:
-        torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+        torch.distributed.all_reduce(counts, group=group)
     out = {"pass@1": float(counts[:, 0].sum() / counts[:, 1].sum().clamp(min=1)),
            "format": float(counts[:, 2].sum() / counts[:, 1].sum().clamp(min=1))}
     for name, (c, n, _) in zip(sources, counts.tolist()):

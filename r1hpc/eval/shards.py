@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -59,12 +60,11 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
-    from r1hpc.model.weights import load_model_weights
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.rollout.generate import generate, response_text
-    from r1hpc.train.engine import Engine
-    from r1hpc.train.pretrain import base_dir_of, prepare_tokenizer
+    from r1hpc.train.policy import load_policy
+    from r1hpc.train.pretrain import base_dir_of
 
     i, n = shard
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
@@ -74,11 +74,9 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{base_dir}: no tokenizer.json (train the base first, or set pretrain.base_dir)")
-    tok, _ = prepare_tokenizer(cfg, base_dir)
-    model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
-    engine = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
     weights = model_weights_dir(weights) if weights else base_dir / "weights"
-    load_model_weights(engine.module, weights)
+    engine, tok, model_cfg = load_policy(cfg, weights, trainable=False, base_dir=base_dir)
+    render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
     s = _sampling(cfg, kind)
     problems = _problems(cfg, kind)
     scorer = RewardScorer(cfg.rewards, models=build_judges(cfg, {p.data_source for p in problems}))
@@ -86,7 +84,7 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     try:
         for index in range(i, len(problems), n):
             p = problems[index]
-            prompt = tok.encode(render_prompt(p.question, cfg=cfg.data.template))
+            prompt = tok.encode(render(p.question))
             gen = torch.Generator().manual_seed(cfg.eval.seed * 1_000_003 + index)
             samples = generate(engine.module, [prompt] * s["k"], vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
                                temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
@@ -101,7 +99,9 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
         destroy_distributed()
     out = shard_path(Path(out_dir), i, n)
     write_json_atomic(out, {"kind": kind, "shard": [i, n], "num_problems": len(problems),
-                             "weights": str(weights), "records": records})
+                             "weights": str(weights), "model": dataclasses.asdict(model_cfg),
+                             "example_prompt": render(problems[i].question) if i < len(problems) else None,
+                             "records": records})
     return out
 
 

@@ -15,7 +15,8 @@ class RMSNorm(torch.nn.Module):
         super().__init__()
         self.eps = eps
         dtype = getattr(config, "params_dtype", torch.float32)
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=dtype))
+        # built on the host like megatron's CPU-initialised layers; build_model moves the module
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=dtype, device="cpu"))
         setattr(self.weight, "sequence_parallel", bool(getattr(config, "sequence_parallel", False)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

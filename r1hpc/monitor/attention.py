@@ -90,10 +90,9 @@ def attention_jump_sums(model: torch.nn.Module, sequences: Sequence[Sequence[int
 
     device = next(model.parameters()).device
     width = max(len(s) for s in sequences)
-    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
     for i, s in enumerate(sequences):
-        tokens[i, :len(s)] = torch.tensor(list(s))
-    tokens = tokens.to(device)
+        tokens[i, :len(s)] = torch.tensor(list(s), device=device)
     was_training = model.training
     model.eval()
     try:

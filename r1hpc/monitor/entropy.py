@@ -14,7 +14,7 @@ POSITION_BINS = 4  # entropy by quarter of the response: start / early middle / 
 def position_bin_sums(entropies: torch.Tensor, bins: int = POSITION_BINS) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy sums and token counts per equal share of the response (relative position)."""
     n = len(entropies)
-    which = torch.arange(n) * bins // max(n, 1)
+    which = torch.arange(n, device=entropies.device) * bins // max(n, 1)
     return (torch.bincount(which, weights=entropies.double(), minlength=bins),
             torch.bincount(which, minlength=bins).double())
 

@@ -21,6 +21,7 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
+from r1hpc.device import HOST, collective_device
 from r1hpc.monitor.aha import answer_changes
 from r1hpc.monitor.alarms import AlarmConfig, HealthAlarms
 from r1hpc.monitor.attention import attention_jump_sums
@@ -113,7 +114,8 @@ class Monitor:
         t0 = time.perf_counter()
         reads = [self.read(s, sc) for s, sc in zip(samples, scores)]
         sums = dict.fromkeys(_SUMS, 0.0)
-        bins_sum, bins_n = torch.zeros(POSITION_BINS, dtype=torch.float64), torch.zeros(POSITION_BINS, dtype=torch.float64)
+        bins_sum = torch.zeros(POSITION_BINS, dtype=torch.float64, device=HOST)
+        bins_n = torch.zeros(POSITION_BINS, dtype=torch.float64, device=HOST)
         per_marker = dict.fromkeys(self.cfg.markers, 0.0)
         for s, r in zip(samples, reads):
             ent = s.entropies.float()
@@ -139,7 +141,7 @@ class Monitor:
                     sums["shift_after"] += shift[1]
             sums["answer_changes"] += bool(r.changes)
             sums["aha"] += bool(r.changes) and r.correct
-        flat = torch.tensor([sums[k] for k in _SUMS] + list(per_marker.values()), dtype=torch.float64)
+        flat = torch.tensor([sums[k] for k in _SUMS] + list(per_marker.values()), dtype=torch.float64, device=HOST)
         flat = _dp_sum(torch.cat([flat, bins_sum, bins_n]))
         total = dict(zip(_SUMS, flat[:len(_SUMS)].tolist()))
         marker_counts = flat[len(_SUMS):len(_SUMS) + len(per_marker)].tolist()
@@ -197,7 +199,7 @@ class Monitor:
             seqs, positions = [samples[0].prompt_ids + samples[0].response_ids if samples else [self.tok.pad_id]], [[]]
         before, after, n = attention_jump_sums(self.model, seqs, positions, window=self.cfg.attention_window,
                                                distance=self.cfg.attention_distance, pad_id=self.tok.pad_id)
-        t = torch.tensor([before, after, float(n)], dtype=torch.float64)
+        t = torch.tensor([before, after, float(n)], dtype=torch.float64, device=collective_device())
         tp = 1
         if torch.distributed.is_initialized():  # over all ranks: TP ranks hold different heads of the same windows
             from megatron.core import parallel_state
@@ -249,5 +251,8 @@ def _dp_sum(t: torch.Tensor) -> torch.Tensor:
     from megatron.core import parallel_state
 
     if parallel_state.get_data_parallel_world_size() > 1:
-        torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        on = t.to(collective_device(group))
+        torch.distributed.all_reduce(on, group=group)
+        t = on.to(t.device)
     return t

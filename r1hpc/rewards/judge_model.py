@@ -51,10 +51,8 @@ class MegatronGenerator:
 def build_judges(cfg, data_sources: Iterable[str]) -> dict[str, JudgeReward]:
     """A JudgeReward for each ``rewards.judges`` entry that a judge term of ``data_sources`` uses, each
     on a frozen copy of its model (collective: call after ``init_distributed``, on every rank)."""
-    from r1hpc.data.tokenizer import TextTokenizer
-    from r1hpc.model.weights import load_model_weights
-    from r1hpc.train.engine import Engine
-    from r1hpc.train.pretrain import base_dir_of, base_model_config
+    from r1hpc.train.policy import load_policy
+    from r1hpc.train.pretrain import base_dir_of
 
     wanted = {t.model_name for source in data_sources for t in cfg.rewards.sources.get(source, []) if t.name == "judge"}
     unknown = sorted(wanted - set(cfg.rewards.judges))
@@ -66,10 +64,8 @@ def build_judges(cfg, data_sources: Iterable[str]) -> dict[str, JudgeReward]:
         base_dir = Path(j.base_dir) if j.base_dir else base_dir_of(cfg)
         if not (base_dir / "tokenizer.json").is_file():
             raise ConfigError(f"rewards.judges.{name}.base_dir: {base_dir} holds no model (no tokenizer.json)")
-        tok = TextTokenizer.load(base_dir / "tokenizer.json")
-        model_cfg = base_model_config(cfg, base_dir, tok)
-        engine = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
-        load_model_weights(engine.module, Path(j.weights) if j.weights else base_dir / "weights")
+        engine, tok, model_cfg = load_policy(cfg, Path(j.weights) if j.weights else base_dir / "weights",
+                                             trainable=False, base_dir=base_dir)
         judges[name] = JudgeReward(MegatronGenerator(engine, tok, j.max_new_tokens, model_cfg.max_seq_length),
                                    template=j.template)
     return judges

@@ -16,6 +16,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.device import HOST
 from r1hpc.rollout.native import local_device_type, resolve_sampler, sample_tokens_native, seed_from
 from r1hpc.rollout.sampling import sample_tokens
 
@@ -108,7 +109,7 @@ def _generate_all(model, prompts, *, vocab_size, stop_ids, draw: DrawFn, max_new
         chunk = order[start:start + max_batch_rows]
         longest = len(prompts[chunk[-1]])
         for i, s in zip(chunk, _generate_batch(
-                model, [prompts[i] for i in chunk], torch.tensor(chunk, dtype=torch.long), vocab_size=vocab_size,
+                model, [prompts[i] for i in chunk], torch.tensor(chunk, dtype=torch.long, device=HOST), vocab_size=vocab_size,
                 stop_ids=stop_ids, draw=draw, max_new_tokens=min(max_new_tokens, max_seq_length - longest))):
             results[i] = s
     return results  # type: ignore[return-value]
@@ -130,7 +131,7 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     pads = torch.tensor([length - len(p) for p in prompts], device=device)
     tokens = torch.zeros((batch, length), dtype=torch.long, device=device)
     for b, p in enumerate(prompts):
-        tokens[b, length - len(p):] = torch.tensor(p, dtype=torch.long)
+        tokens[b, length - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
     # True = masked: keys that are padding, and (in the prefill) keys in the future
     pad_keys = torch.arange(length + max_new_tokens, device=device)[None] < pads[:, None]  # [b, L + new]
     prefill_mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), 1)[None, None]
@@ -140,10 +141,11 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
     ctx.sequence_len_offset += length
     stop = torch.tensor(list(stop_ids), device=device)
-    toks = torch.zeros((batch, max_new_tokens), dtype=torch.long)
-    logps, ents = torch.zeros((batch, max_new_tokens)), torch.zeros((batch, max_new_tokens))
-    done = torch.zeros(batch, dtype=torch.bool)
-    active = torch.arange(batch)  # original rows still decoding, in KV-cache row order
+    # the samples' tokens, log-probs and entropies are collected on the host, as Sample holds them
+    toks = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=HOST)
+    logps, ents = torch.zeros((batch, max_new_tokens), device=HOST), torch.zeros((batch, max_new_tokens), device=HOST)
+    done = torch.zeros(batch, dtype=torch.bool, device=HOST)
+    active = torch.arange(batch, device=HOST)  # original rows still decoding, in KV-cache row order
     for step in range(max_new_tokens):
         # [:, :vocab_size] drops the TP vocab padding
         tok, logp, ent = draw(logits[:, :vocab_size], request_ids[active], step)

@@ -68,7 +68,8 @@ def describe(choice: str = "auto") -> str:
 
 def seed_from(generator: Optional[torch.Generator]) -> int:
     """A 63-bit Philox key drawn from the caller's generator (identically seeded on every TP rank)."""
-    return int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
 def sample_tokens_native(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

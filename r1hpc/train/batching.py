@@ -11,20 +11,22 @@ from typing import Sequence
 
 import torch
 
+from r1hpc.device import HOST
 from r1hpc.rollout.generate import Sample
 
 
 def pack_rows(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """[B, L] tokens, targets, response_mask and rollout log-probs aligned with targets."""
+    """[B, L] tokens, targets, response_mask and rollout log-probs aligned with targets, on the host
+    (the engine moves each micro-batch to its device as the schedule draws it)."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
     width = max(lengths) - 1
     B = len(samples)
-    tokens = torch.full((B, width), pad_id, dtype=torch.long)
-    targets = torch.full((B, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, width), dtype=torch.bool)
-    rollout_logp = torch.zeros((B, width))
+    tokens = torch.full((B, width), pad_id, dtype=torch.long, device=HOST)
+    targets = torch.full((B, width), pad_id, dtype=torch.long, device=HOST)
+    mask = torch.zeros((B, width), dtype=torch.bool, device=HOST)
+    rollout_logp = torch.zeros((B, width), device=HOST)
     for i, s in enumerate(samples):
-        seq = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
+        seq = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long, device=HOST)
         n, p = len(seq) - 1, len(s.prompt_ids)
         tokens[i, :n] = seq[:-1]
         targets[i, :n] = seq[1:]
@@ -44,7 +46,7 @@ def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro:
     for m in range(num_micro):
         lo, hi = m * micro_batch_size, min((m + 1) * micro_batch_size, rows)
         if lo >= hi:
-            out.append({k: torch.zeros((1, width_multiple), dtype=v.dtype) for k, v in batch.items()})
+            out.append({k: torch.zeros((1, width_multiple), dtype=v.dtype, device=v.device) for k, v in batch.items()})
             continue
         mb = {k: v[lo:hi] for k, v in batch.items()}
         used = int(mb["response_mask"].any(0).nonzero().max()) + 1 if mb["response_mask"].any() else 1

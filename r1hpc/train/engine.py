@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.device import collective_device, engine_device, to_device
 from r1hpc.distributed import ParallelConfig
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import build_model
@@ -75,6 +76,7 @@ class Engine:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.model_cfg, self.parallel_cfg, self.optim_cfg = model_cfg, parallel_cfg, optim_cfg
+        self.device = engine_device()  # the one place the device is decided
         module = build_model(model_cfg, parallel_cfg)
         self.config = module.config
         self.optimizer = None
@@ -130,13 +132,14 @@ class Engine:
     def run_schedule(self, forward_step: ForwardStep, micro_batches: list, *, seq_length: int,
                      micro_batch_size: int, forward_only: bool) -> list[dict]:
         """megatron's forward-backward schedule over ``micro_batches``; returns per-micro-batch
-        metric dicts (on the last pipeline stage; empty elsewhere)."""
+        metric dicts (on the last pipeline stage; empty elsewhere). Each micro-batch is moved to the
+        engine's device once, as the schedule draws it."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         for m in self.model:
             m.train(not forward_only)
         return get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=self.model,
+            forward_step_func=forward_step, data_iterator=(to_device(mb, self.device) for mb in micro_batches), model=self.model,
             num_microbatches=len(micro_batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
             forward_only=forward_only)
 
@@ -163,9 +166,10 @@ def last_stage_broadcast(values: Optional[list[float]], count: int) -> list[floa
 
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return list(values or [])
-    buf = torch.zeros(count, dtype=torch.float64)
+    group = parallel_state.get_pipeline_model_parallel_group()
+    device = collective_device(group)
+    buf = torch.zeros(count, dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage():
-        buf[:] = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.broadcast(buf, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                                group=parallel_state.get_pipeline_model_parallel_group())
+        buf[:] = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.broadcast(buf, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=group)
     return buf.tolist()

@@ -26,6 +26,7 @@ from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, truncated_is_weights
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
+from r1hpc.device import HOST, collective_device
 from r1hpc.rollout.generate import RolloutConfig, Sample, response_text
 from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows, split_rows
@@ -80,9 +81,9 @@ def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logits: torc
     sel = mb["response_mask"]
     logp, entropy = token_logp(logits[sel], mb["targets"][sel], temperature=temperature,
                                tp_group=_tp_group(), vocab_start_index=vocab_start)
-    full = torch.zeros(sel.shape)
+    full = torch.zeros(sel.shape, device=logits.device)
     full[sel] = logp.float()
-    return torch.zeros(()), {"logp": full}
+    return torch.zeros((), device=logits.device), {"logp": full}
 
 
 _LOSS_METRICS = {"clipfrac_low": "pg_clipfrac_low", "clipfrac_high": "pg_clipfrac_high", "kl_mean": "kl",
@@ -92,13 +93,13 @@ _LOSS_METRICS = {"clipfrac_low": "pg_clipfrac_low", "clipfrac_high": "pg_clipfra
 def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, logits: torch.Tensor):
     sel = mb["weights"] > 0
     if not bool(sel.any()):  # filler micro-batch: keep the graph, contribute nothing
-        return logits.sum() * 0.0, {"tokens": torch.zeros(())}
+        return logits.sum() * 0.0, {"tokens": torch.zeros((), device=logits.device)}
     loss, m = grpo_loss(
         logits[sel], mb["targets"][sel], mb["old_logp"][sel], mb["advantages"][sel], mb["weights"][sel],
         ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
         tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
         tp_group=_tp_group(), vocab_start_index=vocab_start, **algo.loss_kwargs())
-    stats = {"tokens": torch.tensor(float(sel.sum()))}
+    stats = {"tokens": sel.sum().float()}
     for k, name in _LOSS_METRICS.items():
         if k in m:
             stats[name] = m[k].detach().float() * stats["tokens"]  # token-weighted, normalised later
@@ -187,7 +188,7 @@ class GRPOTrainer:
             sc = self._score(s, batch)
             stats["groups_sampled"] += len(batch)
             if self.algo.dynamic_sampling:
-                r = torch.tensor([x["total"] for x in sc]).view(len(batch), G)
+                r = torch.tensor([x["total"] for x in sc], device=HOST).view(len(batch), G)
                 keep = set(informative_groups(r).tolist())
                 stats["groups_dropped"] += len(batch) - len(keep)
                 batch_kept = [p for i, p in enumerate(batch) if i in keep]
@@ -228,8 +229,8 @@ class GRPOTrainer:
         t_rollout_reward = time.perf_counter() - t0
         G = self.rollout_cfg.group_size
         n_groups = len(problems)
-        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
+        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32, device=HOST)
+        lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32, device=HOST)
         if self.algo.overlong_buffer_len:
             rewards = rewards + overlong_penalty(lengths, self.rollout_cfg.max_new_tokens,
                                                  self.algo.overlong_buffer_len, self.algo.overlong_penalty)
@@ -292,24 +293,26 @@ class GRPOTrainer:
         mbs = self.cfg.micro_batch_size
         for key in ("old_logp", "ref_logp"):
             if key in micro[0]:
-                full = torch.zeros(B, L)
+                full = torch.zeros(B, L, device=HOST)
                 for m, mb in enumerate(micro):
                     lo = m * mbs
                     n = min(mbs, B - lo)
                     if n > 0:
                         width = min(L, mb[key].shape[1])  # micro-batches may be padded past L
-                        full[lo:lo + n, :width] = mb[key][:n, :width]
+                        full[lo:lo + n, :width] = mb[key][:n, :width].to(HOST)
                 rows[key] = full
         return rows
 
     def _global_micro_count(self, local_rows: int) -> int:
         """Micro-batches every DP rank runs: the most any rank needs (0 when no rank has rows)."""
-        n = torch.tensor(float(math.ceil(local_rows / self.cfg.micro_batch_size)))
-        if self.dp > 1:
-            from megatron.core import parallel_state
+        local = float(math.ceil(local_rows / self.cfg.micro_batch_size))
+        if self.dp == 1:
+            return int(local)
+        from megatron.core import parallel_state
 
-            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX,
-                                         group=parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        n = torch.tensor(local, device=collective_device(group))
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX, group=group)
         return int(n)
 
     def _dp_sum(self, value: float) -> float:
@@ -317,8 +320,9 @@ class GRPOTrainer:
             return value
         from megatron.core import parallel_state
 
-        t = torch.tensor(value, dtype=torch.float64)
-        torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        t = torch.tensor(value, dtype=torch.float64, device=collective_device(group))
+        torch.distributed.all_reduce(t, group=group)
         return float(t)
 
     def _update(self, rows: dict, adv: torch.Tensor) -> dict[str, float]:
@@ -336,8 +340,8 @@ class GRPOTrainer:
         for _ in range(self.cfg.epochs):
             for part in range(self.cfg.mini_batches):
                 # whole groups share a mini-batch, so every group's rows are updated together
-                groups = torch.arange(B // G)[part::self.cfg.mini_batches]
-                idx = (groups[:, None] * G + torch.arange(G)[None]).view(-1)
+                groups = torch.arange(B // G, device=HOST)[part::self.cfg.mini_batches]
+                idx = (groups[:, None] * G + torch.arange(G, device=HOST)[None]).view(-1)
                 sub = {k: v[idx] for k, v in rows.items()}
                 n_seqs, n_tokens = self._dp_sum(float(len(idx))), self._dp_sum(float(sub["response_mask"].sum()))
                 sub["weights"] = aggregation_weights(sub["response_mask"], self.algo.loss_agg_mode,
@@ -374,7 +378,7 @@ class GRPOTrainer:
                 sel = mb["response_mask"]
                 lp, _ = token_logp(logits[sel].detach(), mb["targets"][sel], temperature=self.algo.temperature,
                                    tp_group=_tp_group(), vocab_start_index=vocab_start)
-                mb["old_logp"] = torch.zeros(sel.shape)
+                mb["old_logp"] = torch.zeros(sel.shape, device=logits.device)
                 mb["old_logp"][sel] = lp.float()
         return logits, partial(_grpo_loss_func, mb, self.algo, vocab_start, scale)
 
@@ -383,13 +387,13 @@ class GRPOTrainer:
         out = {"reward/mean": self._dp_mean(rewards), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                "reward/frac_zero_std": zero_std}
         for k in keys:
-            out[f"reward/{k}"] = self._dp_mean(torch.tensor([s.get(k, 0.0) for s in scores]))
+            out[f"reward/{k}"] = self._dp_mean(torch.tensor([s.get(k, 0.0) for s in scores], device=HOST))
         if samples:
             ent = torch.cat([s.entropies for s in samples])
             out["rollout/entropy"] = float(ent.mean())
             out["response_length/mean"] = self._dp_mean(lengths)
             out["response_length/max"] = float(lengths.max())
-            out["response_length/clip_ratio"] = float(torch.tensor([s.truncated for s in samples]).float().mean())
+            out["response_length/clip_ratio"] = float(torch.tensor([s.truncated for s in samples], device=HOST).float().mean())
         if self.algo.dynamic_sampling:
             out["dynamic_sampling/groups_dropped"] = float(ds_stats["groups_dropped"])
         out["reward/timeouts"] = float(getattr(self.scorer, "timeouts", 0))
@@ -401,15 +405,18 @@ class GRPOTrainer:
         count, summed over DP ranks so every rank's stream sees the same numbers."""
         tasks = self.problems.tasks
         G = self.rollout_cfg.group_size
-        sums = torch.zeros(len(tasks), 2, dtype=torch.float64)
+        sums = torch.zeros(len(tasks), 2, dtype=torch.float64, device=HOST)
         for g, p in enumerate(problems):
             acc = [s.get("accuracy", s["total"]) for s in scores[g * G:(g + 1) * G]]
             mean = sum(acc) / G
-            sums[tasks.index(p.data_source)] += torch.tensor([mean * (1 - mean), 1.0], dtype=torch.float64)
+            sums[tasks.index(p.data_source)] += torch.tensor([mean * (1 - mean), 1.0], dtype=torch.float64, device=HOST)
         if self.dp > 1:
             from megatron.core import parallel_state
 
-            torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+            group = parallel_state.get_data_parallel_group()
+            sums = sums.to(collective_device(group))
+            torch.distributed.all_reduce(sums, group=group)
+            sums = sums.to(HOST)
         self.problems.observe({t: (float(sums[i, 0]), float(sums[i, 1])) for i, t in enumerate(tasks)})
         out = {f"curriculum/weight/{t}": w for t, w in zip(tasks, self.problems.weights())}
         out.update({f"curriculum/learnability/{t}": v for t, v in self.problems.learnability.items() if v is not None})

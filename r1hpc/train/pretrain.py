@@ -17,6 +17,7 @@ from r1hpc.checkpoint.layout import model_weights_dir
 from r1hpc.config import ConfigError, to_dict
 from r1hpc.data.corpus import build_corpus
 from r1hpc.data.tokenizer import TextTokenizer, build_tokenizer
+from r1hpc.device import HOST
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.hf.importer import META_FILE, converted_model_config, is_converted
 from r1hpc.model.weights import load_model_weights, save_model_weights
@@ -122,10 +123,10 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         for i in range(0, len(batch), p.micro_batch_size):
             chunk = batch[i:i + p.micro_batch_size]
             width = round_up(max(len(s) for s, _ in chunk) - 1, engine.seq_multiple) + 1  # inputs = width - 1
-            ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width))
+            ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long, device=HOST)  # the engine moves it
+            mask = torch.zeros((len(chunk), width), device=HOST)
             for j, (s, n_prompt) in enumerate(chunk):
-                ids[j, :len(s)] = torch.tensor(s)
+                ids[j, :len(s)] = torch.tensor(s, device=HOST)
                 mask[j, 0 if p.prompt_loss else n_prompt:len(s)] = 1
             micro.append(make_lm_batch(ids, mask))
         width = max(m["tokens"].shape[1] for m in micro)

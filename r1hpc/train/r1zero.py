@@ -20,9 +20,10 @@ from r1hpc.checkpoint.resume import check_fresh_start, clear_stale, resume_candi
 from r1hpc.config import ConfigError, dump_yaml, to_dict
 from r1hpc.data.prompts import heldout_problems, run_data_sources, training_problems, training_stream
 from r1hpc.data.templates import render_prompt
+from r1hpc.device import collective_device
 from r1hpc.disagg.config import exchange_root
 from r1hpc.disagg.source import ExchangeSource
-from r1hpc.distributed import check_layout, destroy_distributed, init_distributed
+from r1hpc.distributed import destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
 from r1hpc.model.mcore_compat import version_record
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
@@ -30,9 +31,9 @@ from r1hpc.monitor.monitor import Monitor
 from r1hpc.monitor.plots import plot_training
 from r1hpc.rewards.judge_model import build_judges
 from r1hpc.rewards.registry import RewardScorer
-from r1hpc.train.engine import Engine
 from r1hpc.train.grpo import GRPOTrainer
-from r1hpc.train.pretrain import base_model_config, ensure_base, load_base, prepare_tokenizer, start_weights
+from r1hpc.train.policy import load_policy
+from r1hpc.train.pretrain import ensure_base, start_weights
 
 
 def run_r1zero(cfg) -> dict:
@@ -73,18 +74,12 @@ def run_r1zero(cfg) -> dict:
     guard = PreemptionGuard()  # from here a SIGUSR2/SIGTERM only asks for a checkpoint at the next step
 
     base_dir, base_meta = ensure_base(cfg, log=say)
-    tok, _ = prepare_tokenizer(cfg, base_dir)
-    model_cfg = base_model_config(cfg, base_dir, tok)
-    check_layout(cfg.parallel, model_cfg, env.world_size)
-
     init = start_weights(cfg, base_dir)
     say(f"[policy] starting from {init}")
-    policy = Engine(model_cfg, cfg.parallel, cfg.optim)
-    load_base(policy, base_dir, init)
+    policy, tok, model_cfg = load_policy(cfg, init, trainable=True, base_dir=base_dir)
     reference = None
     if cfg.algo.beta > 0:  # the frozen reference is the policy the stage starts from
-        reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
-        load_base(reference, base_dir, init)
+        reference, _, _ = load_policy(cfg, init, trainable=False, base_dir=base_dir)
 
     render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
     heldout = heldout_problems(cfg.data, cfg.eval.num_problems)
@@ -209,7 +204,7 @@ def run_r1zero(cfg) -> dict:
 
 def _agreed_stop(local: bool) -> bool:
     """All ranks stop at the same step (ranks' clocks differ)."""
-    flag = torch.tensor(float(local))
+    flag = torch.tensor(float(local), device=collective_device())
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag)
 

@@ -24,6 +24,7 @@ from r1hpc.config import ConfigError, dump_yaml
 from r1hpc.data.sft_data import file_sha256, load_sft_examples
 from r1hpc.data.templates import render_prompt
 from r1hpc.data.tokenizer import TextTokenizer
+from r1hpc.device import HOST, collective_device
 from r1hpc.monitor.metrics import MetricsLogger
 from r1hpc.train.batching import round_up
 from r1hpc.train.engine import Engine, last_stage_broadcast
@@ -98,23 +99,23 @@ def packed_batch(rows: list[list[Encoded]], pad_id: int, width_multiple: int = 1
     used = max((sum(len(ids) - 1 for ids, _ in row) for row in rows), default=1)
     s = round_up(max(used, width, 1), width_multiple)
     b = len(rows)
-    tokens = torch.full((b, s), pad_id, dtype=torch.long)
-    labels = torch.full((b, s), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros((b, s))
-    positions = torch.zeros((b, s), dtype=torch.long)
-    segment = torch.full((b, s), -1, dtype=torch.long)
+    tokens = torch.full((b, s), pad_id, dtype=torch.long, device=HOST)  # host staging: the engine moves it
+    labels = torch.full((b, s), pad_id, dtype=torch.long, device=HOST)
+    loss_mask = torch.zeros((b, s), device=HOST)
+    positions = torch.zeros((b, s), dtype=torch.long, device=HOST)
+    segment = torch.full((b, s), -1, dtype=torch.long, device=HOST)
     for r, row in enumerate(rows):
         at = 0
         for k, (ids, n_prompt) in enumerate(row):
             n = len(ids) - 1
-            seq = torch.tensor(ids, dtype=torch.long)
+            seq = torch.tensor(ids, dtype=torch.long, device=HOST)
             tokens[r, at:at + n], labels[r, at:at + n] = seq[:-1], seq[1:]
             loss_mask[r, at + n_prompt - 1:at + n] = 1  # label j is token j + 1: from the first response token
-            positions[r, at:at + n] = torch.arange(n)
+            positions[r, at:at + n] = torch.arange(n, device=HOST)
             segment[r, at:at + n] = k
             at += n
-        positions[r, at:] = torch.arange(s - at)
-    causal = torch.ones(s, s, dtype=torch.bool).triu(1)
+        positions[r, at:] = torch.arange(s - at, device=HOST)
+    causal = torch.ones(s, s, dtype=torch.bool, device=HOST).triu(1)
     attention_mask = (segment[:, :, None] != segment[:, None, :]) | causal
     return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": positions,
             "attention_mask": attention_mask[:, None]}
@@ -139,18 +140,20 @@ def step_batches(n: int, cfg: SFTConfig, seed: int) -> list[tuple[int, list[int]
 def _dp_sum(values: list[float]) -> list[float]:
     from megatron.core import parallel_state
 
-    t = torch.tensor(values, dtype=torch.float64)
+    group = parallel_state.get_data_parallel_group()
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device(group))
     if parallel_state.get_data_parallel_world_size() > 1:
-        torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group())
+        torch.distributed.all_reduce(t, group=group)
     return t.tolist()
 
 
 def _dp_max(value: int) -> int:
     from megatron.core import parallel_state
 
-    t = torch.tensor([value], dtype=torch.long)
+    group = parallel_state.get_data_parallel_group()
+    t = torch.tensor([value], dtype=torch.long, device=collective_device(group))
     if parallel_state.get_data_parallel_world_size() > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=group)
     return int(t.item())
 
 
