@@ -77,7 +77,8 @@ def summarise(steps: list[dict]) -> dict:
 
 
 def r1hpc_side(args, work: Path, ckpt: Path, prompts: Path) -> dict:
-    overrides = [f"pretrain.base_dir={ckpt}", f"run.output_dir={work}", "run.name=r1hpc", f"data.prompts.files=[{prompts}]",
+    overrides = [f"pretrain.base_dir={ckpt}", f"run.output_dir={work}", "run.name=r1hpc",
+                 f"data.prompts.files=[{prompts}]",
                  f"grpo.steps={args.steps}", "grpo.eval_every=0", "checkpoint.save_every=0",
                  f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
@@ -115,7 +116,8 @@ def trl_child(hf_dir: str, prompts: str, out: str, args) -> None:
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines()]
     system = "Solve the math problem. Think step by step inside <think> </think>, then write only the final " \
              "number inside <answer> </answer>."  # configs/smollm2_gsm8k.yaml data.template.system_prompt
-    text = [tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": r["problem"]}],
+    text = [tokenizer.apply_chat_template([{"role": "system", "content": system},
+                                           {"role": "user", "content": r["problem"]}],
                                           tokenize=False, add_generation_prompt=True) for r in rows]
     data = datasets.Dataset.from_dict({"prompt": text, "gold": [r["answer"] for r in rows]})
     math_cfg = MathConfig(fallbacks=FALLBACKS)
@@ -156,7 +158,8 @@ def trl_child(hf_dir: str, prompts: str, out: str, args) -> None:
         def on_step_end(self, *a, **kw):
             step_s = time.perf_counter() - current.pop("t0")
             steps.append({"step": len(steps) + 1, "step_s": step_s, "generation_s": current["generation_s"],
-                          "update_s": step_s - current["generation_s"], "generated_tokens": current["generated_tokens"]})
+                          "update_s": step_s - current["generation_s"],
+                          "generated_tokens": current["generated_tokens"]})
 
     trainer.add_callback(StepTimer())
     trainer.train()
@@ -225,8 +228,9 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     for name in sides:
         s = sides[name]
-        print(f"{name:6s} {s['step_s']:7.1f} s/step (generation {s['generation_s']:.1f} s, update {s['update_s']:.1f} s), "
-              f"{s['generated_tokens']:.0f} tokens, {s['tokens_per_s']:.1f} tokens/s, peak RSS {s['peak_rss_mib']:.0f} MiB")
+        print(f"{name:6s} {s['step_s']:7.1f} s/step (generation {s['generation_s']:.1f} s, "
+              f"update {s['update_s']:.1f} s), {s['generated_tokens']:.0f} tokens, {s['tokens_per_s']:.1f} tokens/s, "
+              f"peak RSS {s['peak_rss_mib']:.0f} MiB")
     print(f"r1hpc / TRL tokens/s: {result['ratio_r1hpc_over_trl']['tokens_per_s']:.2f}; written to {out}")
 
 
