@@ -43,9 +43,9 @@ def _micro_batch() -> dict:
             "tis_weight": torch.rand(B, S, generator=g) * 2}
 
 
-def _steps(model_kw: dict, parallel_kw: dict) -> dict:
+def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     """Per setting of algo.fused_output, one GRPO update's loss and gradients (no optimizer step) and
-    the log-prob pass, of the same model."""
+    the log-prob pass, of the same model. ``on_policy``: the update scores its own old log-probs."""
     model_cfg = ModelConfig(vocab_size=VOCAB, **model_kw)
     parallel_cfg = ParallelConfig(**parallel_kw)
     init_distributed(parallel_cfg, model_cfg, seed=3)
@@ -57,7 +57,7 @@ def _steps(model_kw: dict, parallel_kw: dict) -> dict:
     losses = []
 
     def recording_step(data_iterator, model):
-        output, loss_func = trainer._loss_step(_vocab_start(engine), 1.0, False, data_iterator, model)
+        output, loss_func = trainer._loss_step(_vocab_start(engine), 1.0, on_policy, data_iterator, model)
 
         def recorded(out):
             loss, stats = loss_func(out)
@@ -79,9 +79,9 @@ def _steps(model_kw: dict, parallel_kw: dict) -> dict:
     return out
 
 
-def _compare(model_kw: dict, parallel_kw: dict, world: int) -> None:
+def _compare(model_kw: dict, parallel_kw: dict, world: int, on_policy: bool = False) -> None:
     mask = _micro_batch()["response_mask"]
-    for rank in run_workers(_steps, world, model_kw, parallel_kw):
+    for rank in run_workers(_steps, world, model_kw, parallel_kw, on_policy):
         a, b = rank[False], rank[True]
         torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b["logp"][mask], a["logp"][mask], rtol=1e-5, atol=1e-6)
@@ -91,9 +91,9 @@ def _compare(model_kw: dict, parallel_kw: dict, world: int) -> None:
             torch.testing.assert_close(b["grads"][name], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=name)
 
 
-@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_fused_output_same_update_tp1(tie):
-    _compare(dict(MODEL, tie_embeddings=tie), {}, 1)
+@pytest.mark.parametrize("tie, on_policy", [(True, False), (False, True)], ids=["tied", "untied-on-policy"])
+def test_fused_output_same_update_tp1(tie, on_policy):
+    _compare(dict(MODEL, tie_embeddings=tie), {}, 1, on_policy)
 
 
 @pytest.mark.parametrize("sp", [True, False], ids=["sequence-parallel", "no-sp"])
