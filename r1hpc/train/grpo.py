@@ -31,6 +31,7 @@ from r1hpc.rollout.generate import RolloutConfig, Sample, response_text
 from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows, split_rows
 from r1hpc.train.engine import Engine
+from r1hpc.train.fused_output import FusedOutputLayer
 from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
 from r1hpc.model.provider import causal_attention_mask
 
@@ -77,10 +78,10 @@ def _logits(model, mb: dict, vocab_size: int) -> torch.Tensor:
                               vocab_size)
 
 
-def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logits: torch.Tensor):
+def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logp_fn, logits: torch.Tensor):
     sel = mb["response_mask"]
-    logp, entropy = token_logp(logits[sel], mb["targets"][sel], temperature=temperature,
-                               tp_group=_tp_group(), vocab_start_index=vocab_start)
+    logp, entropy = logp_fn(logits[sel], mb["targets"][sel], temperature=temperature,
+                            tp_group=_tp_group(), vocab_start_index=vocab_start)
     full = torch.zeros(sel.shape, device=logits.device)
     full[sel] = logp.float()
     return torch.zeros((), device=logits.device), {"logp": full}
@@ -90,11 +91,11 @@ _LOSS_METRICS = {"clipfrac_low": "pg_clipfrac_low", "clipfrac_high": "pg_clipfra
                  "entropy_mean": "entropy", "ratio_mean": "ratio_mean"}
 
 
-def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, logits: torch.Tensor):
+def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, loss_fn, logits: torch.Tensor):
     sel = mb["weights"] > 0
     if not bool(sel.any()):  # filler micro-batch: keep the graph, contribute nothing
         return logits.sum() * 0.0, {"tokens": torch.zeros((), device=logits.device)}
-    loss, m = grpo_loss(
+    loss, m = loss_fn(
         logits[sel], mb["targets"][sel], mb["old_logp"][sel], mb["advantages"][sel], mb["weights"][sel],
         ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
         tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
@@ -215,7 +216,16 @@ class GRPOTrainer:
 
     def _logp_step(self, vocab_start: int, data_iterator, model):
         mb = next(data_iterator)
-        return _logits(model, mb, self.tok.vocab_size), partial(_logp_loss_func, mb, self.algo.temperature, vocab_start)
+        output, logp_fn, _ = self._forward(model, mb)
+        return output, partial(_logp_loss_func, mb, self.algo.temperature, vocab_start, logp_fn)
+
+    def _forward(self, model, mb: dict):
+        """(output, logp_fn, loss_fn): the logits with token_logp and grpo_loss, or with
+        algo.fused_output the hidden states with the fused output layer's equivalents."""
+        if self.algo.fused_output:
+            layer = FusedOutputLayer(model, self.tok.vocab_size)
+            return layer.forward(mb["tokens"]), layer.logp, layer.loss
+        return _logits(model, mb, self.tok.vocab_size), token_logp, grpo_loss
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
@@ -372,15 +382,15 @@ class GRPOTrainer:
 
     def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
         mb = next(data_iterator)
-        logits = _logits(model, mb, self.tok.vocab_size)
+        logits, logp_fn, loss_fn = self._forward(model, mb)
         if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
             with torch.no_grad():
                 sel = mb["response_mask"]
-                lp, _ = token_logp(logits[sel].detach(), mb["targets"][sel], temperature=self.algo.temperature,
-                                   tp_group=_tp_group(), vocab_start_index=vocab_start)
+                lp, _ = logp_fn(logits[sel].detach(), mb["targets"][sel], temperature=self.algo.temperature,
+                                tp_group=_tp_group(), vocab_start_index=vocab_start)
                 mb["old_logp"] = torch.zeros(sel.shape, device=logits.device)
                 mb["old_logp"][sel] = lp.float()
-        return logits, partial(_grpo_loss_func, mb, self.algo, vocab_start, scale)
+        return logits, partial(_grpo_loss_func, mb, self.algo, vocab_start, scale, loss_fn)
 
     def _rollout_metrics(self, scores, samples, rewards, lengths, zero_std, ds_stats) -> dict[str, float]:
         keys = sorted({k for s in scores for k in s if k != "total"})

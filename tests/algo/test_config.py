@@ -25,6 +25,8 @@ def test_defaults_valid_and_dapo_overrides():
         ({"overlong_buffer_len": 2048, "max_response_len": 1024}, "overlong_buffer_len"),
         ({"loss_agg_mode": "sum"}, "loss_agg_mode"),
         ({"kl_kind": "k4"}, "kl_kind"),
+        ({"fused_output": True, "impl": "triton"}, "fused_output"),
+        ({"fused_output": "yes"}, "fused_output"),
     ],
 )
 def test_validate_rejects(bad, match):

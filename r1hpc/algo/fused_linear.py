@@ -1,0 +1,198 @@
+"""The output layer fused with the GRPO loss and the log-prob passes: logits are never materialised.
+
+``z = hidden @ weight.T / temperature`` is computed one tile (a chunk of tokens x a tile of this
+rank's vocabulary shard) at a time and reduced at once to the four per-token stats of
+:mod:`r1hpc.algo.vocab_parallel` ``(m, s, q, x_t)`` with an online log-sum-exp; the target logit is
+one dot product per token. The shards merge with the same single all-gather of per-token stats as
+the materialised path, and the per-token objective after it is :func:`token_objective` itself.
+Backward recomputes each tile from ``lse`` and ``E_p[z]`` and accumulates ``grad_hidden`` and
+``grad_weight`` with two matmuls per tile. Inputs of any float dtype are computed in fp32 (tiles
+are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from r1hpc.algo.kl import KLKind
+from r1hpc.algo.loss import Impl, loss_metrics
+from r1hpc.algo.objective import token_objective
+from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to_logp_entropy
+
+#: Vocabulary columns per tile (fewer when the shard is smaller).
+VOCAB_TILE = 8192
+#: Upper bound on one fp32 [tokens, vocab tile] buffer; a tile step holds two of them.
+TILE_BYTES = 16 * 2**20
+
+
+def _resolve_impl(impl: Impl) -> None:
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"the fused output layer has only the chunked torch implementation (impl 'auto' or "
+                         f"'torch'), got impl={impl!r}")
+
+
+def _real_columns(v_local: int, vocab_start: int, vocab_size: Optional[int]) -> int:
+    """How many leading columns of this shard are real vocabulary (the rest is megatron's padding)."""
+    if vocab_size is None:
+        return v_local
+    return max(0, min(v_local, vocab_size - vocab_start))
+
+
+def _plan(active: Tensor, n_real: int) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """Token chunks (indices of active rows) and vocabulary tiles [v0, v1) of this shard."""
+    tile = max(1, min(VOCAB_TILE, n_real))
+    rows = torch.nonzero(active).squeeze(1)
+    chunks = list(rows.split(max(1, TILE_BYTES // (4 * tile))))
+    return chunks, [(v0, min(v0 + tile, n_real)) for v0 in range(0, n_real, tile)]
+
+
+def _owned_target(target: Tensor, vocab_start: int, n_real: int) -> tuple[Tensor, Tensor]:
+    local = target.long() - vocab_start
+    owned = (local >= 0) & (local < n_real)
+    return torch.where(owned, local, 0), owned
+
+
+def _shard_stats(hidden: Tensor, weight: Tensor, local: Tensor, owned: Tensor, active: Tensor,
+                 inv_temp: float, n_real: int) -> Tensor:
+    """This shard's fp32 ``[T, 4]`` stats (m, s, q, x_t); weight-0 tokens get EMPTY_STATS."""
+    stats = hidden.new_tensor(EMPTY_STATS, dtype=torch.float32).repeat(hidden.shape[0], 1)
+    chunks, tiles = _plan(active, n_real)
+    for rows in chunks:
+        h = hidden[rows].float()
+        # running m, s = sum exp(z - m) and qc = sum exp(z - m) (z - m): centred on the running max, so
+        # rescaling never adds and subtracts the large m (which would cost the entropy its precision)
+        m = torch.full((len(rows),), -float("inf"), device=h.device)
+        s, qc = torch.zeros_like(m), torch.zeros_like(m)
+        for v0, v1 in tiles:
+            z = torch.mm(h, weight[v0:v1].float().t()).mul_(inv_temp)
+            m_new = torch.maximum(m, z.amax(dim=1))
+            z.sub_(m_new[:, None])
+            e = torch.exp(z)
+            scale = torch.exp(m - m_new)  # 0 on the first tile (m = -inf, s = 0)
+            shift = torch.where(s > 0, (m - m_new) * s, 0.0)
+            qc = scale * (qc + shift) + torch.linalg.vecdot(e, z)
+            s = s * scale + e.sum(dim=1)
+            m = m_new
+        x_t = (h * weight[local[rows]].float()).sum(dim=1) * inv_temp
+        stats[rows] = torch.stack([m, s, qc + m * s, torch.where(owned[rows], x_t, 0.0)], dim=1)
+    return stats
+
+
+class _FusedLinearLogpEntropy(torch.autograd.Function):
+    """(logp, entropy) [T] of softmax(hidden @ weight.T / temperature) over the real vocabulary,
+    vocab-parallel; backward recomputes the tiles."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group):
+        inv_temp = 1.0 / temperature
+        local, owned = _owned_target(target, vocab_start, n_real)
+        stats = _shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
+        logp, entropy, lse, mean_z = stats_to_logp_entropy(combine_shard_stats(stats, group))
+        ctx.save_for_backward(hidden, weight, local, owned, active, lse, mean_z)
+        ctx.inv_temp, ctx.n_real = inv_temp, n_real
+        return logp, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, local, owned, active, lse, mean_z = ctx.saved_tensors
+        inv_temp, n_real = ctx.inv_temp, ctx.n_real
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        chunks, tiles = _plan(active, n_real)
+        for rows in chunks:
+            h = hidden[rows].float()
+            g_lp, g_ent = grad_logp[rows, None].float(), grad_entropy[rows, None].float()
+            gh = torch.zeros_like(h) if want_h else None
+            for v0, v1 in tiles:
+                w = weight[v0:v1].float()
+                z = torch.mm(h, w.t()).mul_(inv_temp)
+                p = torch.exp(z - lse[rows, None])
+                # dL/dz_j = g_lp (1[j = target] - p_j) - g_ent p_j (z_j - E_p[z]); the one-hot part below
+                g = z.sub_(mean_z[rows, None]).mul_(g_ent).add_(g_lp).mul_(p).mul_(-inv_temp)
+                if want_h:
+                    gh.addmm_(g, w)
+                if want_w:
+                    grad_w[v0:v1].addmm_(g.t(), h)
+            a = torch.where(owned[rows, None], g_lp * inv_temp, 0.0)
+            if want_h:
+                grad_h[rows] = gh.addcmul_(a, weight[local[rows]].float())
+            if want_w:
+                grad_w.index_add_(0, local[rows], a * h)
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None)
+
+
+def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group):
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must be [T, H] and weight [V_local, H], got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    n_real = _real_columns(weight.shape[0], int(vocab_start_index), vocab_size)
+    return _FusedLinearLogpEntropy.apply(hidden, weight, target, active, float(temperature),
+                                         int(vocab_start_index), n_real, tp_group)
+
+
+def fused_linear_grpo_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    *,
+    ref_logp: Optional[Tensor] = None,
+    tis_weight: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip_c: Optional[float] = None,
+    beta: float = 0.0,
+    kl_kind: KLKind = "k3",
+    entropy_coef: float = 0.0,
+    tp_group: Optional[dist.ProcessGroup] = None,
+    vocab_start_index: int = 0,
+    vocab_size: Optional[int] = None,
+    impl: Impl = "auto",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`r1hpc.algo.grpo_loss` of the logits ``hidden [T, H] @ weight [V_local, H].T`` without
+    building them; autograd to ``hidden`` and ``weight``. ``vocab_size`` (global, optional): columns
+    at ids >= it are padding and are left out of the softmax (their weight rows get zero gradient).
+    With ``tp_group`` each rank passes its vocabulary shard of ``weight`` and the same ``hidden``;
+    the returned ``grad_hidden`` is this shard's part (sum it over the group, as megatron's
+    column-parallel output layer does). Other arguments, the loss and the metrics are grpo_loss's."""
+    _resolve_impl(impl)
+    active = weights != 0
+    logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
+                                  tp_group)
+    tok = token_objective(logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
+                          eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta,
+                          kl_kind=kl_kind, entropy_coef=entropy_coef)
+    loss = (tok["loss"] * weights.float()).sum()
+    return loss, loss_metrics(tok, active)
+
+
+@torch.no_grad()
+def fused_linear_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    mask: Optional[Tensor] = None,
+    *,
+    temperature: float = 1.0,
+    tp_group: Optional[dist.ProcessGroup] = None,
+    vocab_start_index: int = 0,
+    vocab_size: Optional[int] = None,
+    impl: Impl = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Forward-only fp32 ``(logp [T], entropy [T])`` of the logits ``hidden @ weight.T`` at
+    ``target``, as :func:`r1hpc.algo.token_logp` (masked tokens skipped and reported as 0)."""
+    _resolve_impl(impl)
+    active = torch.ones_like(target, dtype=torch.bool) if mask is None else mask.bool()
+    logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
+                                  tp_group)
+    return torch.where(active, logp, 0.0), torch.where(active, entropy, 0.0)
