@@ -12,8 +12,9 @@ from fractions import Fraction
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[!,;: ]|\\(?:left|right)(?![a-zA-Z])|~")  # not the start of \rightarrow
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\circ|\\degree")
-# "x =", "\\theta =", "a_1 =", "f(x) =" before the answer (one variable, one '=')
-_LHS = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([^()=]*\))?\s*=\s*(?=[^=]+$)")
+# "x =", "\\theta =", "a_1 =", "f(x) =" or "(x, y) =" before the answer (variables only, one '=')
+_VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?"
+_LHS = re.compile(rf"^(?:{_VAR}(?:\([^()=]*\))?|\(\s*{_VAR}(?:\s*,\s*{_VAR})+\s*\))\s*=\s*(?=[^=]+$)")
 # A relation left in an answer after that: "6=5" or "3 \\to 7" is not the number on its right.
 _RELATION = re.compile(r"=|\\(?:to|rightarrow|Rightarrow|longrightarrow|implies|mapsto|approx|neq?)(?![a-zA-Z])")
 # Digit groups joined by a thin space ("1\\,000", U+2009, U+202F) or "{,}" (LaTeX's comma in maths)

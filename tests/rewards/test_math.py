@@ -164,6 +164,8 @@ TIGHTENED = [
     ("5", "5 and a half", False), ("7", "7 more", False), ("3", "3 times", False), ("50%", "50 percent", True),
     ("5", "6=5", False), ("7", r"3 \to 7", False), ("7", r"3 \rightarrow 7", False), ("5", r"x \approx 5", False),
     ("5", "x = 5", True), ("30", r"\theta = 30^\circ", True), ("4", "f(2) = 4", True), ("-1", "a_1 = -1", True),
+    ("(5,8)", "(x, y) = (5, 8)", True), ("(5,8)", r"(x,\ y)=(5,8)", True), ("(5,8)", "(x, y) = (5, 9)", False),
+    ("(3,2)", "(1, 2) = (3, 2)", False),
     ("1000000", r"1\,000\,000", True), ("1000000", "1\u2009000\u2009000", True), ("1000", "1{,}000", True),
     ("3.5", "3{,}5", True), ("3.25", "3{,}25", True), ("3.5", "3{,}6", False),
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{bmatrix}1&2\\3&4\end{bmatrix}", True),
