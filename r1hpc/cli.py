@@ -9,7 +9,7 @@ import warnings
 from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.checkpoint.layout import CheckpointWriteError
 from r1hpc.config import ConfigError
-from r1hpc.model.mcore_compat import CheckpointVersionError
+from r1hpc.model.mcore_compat import CheckpointCorruptError, CheckpointVersionError
 
 
 # Third-party warnings a user cannot act on (the CPU stack has no Apex/TE by design; deprecations inside
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as e:
         print(f"r1hpc: cannot resume: {e}", file=sys.stderr)
         return 2
-    except CheckpointVersionError as e:
+    except (CheckpointVersionError, CheckpointCorruptError) as e:
         print(f"r1hpc: cannot load a checkpoint: {e}", file=sys.stderr)
         return 2
     except CheckpointWriteError as e:

@@ -49,6 +49,11 @@ class CheckpointVersionError(RuntimeError):
     """A checkpoint written under one megatron-core / torch does not load under the installed ones."""
 
 
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint file is cut short or unreadable (a copy or a save that did not finish); the
+    message names the file (``r1hpc.model.weights.damaged_file``)."""
+
+
 def installed_version() -> str:
     """megatron-core's version as it reports it (0.19 adds a local label such as ``0.19.2+65a6cf7``)."""
     import megatron.core

@@ -10,13 +10,14 @@ the writer), so a checkpoint that does not load under another megatron-core says
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from packaging.version import Version
 
-from r1hpc.model.mcore_compat import CheckpointVersionError, release, version_record
+from r1hpc.model.mcore_compat import CheckpointCorruptError, CheckpointVersionError, release, version_record
 
 VERSIONS_FILE = "versions.json"
 
@@ -53,7 +54,11 @@ def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> 
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     directory = Path(directory)
-    if not dist_checkpointing.check_is_distributed_checkpoint(str(directory)):
+    try:
+        is_checkpoint = dist_checkpointing.check_is_distributed_checkpoint(str(directory))
+    except ValueError as error:  # metadata.json cut short
+        raise _corrupt(directory, error) from error
+    if not is_checkpoint:
         raise FileNotFoundError(f"{directory}: not a megatron distributed checkpoint (no metadata.json)")
     state = load_dist_checkpoint(sharded_model_state(model), directory,
                                  strict=StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_UNEXPECTED)
@@ -95,10 +100,52 @@ def load_dist_checkpoint(state: dict, directory: Path, **kwargs: Any) -> dict:
     try:
         return dist_checkpointing.load(state, str(directory), **kwargs)
     except (Exception, CheckpointException) as error:
+        if damaged_file(directory):
+            raise _corrupt(directory, error) from error
         written, here = written_versions(directory), version_record()
         if not written or all(written.get(k) == here[k] for k in ("megatron_core", "torch")):
             raise
         raise CheckpointVersionError(_version_error_text(directory, written, here, error)) from error
+
+
+def damaged_file(directory: Path) -> str | None:
+    """``"<file>: <what is wrong>"`` for the first file of a checkpoint that is cut short or
+    unreadable, else None. Run only after a load failed (it reads the index again)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    for name in ("metadata.json", VERSIONS_FILE):
+        path = directory / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text())
+            except ValueError as e:  # UnicodeDecodeError is one
+                return f"{path}: not valid JSON ({e})"
+    common = directory / "common.pt"
+    if common.is_file() and not zipfile.is_zipfile(common):
+        return f"{common}: not a complete torch archive"
+    index = directory / ".metadata"
+    if not index.is_file():
+        return None
+    try:
+        metadata = FileSystemReader(str(directory)).read_metadata()
+    except Exception as e:
+        return f"{index}: unreadable ({type(e).__name__}: {e})"
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size < size:
+            return f"{path}: truncated ({path.stat().st_size} bytes; the checkpoint's index needs {size})"
+    return None
+
+
+def _corrupt(directory: Path, error: BaseException) -> CheckpointCorruptError:
+    found = damaged_file(directory) or f"{directory / 'metadata.json'}: {type(error).__name__}: {error}"
+    return CheckpointCorruptError(" ".join(f"{found}: the checkpoint {directory} is truncated or corrupt (a copy "
+                                           "or a save that did not finish); copy or convert it again".split()))
 
 
 def _version_error_text(directory: Path, written: dict, here: dict, error: BaseException) -> str:
