@@ -26,7 +26,6 @@ import ast
 import collections
 import importlib.metadata
 import json
-import platform
 import subprocess
 import sys
 import tarfile
@@ -34,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_rewards import machine  # this script's own folder is on sys.path
 from r1hpc.rewards.extract import FALLBACKS, extract_answer
 from r1hpc.rewards.math import MathConfig, math_pool, math_reward_batch
 
@@ -180,8 +180,7 @@ def main() -> None:
         "what": "r1hpc math_reward_batch against the parametrised cases of Math-Verify's test suite",
         "sdist": sdist.name,
         "math_verify": importlib.metadata.version("math-verify"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "workers": args.workers},
+        "machine": dict(machine(), verifier_workers=args.workers),
         "cases": len(cases),
         "skipped": skipped,
         "modes": score(cases, args.workers),
