@@ -8,6 +8,11 @@ the materialised path, and the per-token objective after it is :func:`token_obje
 Backward recomputes each tile from ``lse`` and ``E_p[z]`` and accumulates ``grad_hidden`` and
 ``grad_weight`` with two matmuls per tile. Inputs of any float dtype are computed in fp32 (tiles
 are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each.
+
+``impl``: 'torch' runs everything here; 'triton' computes the forward stats with the Triton kernel
+of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip) and keeps this module's
+chunked torch recompute as the backward; 'auto' follows :func:`r1hpc.algo.loss.resolve_impl`
+(Triton on CUDA, ``$R1HPC_GRPO_LOSS_IMPL`` overrides).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from r1hpc.algo.kl import KLKind
-from r1hpc.algo.loss import Impl, loss_metrics
+from r1hpc.algo.loss import Impl, loss_metrics, resolve_impl
 from r1hpc.algo.objective import token_objective
 from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to_logp_entropy
 
@@ -27,12 +32,6 @@ from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to
 VOCAB_TILE = 8192
 #: Upper bound on one fp32 [tokens, vocab tile] buffer; a tile step holds two of them.
 TILE_BYTES = 16 * 2**20
-
-
-def _resolve_impl(impl: Impl) -> None:
-    if impl not in ("auto", "torch"):
-        raise ValueError(f"the fused output layer has only the chunked torch implementation (impl 'auto' or "
-                         f"'torch'), got impl={impl!r}")
 
 
 def _real_columns(v_local: int, vocab_start: int, vocab_size: Optional[int]) -> int:
@@ -87,10 +86,10 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     vocab-parallel; backward recomputes the tiles."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group):
+    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group, shard_stats):
         inv_temp = 1.0 / temperature
         local, owned = _owned_target(target, vocab_start, n_real)
-        stats = _shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
+        stats = shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
         logp, entropy, lse, mean_z = stats_to_logp_entropy(combine_shard_stats(stats, group))
         ctx.save_for_backward(hidden, weight, local, owned, active, lse, mean_z)
         ctx.inv_temp, ctx.n_real = inv_temp, n_real
@@ -125,16 +124,19 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
             if want_w:
                 grad_w.index_add_(0, local[rows], a * h)
         return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None)
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
 
 
-def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group):
+def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group, impl):
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden must be [T, H] and weight [V_local, H], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
+    shard_stats = _shard_stats
+    if resolve_impl(impl, hidden) == "triton":
+        from r1hpc.triton_kernels.fused_linear import fused_linear_shard_stats as shard_stats
     n_real = _real_columns(weight.shape[0], int(vocab_start_index), vocab_size)
     return _FusedLinearLogpEntropy.apply(hidden, weight, target, active, float(temperature),
-                                         int(vocab_start_index), n_real, tp_group)
+                                         int(vocab_start_index), n_real, tp_group, shard_stats)
 
 
 def fused_linear_grpo_loss(
@@ -165,10 +167,9 @@ def fused_linear_grpo_loss(
     With ``tp_group`` each rank passes its vocabulary shard of ``weight`` and the same ``hidden``;
     the returned ``grad_hidden`` is this shard's part (sum it over the group, as megatron's
     column-parallel output layer does). Other arguments, the loss and the metrics are grpo_loss's."""
-    _resolve_impl(impl)
     active = weights != 0
     logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
-                                  tp_group)
+                                  tp_group, impl)
     tok = token_objective(logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
                           eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta,
                           kl_kind=kl_kind, entropy_coef=entropy_coef)
@@ -191,8 +192,7 @@ def fused_linear_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Forward-only fp32 ``(logp [T], entropy [T])`` of the logits ``hidden @ weight.T`` at
     ``target``, as :func:`r1hpc.algo.token_logp` (masked tokens skipped and reported as 0)."""
-    _resolve_impl(impl)
     active = torch.ones_like(target, dtype=torch.bool) if mask is None else mask.bool()
     logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
-                                  tp_group)
+                                  tp_group, impl)
     return torch.where(active, logp, 0.0), torch.where(active, entropy, 0.0)

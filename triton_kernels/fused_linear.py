@@ -1,0 +1,108 @@
+"""Forward of the fused output layer in Triton: ``hidden @ weight.T`` reduced tile by tile to the
+per-token shard stats ``(m, s, q, x_t)`` of :mod:`r1hpc.algo.vocab_parallel`, never a logits tile in
+global memory.
+
+One program owns BLOCK_T tokens. For each BLOCK_V tile of the real vocabulary it accumulates the
+logit tile ``[BLOCK_T, BLOCK_V]`` over the hidden size in BLOCK_H steps with ``tl.dot`` (bf16 or
+fp32 inputs, fp32 accumulation, no TF32 downgrade), scales it by ``1 / temperature``, picks the
+target logit out of the tile, and folds the tile into a running max ``m``, ``s = sum exp(z - m)``
+and ``qc = sum exp(z - m) (z - m)`` (centred on the running max, as the torch path does, so the
+entropy keeps its precision). Columns at or past ``n_real`` (megatron's vocabulary padding) are
+never read. It writes 16 bytes per token. Only this forward is in Triton: the backward of
+:func:`r1hpc.algo.fused_linear.fused_linear_grpo_loss` is the chunked torch recompute.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from r1hpc.algo.vocab_parallel import EMPTY_STATS
+from r1hpc.triton_kernels.grpo_loss import _on_device
+
+#: Tile sizes (upper bounds; smaller when the problem is). Tests lower them to cross tile edges.
+MAX_BLOCK_T = 64
+MAX_BLOCK_V = 128
+MAX_BLOCK_H = 64
+#: tl.dot needs every tile dimension >= 16.
+MIN_BLOCK = 16
+
+
+@triton.jit
+def _fused_linear_stats_kernel(h_ptr, w_ptr, target_ptr, stats_ptr, T, H, n_real, stride_h, stride_w, inv_temp,
+                               BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                               UPCAST: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < T
+    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_h
+    target = tl.load(target_ptr + rows, mask=row_ok, other=-1)  # -1: the target is on another shard
+    ks = tl.arange(0, BLOCK_H)
+    m = tl.full((BLOCK_T,), -float("inf"), tl.float32)
+    s = tl.zeros((BLOCK_T,), tl.float32)
+    qc = tl.zeros((BLOCK_T,), tl.float32)
+    x_t = tl.zeros((BLOCK_T,), tl.float32)
+    for v0 in range(0, n_real, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < n_real
+        w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_w
+        acc = tl.zeros((BLOCK_T, BLOCK_V), tl.float32)
+        for k0 in range(0, H, BLOCK_H):
+            k = k0 + ks
+            h = tl.load(h_rows + k[None, :], mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
+            w = tl.load(w_rows + k[None, :], mask=col_ok[:, None] & (k[None, :] < H), other=0.0)
+            if UPCAST:  # mixed dtypes, or the interpreter (whose tl.dot multiplies bf16 bit patterns)
+                h = h.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(h, tl.trans(w), acc, input_precision="ieee")
+        z = acc * inv_temp
+        x_t += tl.sum(tl.where(cols[None, :] == target[:, None], z, 0.0), axis=1)
+        m_new = tl.maximum(m, tl.max(tl.where(col_ok[None, :], z, -float("inf")), axis=1))
+        zc = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
+        e = tl.where(col_ok[None, :], tl.exp(zc), 0.0)
+        scale = tl.exp(m - m_new)  # 0 on the first tile (m = -inf, s = 0)
+        shift = (tl.where(s > 0, m, m_new) - m_new) * s  # 0 on the first tile, never -inf * 0
+        qc = scale * (qc + shift) + tl.sum(e * zc, axis=1)
+        s = s * scale + tl.sum(e, axis=1)
+        m = m_new
+    q = qc + tl.where(s > 0, m, 0.0) * s  # a shard with no real column: m = -inf, s = q = 0
+    tl.store(stats_ptr + 4 * rows + 0, m, mask=row_ok)
+    tl.store(stats_ptr + 4 * rows + 1, s, mask=row_ok)
+    tl.store(stats_ptr + 4 * rows + 2, q, mask=row_ok)
+    tl.store(stats_ptr + 4 * rows + 3, x_t, mask=row_ok)
+
+
+def _interpreted() -> bool:
+    """Under TRITON_INTERPRET=1 tl.dot runs np.matmul on bf16 stored as uint16 (wrong), so tiles are
+    upcast to fp32 first: the same exact products and fp32 sums as the bf16 MMA on the GPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block(n: int, cap: int) -> int:
+    return max(MIN_BLOCK, min(cap, triton.next_power_of_2(max(1, n))))
+
+
+def fused_linear_shard_stats(hidden: Tensor, weight: Tensor, local: Tensor, owned: Tensor, active: Tensor,
+                             inv_temp: float, n_real: int) -> Tensor:
+    """This shard's fp32 ``[T, 4]`` stats (m, s, q, x_t) of ``hidden @ weight[:n_real].T * inv_temp``;
+    same contract as ``r1hpc.algo.fused_linear._shard_stats``: ``local`` is the target's column in
+    this shard where ``owned``, and tokens that are not ``active`` get EMPTY_STATS without compute."""
+    stats = hidden.new_tensor(EMPTY_STATS, dtype=torch.float32).repeat(hidden.shape[0], 1)
+    rows = torch.nonzero(active).squeeze(1)
+    t, h_size = len(rows), hidden.shape[1]
+    if t == 0:
+        return stats
+    h = hidden[rows].contiguous()
+    w = weight if weight.stride(1) == 1 else weight.contiguous()
+    target = torch.where(owned, local, -1)[rows].to(torch.int32).contiguous()
+    out = torch.empty(t, 4, dtype=torch.float32, device=hidden.device)
+    block_t = _block(t, MAX_BLOCK_T)
+    with _on_device(hidden):
+        _fused_linear_stats_kernel[(triton.cdiv(t, block_t),)](
+            h, w, target, out, t, h_size, n_real, h.stride(0), w.stride(0), float(inv_temp),
+            BLOCK_T=block_t, BLOCK_V=_block(n_real, MAX_BLOCK_V), BLOCK_H=_block(h_size, MAX_BLOCK_H),
+            UPCAST=h.dtype != w.dtype or _interpreted(), num_warps=4)
+    stats[rows] = out
+    return stats
