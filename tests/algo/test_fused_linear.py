@@ -181,16 +181,16 @@ def test_empty_batch_and_bad_input():
         fused_linear_logprobs(torch.zeros(3, 5), torch.zeros(7, 5), torch.zeros(3, dtype=torch.long), impl="cuda")
 
 
-def _tp_check(rank: int, world: int, dtype: torch.dtype) -> None:
+def _tp_check(rank: int, world: int, dtype: torch.dtype, impl: str = "torch") -> None:
     """Each of ``world`` gloo ranks holds a vocabulary shard of a padded weight (301 real of 320:
     the last shard is partly padding); loss, per-token values, the weight shard's gradient and the
     sum over ranks of grad_hidden equal the unsharded reference."""
-    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01)
+    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01, impl=impl)
     inp = linear_inputs(v_padded=320, dtype=dtype, temperature=0.8, seed=7)
     shard = 320 // world
     rows = slice(rank * shard, (rank + 1) * shard)
     got = run_fused(inp, weight=inp["weight"][rows], tp_group=dist.group.WORLD, vocab_start_index=rows.start, **kw)
-    ref = reference(inp, **kw)
+    ref = reference(inp, **{k: x for k, x in kw.items() if k != "impl"})
     ref_rows = slice(rows.start, min(rows.stop, V))
     check(inp, ref, got, rows=ref_rows, whole_grad_hidden=False)
     # grad_hidden: this shard's part, summed over the group as megatron's output layer does. In bf16
@@ -206,7 +206,7 @@ def _tp_check(rank: int, world: int, dtype: torch.dtype) -> None:
     assert torch.all(got[3][ref_rows.stop - rows.start:] == 0)  # padding rows
     active = inp["weights"] != 0
     logp, _ = fused_linear_logprobs(inp["hidden"], inp["weight"][rows], inp["target"], active, temperature=0.8,
-                                    tp_group=dist.group.WORLD, vocab_start_index=rows.start, vocab_size=V)
+                                    tp_group=dist.group.WORLD, vocab_start_index=rows.start, vocab_size=V, impl=impl)
     torch.testing.assert_close(logp[active], got[1]["logp"][active], rtol=1e-6, atol=1e-6)
 
 

@@ -15,7 +15,8 @@ import torch
 
 from r1hpc.algo import fused_linear_grpo_loss, fused_linear_logprobs
 from r1hpc.triton_kernels import fused_linear as kernels
-from tests.algo.test_fused_linear import check, close_grad, linear_inputs, reference, run_fused
+from tests.algo.dist_utils import run_gloo
+from tests.algo.test_fused_linear import _tp_check, check, close_grad, linear_inputs, reference, run_fused
 
 H, V, V_PADDED = 32, 97, 128
 KW = dict(temperature=0.7, eps_low=0.2, eps_high=0.28, dual_clip_c=3.0, beta=0.1, kl_kind="k3", entropy_coef=0.01)
@@ -78,3 +79,10 @@ def test_mixed_dtypes_and_foreign_targets(device):
     expected = torch.log_softmax(logits, -1).gather(1, (target - 40).clamp(min=0)[:, None]).squeeze(1)
     torch.testing.assert_close(logp[owned], expected[owned], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logp[~owned], -torch.logsumexp(logits[~owned], -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.multiproc
+def test_vocab_parallel_tp2():
+    """Two gloo ranks, each with a vocabulary shard (the second partly padding), the Triton forward
+    on each: the torch path's TP check (tests/algo/test_fused_linear.py) with impl='triton'."""
+    run_gloo(_tp_check, torch.bfloat16, "triton")
