@@ -9,10 +9,11 @@ Backward recomputes each tile from ``lse`` and ``E_p[z]`` and accumulates ``grad
 ``grad_weight`` with two matmuls per tile. Inputs of any float dtype are computed in fp32 (tiles
 are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each.
 
-``impl``: 'torch' runs everything here; 'triton' computes the forward stats with the Triton kernel
-of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip) and keeps this module's
-chunked torch recompute as the backward; 'auto' follows :func:`r1hpc.algo.loss.resolve_impl`
-(Triton on CUDA, ``$R1HPC_GRPO_LOSS_IMPL`` overrides).
+``impl``: 'torch' runs the tiles here; 'triton' runs the forward stats and the softmax part of the
+backward as the kernels of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip); the
+vocab-parallel merge, the objective and the one-hot target term of the backward are this module's
+either way. 'auto' follows :func:`r1hpc.algo.loss.resolve_impl` (Triton on CUDA,
+``$R1HPC_GRPO_LOSS_IMPL`` overrides).
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     vocab-parallel; backward recomputes the tiles."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group, shard_stats):
+    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group, kernels):
+        shard_stats, ctx.softmax_grads = kernels
         inv_temp = 1.0 / temperature
         local, owned = _owned_target(target, vocab_start, n_real)
         stats = shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
@@ -99,44 +101,57 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, local, owned, active, lse, mean_z = ctx.saved_tensors
-        inv_temp, n_real = ctx.inv_temp, ctx.n_real
+        inv_temp = ctx.inv_temp
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        chunks, tiles = _plan(active, n_real)
-        for rows in chunks:
-            h = hidden[rows].float()
-            g_lp, g_ent = grad_logp[rows, None].float(), grad_entropy[rows, None].float()
-            gh = torch.zeros_like(h) if want_h else None
-            for v0, v1 in tiles:
-                w = weight[v0:v1].float()
-                z = torch.mm(h, w.t()).mul_(inv_temp)
-                p = torch.exp(z - lse[rows, None])
-                # dL/dz_j = g_lp (1[j = target] - p_j) - g_ent p_j (z_j - E_p[z]); the one-hot part below
-                g = z.sub_(mean_z[rows, None]).mul_(g_ent).add_(g_lp).mul_(p).mul_(-inv_temp)
-                if want_h:
-                    gh.addmm_(g, w)
-                if want_w:
-                    grad_w[v0:v1].addmm_(g.t(), h)
-            a = torch.where(owned[rows, None], g_lp * inv_temp, 0.0)
-            if want_h:
-                grad_h[rows] = gh.addcmul_(a, weight[local[rows]].float())
-            if want_w:
-                grad_w.index_add_(0, local[rows], a * h)
+        g_lp, g_ent = grad_logp.float(), grad_entropy.float()
+        ctx.softmax_grads(hidden, weight, active, g_lp, g_ent, lse, mean_z, inv_temp, ctx.n_real, grad_h, grad_w)
+        # the one-hot part of dL/dz: g_lp / temperature at the target column, one row per token
+        rows = torch.nonzero(active & owned).squeeze(1)
+        a = g_lp[rows, None] * inv_temp
+        if want_h:
+            grad_h[rows] += a * weight[local[rows]].float()
+        if want_w:
+            grad_w.index_add_(0, local[rows], a * hidden[rows].float())
         return (None if grad_h is None else grad_h.to(hidden.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
+
+
+def _softmax_grads(hidden: Tensor, weight: Tensor, active: Tensor, g_lp: Tensor, g_ent: Tensor, lse: Tensor,
+                   mean_z: Tensor, inv_temp: float, n_real: int, grad_h: Optional[Tensor],
+                   grad_w: Optional[Tensor]) -> None:
+    """Adds the softmax part of the gradient, ``G = -(g_lp + g_ent (z - E_p[z])) p / temperature``
+    per recomputed tile, to the fp32 ``grad_h += G W_tile`` and ``grad_w[tile] += G^T h`` (either may be
+    None: not wanted)."""
+    chunks, tiles = _plan(active, n_real)
+    for rows in chunks:
+        h = hidden[rows].float()
+        gh = torch.zeros_like(h) if grad_h is not None else None
+        for v0, v1 in tiles:
+            w = weight[v0:v1].float()
+            z = torch.mm(h, w.t()).mul_(inv_temp)
+            p = torch.exp(z - lse[rows, None])
+            g = z.sub_(mean_z[rows, None]).mul_(g_ent[rows, None]).add_(g_lp[rows, None]).mul_(p).mul_(-inv_temp)
+            if gh is not None:
+                gh.addmm_(g, w)
+            if grad_w is not None:
+                grad_w[v0:v1].addmm_(g.t(), h)
+        if gh is not None:
+            grad_h[rows] = gh
 
 
 def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group, impl):
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden must be [T, H] and weight [V_local, H], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
-    shard_stats = _shard_stats
+    kernels = (_shard_stats, _softmax_grads)
     if resolve_impl(impl, hidden) == "triton":
-        from r1hpc.triton_kernels.fused_linear import fused_linear_shard_stats as shard_stats
+        from r1hpc.triton_kernels.fused_linear import fused_linear_shard_stats, fused_linear_softmax_grads
+        kernels = (fused_linear_shard_stats, fused_linear_softmax_grads)
     n_real = _real_columns(weight.shape[0], int(vocab_start_index), vocab_size)
     return _FusedLinearLogpEntropy.apply(hidden, weight, target, active, float(temperature),
-                                         int(vocab_start_index), n_real, tp_group, shard_stats)
+                                         int(vocab_start_index), n_real, tp_group, kernels)
 
 
 def fused_linear_grpo_loss(

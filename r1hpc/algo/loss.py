@@ -48,7 +48,7 @@ class AlgoConfig:
     impl: Impl = "auto"
     # the trainer's forwards stop at the hidden states and the loss applies the output layer in tiles
     # (r1hpc.algo.fused_linear): no [tokens, V/TP] logits in the update or the log-prob passes;
-    # impl picks its forward (Triton kernel or chunked torch; the backward is the torch recompute)
+    # impl picks its tile kernels (Triton or chunked torch), as for the loss on logits
     fused_output: bool = False
 
     def validate(self) -> None:

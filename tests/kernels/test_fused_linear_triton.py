@@ -1,14 +1,15 @@
-"""The Triton forward of the fused output layer (r1hpc.triton_kernels.fused_linear, interpreted on
-CPU) against the materialised fp32 reference and against the chunked torch path.
+"""The Triton fused output layer (r1hpc.triton_kernels.fused_linear: forward stats and backward
+tile recompute, interpreted on CPU) against the materialised fp32 reference and against the
+chunked torch path.
 
 Shapes are tiny because the interpreter is slow: T = 24 tokens (4 ragged responses of up to 6),
 H = 32 in two 16-wide steps, V = 97 real columns in 32-wide tiles (3 full + 1 of a single column)
 of a weight padded to 128 rows whose padding rows are set large, so a leak of padding into the
 softmax would show. Tiles of 16 tokens make the ~18 active tokens span two programs.
 
-Tolerances: the reference's, tests/algo/test_fused_linear.py (both sides compute fp32 logits from
-the same bf16/fp32 values and differ only in summation order); the backward is the torch path's
-own recompute, so against the torch path the gradients must agree to the same tolerance.
+Tolerances: the reference's, tests/algo/test_fused_linear.py (every path computes fp32 logits and
+fp32 gradient tiles from the same bf16/fp32 values; they differ only in summation order), the same
+against the torch path.
 """
 import pytest
 import torch
@@ -83,6 +84,6 @@ def test_mixed_dtypes_and_foreign_targets(device):
 
 @pytest.mark.multiproc
 def test_vocab_parallel_tp2():
-    """Two gloo ranks, each with a vocabulary shard (the second partly padding), the Triton forward
+    """Two gloo ranks, each with a vocabulary shard (the second partly padding), the Triton kernels
     on each: the torch path's TP check (tests/algo/test_fused_linear.py) with impl='triton'."""
     run_gloo(_tp_check, torch.bfloat16, "triton")
