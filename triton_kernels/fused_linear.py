@@ -52,7 +52,10 @@ def _z_tile(h_rows, row_ok, w_ptr, cols, col_ok, stride_w, H, inv_temp,
         if UPCAST:  # mixed dtypes, or the interpreter (whose tl.dot multiplies bf16 bit patterns)
             h = h.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(h, tl.trans(w), acc, input_precision="ieee")
+        if h.dtype == tl.float32:  # fp32 weights stay fp32 (no TF32 rounding)
+            acc = tl.dot(h, tl.trans(w), acc, input_precision="ieee")
+        else:  # bf16 / fp16 tensor cores, fp32 accumulation
+            acc = tl.dot(h, tl.trans(w), acc)
     return acc * inv_temp
 
 
