@@ -20,6 +20,7 @@ from tests.algo.dist_utils import run_gloo
 from tests.algo.test_fused_linear import _tp_check, check, close_grad, linear_inputs, reference, run_fused
 
 H, V, V_PADDED = 32, 97, 128
+DEFAULT_TILES = (kernels.MAX_BLOCK_T, kernels.MAX_BLOCK_V, kernels.MAX_BLOCK_H)
 KW = dict(temperature=0.7, eps_low=0.2, eps_high=0.28, dual_clip_c=3.0, beta=0.1, kl_kind="k3", entropy_coef=0.01)
 
 
@@ -87,3 +88,38 @@ def test_vocab_parallel_tp2():
     """Two gloo ranks, each with a vocabulary shard (the second partly padding), the Triton kernels
     on each: the torch path's TP check (tests/algo/test_fused_linear.py) with impl='triton'."""
     run_gloo(_tp_check, torch.bfloat16, "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_kernels_at_default_tiles(monkeypatch):
+    """Compiled, at the default tiles and a larger shape (T = 1536, H = 512, V = 32000 of 32064, bf16):
+    the Triton path against the torch path on the same GPU. Both form fp32 logits from the same
+    bf16 values (exact products, fp32 sums in another order, ~1e-6 relative of logits ~5), so
+    per-token values agree to 1e-4, and the bf16 gradients (each rounded once from fp32) to 2
+    bf16 ulps (close_grad)."""
+    for name, value in zip(("MAX_BLOCK_T", "MAX_BLOCK_V", "MAX_BLOCK_H"), DEFAULT_TILES):
+        monkeypatch.setattr(kernels, name, value)
+    g = torch.Generator().manual_seed(21)
+    t, h, v, v_padded = 1536, 512, 32000, 32064
+    hidden = torch.randn(t, h, generator=g).to("cuda", torch.bfloat16)
+    weight = (torch.randn(v_padded, h, generator=g) * (3.0 / h**0.5)).to("cuda", torch.bfloat16)
+    target = torch.randint(0, v, (t,), generator=g).cuda()
+    weights = (torch.rand(t, generator=g) > 0.2).float().cuda() / t
+    old = (-5 * torch.rand(t, generator=g)).cuda()
+    adv = torch.randn(t, generator=g).cuda()
+    results = []
+    for impl in ("triton", "torch"):
+        hd, wd = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss, m = fused_linear_grpo_loss(hd, wd, target, old, adv, weights, ref_logp=old, vocab_size=v, impl=impl,
+                                         **KW)
+        loss.backward()
+        results.append((loss.detach(), m, hd.grad, wd.grad))
+    (loss, m, gh, gw), (t_loss, t_m, t_gh, t_gw) = results
+    active = weights != 0
+    torch.testing.assert_close(loss, t_loss, rtol=1e-4, atol=1e-6)
+    for key in ("logp", "entropy"):
+        torch.testing.assert_close(m[key][active], t_m[key][active], rtol=1e-4, atol=1e-4)
+    close_grad(gh, t_gh.float(), t_gh.float().abs().max().item())
+    close_grad(gw, t_gw.float(), t_gw.float().abs().max().item())
+    assert torch.all(gw[v:] == 0)
