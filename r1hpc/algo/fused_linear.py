@@ -107,13 +107,14 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         g_lp, g_ent = grad_logp.float(), grad_entropy.float()
         ctx.softmax_grads(hidden, weight, active, g_lp, g_ent, lse, mean_z, inv_temp, ctx.n_real, grad_h, grad_w)
-        # the one-hot part of dL/dz: g_lp / temperature at the target column, one row per token
-        rows = torch.nonzero(active & owned).squeeze(1)
-        a = g_lp[rows, None] * inv_temp
-        if want_h:
-            grad_h[rows] += a * weight[local[rows]].float()
-        if want_w:
-            grad_w.index_add_(0, local[rows], a * hidden[rows].float())
+        # the one-hot part of dL/dz: g_lp / temperature at the target column, one row per token,
+        # in chunks of at most TILE_BYTES of fp32 rows
+        for rows in torch.nonzero(active & owned).squeeze(1).split(max(1, TILE_BYTES // (4 * hidden.shape[1]))):
+            a = g_lp[rows, None] * inv_temp
+            if want_h:
+                grad_h[rows] += a * weight[local[rows]].float()
+            if want_w:
+                grad_w.index_add_(0, local[rows], a * hidden[rows].float())
         return (None if grad_h is None else grad_h.to(hidden.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
 
