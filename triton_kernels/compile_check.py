@@ -13,6 +13,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from r1hpc.triton_kernels import fused_linear as fl
 from r1hpc.triton_kernels import grpo_loss as k
 
 SM90 = GPUTarget("cuda", 90, 32)
@@ -21,9 +22,27 @@ OBJECTIVE_SCALARS = {"eps_low": "fp32", "eps_high": "fp32", "dual_c": "fp32", "b
 FLAG_NAMES = ("HAS_REF", "HAS_TIS", "HAS_DUAL", "KL_KIND")
 
 
-def _compile(fn, sig: dict, consts: dict) -> None:
+def _compile(fn, sig: dict, consts: dict, num_warps: int = 8) -> None:
     sig = {**sig, **{name: "constexpr" for name in consts}}
-    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=SM90, options={"num_warps": 8})
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=SM90,
+                   options={"num_warps": num_warps})
+
+
+def _compile_fused_linear() -> int:
+    """The fused output layer's kernels at their default tiles, for bf16 and fp32 operands (mixed
+    dtypes differ from fp32 only by the conversions after the loads; compiled once, by hand)."""
+    n = 0
+    tiles = {"BLOCK_T": fl.MAX_BLOCK_T, "BLOCK_V": fl.MAX_BLOCK_V, "BLOCK_H": fl.MAX_BLOCK_H}
+    sizes = {"T": "i32", "H": "i32", "n_real": "i32", "stride_h": "i32", "stride_w": "i32", "inv_temp": "fp32"}
+    per_token = {"g_lp_ptr": F32, "g_ent_ptr": F32, "lse_ptr": F32, "mean_z_ptr": F32}
+    for h_dtype, w_dtype in (("*bf16", "*bf16"), ("*fp32", "*fp32")):
+        consts = {**tiles, "UPCAST": h_dtype != w_dtype}
+        ptrs = {"h_ptr": h_dtype, "w_ptr": w_dtype}
+        _compile(fl._fused_linear_stats_kernel, {**ptrs, "target_ptr": "*i32", "stats_ptr": F32, **sizes}, consts, 4)
+        _compile(fl._grad_hidden_kernel, {**ptrs, "gh_ptr": F32, **per_token, **sizes}, consts, 4)
+        _compile(fl._grad_weight_kernel, {**ptrs, "gw_ptr": F32, **per_token, **sizes}, consts, 4)
+        n += 3
+    return n
 
 
 def _objective_flags():
@@ -55,7 +74,7 @@ def compile_all() -> int:
     for flags in _objective_flags():
         _compile(k._grpo_epilogue_kernel, epi, {**flags, "BLOCK_T": 1024})
         n += 1
-    return n
+    return n + _compile_fused_linear()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ the materialised path, and the per-token objective after it is :func:`token_obje
 Backward recomputes each tile from ``lse`` and ``E_p[z]`` and accumulates ``grad_hidden`` and
 ``grad_weight`` with two matmuls per tile. Inputs of any float dtype are computed in fp32 (tiles
 are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each.
+
+``impl``: 'torch' runs the tiles here; 'triton' runs the forward stats and the softmax part of the
+backward as the kernels of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip); the
+vocab-parallel merge, the objective and the one-hot target term of the backward are this module's
+either way. 'auto' follows :func:`r1hpc.algo.loss.resolve_impl` (Triton on CUDA,
+``$R1HPC_GRPO_LOSS_IMPL`` overrides).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from r1hpc.algo.kl import KLKind
-from r1hpc.algo.loss import Impl, loss_metrics
+from r1hpc.algo.loss import Impl, loss_metrics, resolve_impl
 from r1hpc.algo.objective import token_objective
 from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to_logp_entropy
 
@@ -27,12 +33,6 @@ from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to
 VOCAB_TILE = 8192
 #: Upper bound on one fp32 [tokens, vocab tile] buffer; a tile step holds two of them.
 TILE_BYTES = 16 * 2**20
-
-
-def _resolve_impl(impl: Impl) -> None:
-    if impl not in ("auto", "torch"):
-        raise ValueError(f"the fused output layer has only the chunked torch implementation (impl 'auto' or "
-                         f"'torch'), got impl={impl!r}")
 
 
 def _real_columns(v_local: int, vocab_start: int, vocab_size: Optional[int]) -> int:
@@ -87,10 +87,11 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     vocab-parallel; backward recomputes the tiles."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group):
+    def forward(ctx, hidden, weight, target, active, temperature, vocab_start, n_real, group, kernels):
+        shard_stats, ctx.softmax_grads = kernels
         inv_temp = 1.0 / temperature
         local, owned = _owned_target(target, vocab_start, n_real)
-        stats = _shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
+        stats = shard_stats(hidden, weight, local, owned, active, inv_temp, n_real)
         logp, entropy, lse, mean_z = stats_to_logp_entropy(combine_shard_stats(stats, group))
         ctx.save_for_backward(hidden, weight, local, owned, active, lse, mean_z)
         ctx.inv_temp, ctx.n_real = inv_temp, n_real
@@ -100,41 +101,58 @@ class _FusedLinearLogpEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, local, owned, active, lse, mean_z = ctx.saved_tensors
-        inv_temp, n_real = ctx.inv_temp, ctx.n_real
+        inv_temp = ctx.inv_temp
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        chunks, tiles = _plan(active, n_real)
-        for rows in chunks:
-            h = hidden[rows].float()
-            g_lp, g_ent = grad_logp[rows, None].float(), grad_entropy[rows, None].float()
-            gh = torch.zeros_like(h) if want_h else None
-            for v0, v1 in tiles:
-                w = weight[v0:v1].float()
-                z = torch.mm(h, w.t()).mul_(inv_temp)
-                p = torch.exp(z - lse[rows, None])
-                # dL/dz_j = g_lp (1[j = target] - p_j) - g_ent p_j (z_j - E_p[z]); the one-hot part below
-                g = z.sub_(mean_z[rows, None]).mul_(g_ent).add_(g_lp).mul_(p).mul_(-inv_temp)
-                if want_h:
-                    gh.addmm_(g, w)
-                if want_w:
-                    grad_w[v0:v1].addmm_(g.t(), h)
-            a = torch.where(owned[rows, None], g_lp * inv_temp, 0.0)
+        g_lp, g_ent = grad_logp.float(), grad_entropy.float()
+        ctx.softmax_grads(hidden, weight, active, g_lp, g_ent, lse, mean_z, inv_temp, ctx.n_real, grad_h, grad_w)
+        # the one-hot part of dL/dz: g_lp / temperature at the target column, one row per token,
+        # in chunks of at most TILE_BYTES of fp32 rows
+        for rows in torch.nonzero(active & owned).squeeze(1).split(max(1, TILE_BYTES // (4 * hidden.shape[1]))):
+            a = g_lp[rows, None] * inv_temp
             if want_h:
-                grad_h[rows] = gh.addcmul_(a, weight[local[rows]].float())
+                grad_h[rows] += a * weight[local[rows]].float()
             if want_w:
-                grad_w.index_add_(0, local[rows], a * h)
+                grad_w.index_add_(0, local[rows], a * hidden[rows].float())
         return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None)
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None)
 
 
-def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group):
+def _softmax_grads(hidden: Tensor, weight: Tensor, active: Tensor, g_lp: Tensor, g_ent: Tensor, lse: Tensor,
+                   mean_z: Tensor, inv_temp: float, n_real: int, grad_h: Optional[Tensor],
+                   grad_w: Optional[Tensor]) -> None:
+    """Adds the softmax part of the gradient, ``G = -(g_lp + g_ent (z - E_p[z])) p / temperature``
+    per recomputed tile, to the fp32 ``grad_h += G W_tile`` and ``grad_w[tile] += G^T h`` (either may be
+    None: not wanted)."""
+    chunks, tiles = _plan(active, n_real)
+    for rows in chunks:
+        h = hidden[rows].float()
+        gh = torch.zeros_like(h) if grad_h is not None else None
+        for v0, v1 in tiles:
+            w = weight[v0:v1].float()
+            z = torch.mm(h, w.t()).mul_(inv_temp)
+            p = torch.exp(z - lse[rows, None])
+            g = z.sub_(mean_z[rows, None]).mul_(g_ent[rows, None]).add_(g_lp[rows, None]).mul_(p).mul_(-inv_temp)
+            if gh is not None:
+                gh.addmm_(g, w)
+            if grad_w is not None:
+                grad_w[v0:v1].addmm_(g.t(), h)
+        if gh is not None:
+            grad_h[rows] = gh
+
+
+def _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size, tp_group, impl):
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden must be [T, H] and weight [V_local, H], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
+    kernels = (_shard_stats, _softmax_grads)
+    if resolve_impl(impl, hidden) == "triton":
+        from r1hpc.triton_kernels.fused_linear import fused_linear_shard_stats, fused_linear_softmax_grads
+        kernels = (fused_linear_shard_stats, fused_linear_softmax_grads)
     n_real = _real_columns(weight.shape[0], int(vocab_start_index), vocab_size)
     return _FusedLinearLogpEntropy.apply(hidden, weight, target, active, float(temperature),
-                                         int(vocab_start_index), n_real, tp_group)
+                                         int(vocab_start_index), n_real, tp_group, kernels)
 
 
 def fused_linear_grpo_loss(
@@ -165,10 +183,9 @@ def fused_linear_grpo_loss(
     With ``tp_group`` each rank passes its vocabulary shard of ``weight`` and the same ``hidden``;
     the returned ``grad_hidden`` is this shard's part (sum it over the group, as megatron's
     column-parallel output layer does). Other arguments, the loss and the metrics are grpo_loss's."""
-    _resolve_impl(impl)
     active = weights != 0
     logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
-                                  tp_group)
+                                  tp_group, impl)
     tok = token_objective(logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
                           eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta,
                           kl_kind=kl_kind, entropy_coef=entropy_coef)
@@ -191,8 +208,7 @@ def fused_linear_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Forward-only fp32 ``(logp [T], entropy [T])`` of the logits ``hidden @ weight.T`` at
     ``target``, as :func:`r1hpc.algo.token_logp` (masked tokens skipped and reported as 0)."""
-    _resolve_impl(impl)
     active = torch.ones_like(target, dtype=torch.bool) if mask is None else mask.bool()
     logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
-                                  tp_group)
+                                  tp_group, impl)
     return torch.where(active, logp, 0.0), torch.where(active, entropy, 0.0)

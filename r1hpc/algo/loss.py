@@ -47,7 +47,8 @@ class AlgoConfig:
     overlong_penalty: float = 1.0
     impl: Impl = "auto"
     # the trainer's forwards stop at the hidden states and the loss applies the output layer in tiles
-    # (r1hpc.algo.fused_linear): no [tokens, V/TP] logits in the update or the log-prob passes
+    # (r1hpc.algo.fused_linear): no [tokens, V/TP] logits in the update or the log-prob passes;
+    # impl picks its tile kernels (Triton or chunked torch), as for the loss on logits
     fused_output: bool = False
 
     def validate(self) -> None:
@@ -64,8 +65,6 @@ class AlgoConfig:
             (0 <= self.overlong_buffer_len < self.max_response_len,
              "overlong_buffer_len must be in [0, max_response_len)"),
             (self.overlong_penalty >= 0.0, "overlong_penalty must be >= 0"),
-            (not (self.fused_output and self.impl == "triton"),
-             "fused_output has only the chunked torch implementation: set impl to 'auto' or 'torch'"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -36,11 +36,12 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(fused_linear, "TILE_BYTES", 5 * 4 * 16)
 
 
-def linear_inputs(*, h=H, v=V, v_padded=None, dtype=torch.float32, temperature=1.0, agg=AGG[0], seed=0) -> dict:
+def linear_inputs(*, b=4, length=12, h=H, v=V, v_padded=None, dtype=torch.float32, temperature=1.0, agg=AGG[0],
+                  seed=0) -> dict:
     """make_inputs' per-token inputs with hidden [T, h] and weight [v_padded, h] in place of logits;
     scaled so the logits are O(3) like make_inputs'. Rows past ``v`` are padding."""
     g = torch.Generator().manual_seed(seed + 1000)
-    inp = make_inputs(v=v, temperature=temperature, agg=agg, seed=seed)
+    inp = make_inputs(b=b, length=length, v=v, temperature=temperature, agg=agg, seed=seed)
     t = inp["target"].shape[0]
     hidden = torch.randn(t, h, generator=g)
     weight = torch.randn(v_padded or v, h, generator=g) * (3.0 / h**0.5)
@@ -176,20 +177,20 @@ def test_empty_batch_and_bad_input():
     assert loss.item() == 0.0 and metrics["clipfrac_low"].item() == 0.0 and torch.all(w.grad == 0)
     with pytest.raises(ValueError, match="weight"):
         fused_linear_logprobs(torch.zeros(3, 5), torch.zeros(7, 4), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="torch"):
-        fused_linear_logprobs(torch.zeros(3, 5), torch.zeros(7, 5), torch.zeros(3, dtype=torch.long), impl="triton")
+    with pytest.raises(ValueError, match="impl"):
+        fused_linear_logprobs(torch.zeros(3, 5), torch.zeros(7, 5), torch.zeros(3, dtype=torch.long), impl="cuda")
 
 
-def _tp_check(rank: int, world: int, dtype: torch.dtype) -> None:
+def _tp_check(rank: int, world: int, dtype: torch.dtype, impl: str = "torch") -> None:
     """Each of ``world`` gloo ranks holds a vocabulary shard of a padded weight (301 real of 320:
     the last shard is partly padding); loss, per-token values, the weight shard's gradient and the
     sum over ranks of grad_hidden equal the unsharded reference."""
-    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01)
+    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01, impl=impl)
     inp = linear_inputs(v_padded=320, dtype=dtype, temperature=0.8, seed=7)
     shard = 320 // world
     rows = slice(rank * shard, (rank + 1) * shard)
     got = run_fused(inp, weight=inp["weight"][rows], tp_group=dist.group.WORLD, vocab_start_index=rows.start, **kw)
-    ref = reference(inp, **kw)
+    ref = reference(inp, **{k: x for k, x in kw.items() if k != "impl"})
     ref_rows = slice(rows.start, min(rows.stop, V))
     check(inp, ref, got, rows=ref_rows, whole_grad_hidden=False)
     # grad_hidden: this shard's part, summed over the group as megatron's output layer does. In bf16
@@ -205,7 +206,7 @@ def _tp_check(rank: int, world: int, dtype: torch.dtype) -> None:
     assert torch.all(got[3][ref_rows.stop - rows.start:] == 0)  # padding rows
     active = inp["weights"] != 0
     logp, _ = fused_linear_logprobs(inp["hidden"], inp["weight"][rows], inp["target"], active, temperature=0.8,
-                                    tp_group=dist.group.WORLD, vocab_start_index=rows.start, vocab_size=V)
+                                    tp_group=dist.group.WORLD, vocab_start_index=rows.start, vocab_size=V, impl=impl)
     torch.testing.assert_close(logp[active], got[1]["logp"][active], rtol=1e-6, atol=1e-6)
 
 
