@@ -1,7 +1,17 @@
 """Session fixtures shared across test folders (the real pretrained model is converted once)."""
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Without CUDA, Triton kernels run in the interpreter. The flag must be set before anything imports
+# triton: triton.language's own functions (tl.max, ...) are made interpreted or compiled at that import,
+# and test modules collected before tests/kernels (TRL, Liger through transformers) import it. Inherited
+# by the processes the tensor-parallel tests spawn.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
