@@ -60,6 +60,17 @@ def run_impl(inp: dict, impl: str, logits=None, **kw) -> tuple[torch.Tensor, dic
     return loss.detach(), metrics, x.grad
 
 
+def assert_loss_and_metrics_close(active, loss, metrics, ref_loss, ref_tok) -> None:
+    """Loss, per-token values and clip fractions of any GRPO loss implementation against the fp32
+    reference, at the forward tolerances ``check_against`` explains."""
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for key in PER_TOKEN:
+        torch.testing.assert_close(metrics[key][active], ref_tok[key].detach()[active], rtol=1e-5, atol=1e-5)
+    for key, flag in zip(("clipfrac_low", "clipfrac_high", "clipfrac_dual"), FLAGS):
+        expected = ref_tok[flag][active].float().mean()
+        torch.testing.assert_close(metrics[key], expected, rtol=0, atol=1.5 / active.sum().item())
+
+
 def check_against(inp: dict, ref: tuple, loss, metrics, grad, cols: slice = slice(None)) -> None:
     """Compare one implementation's (loss, metrics, grad[:, cols]) with ``reference(inp)``.
 
@@ -71,12 +82,7 @@ def check_against(inp: dict, ref: tuple, loss, metrics, grad, cols: slice = slic
     allowing 2 bf16 ulps (rtol 2**-7) where an fp32 difference flips a rounding boundary."""
     ref_loss, ref_tok, ref_grad = ref
     active = inp["weights"] != 0
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    for key in PER_TOKEN:
-        torch.testing.assert_close(metrics[key][active], ref_tok[key].detach()[active], rtol=1e-5, atol=1e-5)
-    for key, flag in zip(("clipfrac_low", "clipfrac_high", "clipfrac_dual"), FLAGS):
-        expected = ref_tok[flag][active].float().mean()
-        torch.testing.assert_close(metrics[key], expected, rtol=0, atol=1.5 / active.sum().item())
+    assert_loss_and_metrics_close(active, loss, metrics, ref_loss, ref_tok)
     assert grad.dtype == inp["logits"].dtype
     assert torch.all(grad[~active] == 0)
     expected, scale = ref_grad[:, cols], ref_grad.abs().max().item()
