@@ -163,8 +163,9 @@ def check_sampler(quick: bool) -> dict:
 def check_grpo(quick: bool) -> dict:
     """GRPO steps on the fp8_moe recipe's MoE (random weights; rewards from the response shape so
     that every step updates), bf16 and then every FP8 recipe this machine supports."""
-    from r1hpc.config import ConfigError, load_config
+    from r1hpc.config import ConfigError
     from r1hpc.model.provider import check_fp8_support, fp8_environment
+    from r1hpc.run_config import load_run_config
 
     runs, ok = [], True
     te_version, capability = fp8_environment()
@@ -175,7 +176,7 @@ def check_grpo(quick: bool) -> dict:
         if quick:
             overrides += ["rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=128",
                           "algo.max_response_len=128"]
-        cfg = load_config(str(cfg_path), overrides)
+        cfg = load_run_config(str(cfg_path), overrides)
         name = recipe or "bf16"
         try:
             check_fp8_support(cfg.model, te_version, capability)

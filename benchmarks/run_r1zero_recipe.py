@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from r1hpc.config import load_config
+from r1hpc.run_config import load_run_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored with the result")
     args = parser.parse_intermixed_args()
 
-    cfg = load_config(args.config, args.overrides)  # fail on a bad key before spending minutes
+    cfg = load_run_config(args.config, args.overrides)  # fail on a bad key before spending minutes
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"] if args.nproc > 1 else []
     command = [sys.executable, *launcher, "-m", "r1hpc.cli", "train", args.config, *args.overrides]
     device = f"CPU ({os.cpu_count()} cores, {platform.machine()}), load average {os.getloadavg()[0]:.1f} at start"

@@ -100,38 +100,38 @@ def main(argv: list[str] | None = None) -> int:
             print_info()
             return 0
         if args.command == "pretrain":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.train.pretrain import run_pretrain
 
-            run_pretrain(load_config(args.config, args.overrides))
+            run_pretrain(load_run_config(args.config, args.overrides))
             return 0
         if args.command == "sft":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.data.jsonl import DatasetError
             from r1hpc.train.sft import run_sft
 
             try:
-                run_sft(load_config(args.config, args.overrides))
+                run_sft(load_run_config(args.config, args.overrides))
             except DatasetError as e:
                 print(f"r1hpc: bad SFT data: {e}", file=sys.stderr)
                 return 2
             return 0
         if args.command == "cold-start":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.data.cold_start import build_cold_start
 
-            path = build_cold_start(load_config(args.config, args.overrides), args.n, args.out)
+            path = build_cold_start(load_run_config(args.config, args.overrides), args.n, args.out)
             print(f"r1hpc: {args.n} cold-start examples in {path}")
             return 0
         if args.command == "train":
             from r1hpc.checkpoint.preemption import catch_signals_early
 
             catch_signals_early()
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.train.r1zero import run_r1zero
 
             overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
-            run_r1zero(load_config(args.config, overrides))
+            run_r1zero(load_run_config(args.config, overrides))
             return 0
         if args.command == "convert":
             from r1hpc.model.hf.convert import run_convert
@@ -140,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"r1hpc: converted {args.src} -> {args.dst} ({result['family']})")
             return 0
         if args.command == "evaluate":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.eval.benchmarks import run_benchmarks
 
             from r1hpc.eval.shards import parse_shard
 
             shard = parse_shard(args.shard)
-            run_benchmarks(load_config(args.config, args.overrides), args.out, args.weights, shard)
+            run_benchmarks(load_run_config(args.config, args.overrides), args.out, args.weights, shard)
             print(f"r1hpc: results in {args.out}/results.md" if shard[1] == 1 else
                   f"r1hpc: shard {args.shard} in {args.out}; `r1hpc merge {args.out}` writes the results")
             return 0
@@ -160,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return 0
         if args.command in ("eval", "rollout"):
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.eval.shards import parse_shard, run_shard
 
             shard = parse_shard(args.shard)
-            print(run_shard(load_config(args.config, args.overrides), args.command, shard, args.out, args.weights))
+            print(run_shard(load_run_config(args.config, args.overrides), args.command, shard, args.out, args.weights))
             return 0
         if args.command == "merge":
             import json
@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in result.items() if k != "records"}, indent=1))
             return 0
         if args.command == "reject":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.data.rejection import format_stats, run_rejection
 
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_run_config(args.config, args.overrides)
             try:
                 stats = run_rejection(cfg, args.samples, args.out)
             except (FileNotFoundError, ValueError) as e:
@@ -187,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"r1hpc reject: {format_stats(stats)} -> {args.out}")
             return 0
         if args.command == "rollout-worker":
-            from r1hpc.config import load_config
+            from r1hpc.run_config import load_run_config
             from r1hpc.disagg.worker import run_rollout_worker
 
-            return run_rollout_worker(load_config(args.config, ["disagg.enabled=true", *args.overrides]),
+            return run_rollout_worker(load_run_config(args.config, ["disagg.enabled=true", *args.overrides]),
                                       args.worker_id)
         if args.command == "launch":
             from r1hpc.launch.cli import run_launch

@@ -196,13 +196,11 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] | None = None) -> T:
-    """Load ``path`` (YAML) into ``cls`` (default: :class:`r1hpc.run_config.RunConfig`), then apply
-    ``section.key=value`` overrides. Every mistake raises :class:`ConfigError` naming its place."""
-    if cls is None:
-        from r1hpc.run_config import RunConfig
-
-        cls = RunConfig  # type: ignore[assignment]
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *, cls: type[T]) -> T:
+    """Load ``path`` (YAML) into the config dataclass ``cls``, then apply ``section.key=value``
+    overrides. Every mistake raises :class:`ConfigError` naming its place. A whole run's config is
+    :func:`r1hpc.run_config.load_run_config`: this module imports no component, so every component
+    can import :class:`ConfigError` from it."""
     src = _Source()
     data: dict = {}
     if path is not None:

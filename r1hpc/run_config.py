@@ -1,12 +1,16 @@
-"""The root of a run's configuration: one section per component, each owned by that component."""
+"""The root of a run's configuration: one section per component, each owned by that component.
+
+It imports every component's config, so only the entry points at the top import it (the CLI, the
+pipeline, the launchers); components take the sections they need as arguments."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.checkpoint.config import CheckpointConfig
-from r1hpc.config import ConfigError
+from r1hpc.config import ConfigError, load_config
 from r1hpc.data.config import DataConfig
 from r1hpc.data.rejection import RejectionConfig
 from r1hpc.disagg.config import DisaggConfig, check_disagg
@@ -75,3 +79,8 @@ class RunConfig:
                               "algo.tis_cap to correct the gap with truncated importance weights")
         if self.disagg.enabled:
             check_disagg(self)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A run's config: ``path`` (YAML; None for the defaults) with ``section.key=value`` overrides."""
+    return load_config(path, overrides, cls=RunConfig)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from r1hpc.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, to_dict
+from r1hpc.config import ConfigError, dump_yaml, from_dict, parse_override, to_dict
 from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.model.config import ModelConfig
-from r1hpc.run_config import RunConfig
+from r1hpc.run_config import RunConfig, load_run_config
 
 
 def write(tmp_path, text: str):
@@ -24,7 +24,7 @@ def write(tmp_path, text: str):
 def load_error(tmp_path, text: str, overrides=()) -> str:
     path = write(tmp_path, text) if text is not None else None
     with pytest.raises(ConfigError) as e:
-        load_config(path, list(overrides))
+        load_run_config(path, list(overrides))
     return str(e.value)
 
 
@@ -56,7 +56,7 @@ def test_unknown_key_without_close_match_has_no_suggestion(tmp_path):
 
 def test_unknown_key_from_override_names_the_override():
     with pytest.raises(ConfigError, match=r"command-line override 'optim\.lrr'.*did you mean 'optim\.lr'\?"):
-        load_config(None, ["optim.lrr=0.1"])
+        load_run_config(None, ["optim.lrr=0.1"])
 
 
 # --- wrong types --------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_int_is_not_a_bool(tmp_path):
 
 def test_bool_is_not_a_float():
     with pytest.raises(ConfigError, match=r"'optim\.lr': expected float, got bool True"):
-        load_config(None, ["optim.lr=true"])
+        load_run_config(None, ["optim.lr=true"])
 
 
 def test_list_item_of_wrong_type_is_named_by_index(tmp_path):
@@ -98,7 +98,7 @@ def test_literal_violation_lists_the_choices(tmp_path):
 
 def test_optional_literal_violation_mentions_null():
     with pytest.raises(ConfigError, match=r"expected one of 'hybrid', 'e4m3' or null, got 'e5m2'"):
-        load_config(None, ["model.fp8=e5m2"])
+        load_run_config(None, ["model.fp8=e5m2"])
 
 
 def test_section_given_a_scalar(tmp_path):
@@ -118,7 +118,7 @@ def test_bad_override_syntax(text, fault):
 
 def test_bad_override_syntax_through_load_config():
     with pytest.raises(ConfigError, match="override 'model': expected key.sub=value"):
-        load_config(None, ["model"])
+        load_run_config(None, ["model"])
 
 
 def test_override_into_a_value_from_the_file(tmp_path):
@@ -128,7 +128,7 @@ def test_override_into_a_value_from_the_file(tmp_path):
 
 def test_override_into_a_default_value_names_the_override():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["run.seed.x=1"])
+        load_run_config(None, ["run.seed.x=1"])
     assert str(e.value) == "command-line override 'run.seed.x': expected int, got dict {'x': 1}"
 
 
@@ -136,7 +136,7 @@ def test_override_into_a_default_value_names_the_override():
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
-        load_config(tmp_path / "nope.yaml")
+        load_run_config(tmp_path / "nope.yaml")
 
 
 def test_top_level_must_be_a_mapping(tmp_path):
@@ -152,7 +152,7 @@ def test_invalid_yaml(tmp_path):
 def test_empty_file_gives_defaults(tmp_path):
     defaults = RunConfig()
     defaults.validate()  # resolves what follows other sections (algo.temperature)
-    assert load_config(write(tmp_path, "")) == defaults
+    assert load_run_config(write(tmp_path, "")) == defaults
 
 
 def test_component_validate_names_the_section(tmp_path):
@@ -206,7 +206,7 @@ def test_moe_with_tp_and_sequence_parallel_unset_is_allowed():
 
 def test_layout_checked_when_loading_a_run_config():
     with pytest.raises(ConfigError, match="must divide model.num_layers"):
-        load_config(None, ["model.num_layers=3", "parallel.pipeline_model_parallel_size=2"])
+        load_run_config(None, ["model.num_layers=3", "parallel.pipeline_model_parallel_size=2"])
 
 
 # --- good configs -------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_yaml_and_overrides_merge(tmp_path):
         optim:
           lr: 1e-5
         """)
-    cfg = load_config(path, ["model.num_layers=4", "parallel.tensor_model_parallel_size=2", "run.name=exp1"])
+    cfg = load_run_config(path, ["model.num_layers=4", "parallel.tensor_model_parallel_size=2", "run.name=exp1"])
     assert (cfg.model.num_layers, cfg.model.hidden_size) == (4, 64)  # override wins, file value kept
     assert cfg.optim.lr == 1e-5  # exponent floats without a dot are floats, not strings
     assert cfg.parallel.tensor_model_parallel_size == 2 and cfg.run.name == "exp1"
@@ -227,24 +227,24 @@ def test_yaml_and_overrides_merge(tmp_path):
 
 
 def test_ints_widen_to_floats():
-    cfg = load_config(None, ["optim.lr=1", "model.norm_eps=0"])
+    cfg = load_run_config(None, ["optim.lr=1", "model.norm_eps=0"])
     assert type(cfg.optim.lr) is float and cfg.optim.lr == 1.0
     assert type(cfg.model.norm_eps) is float
 
 
 def test_null_for_optional(tmp_path):
     path = write(tmp_path, "model:\n  num_query_groups: null\nparallel:\n  data_parallel_size: 2\n")
-    cfg = load_config(path, ["parallel.data_parallel_size=null", "data.mix.weights=[1, 2, 3]"])
+    cfg = load_run_config(path, ["parallel.data_parallel_size=null", "data.mix.weights=[1, 2, 3]"])
     assert cfg.model.num_query_groups is None and cfg.parallel.data_parallel_size is None
     assert cfg.data.mix.weights == [1.0, 2.0, 3.0]
 
 
 def test_dump_yaml_round_trip(tmp_path):
-    cfg = load_config(None, ["model.num_moe_experts=4", "model.fp8=null", "optim.lr=3e-4",
+    cfg = load_run_config(None, ["model.num_moe_experts=4", "model.fp8=null", "optim.lr=3e-4",
                              "data.mix.difficulty={arithmetic: 2}", "data.mix.options={countdown: {max_number: 9}}",
                              "data.template.kind=chat", "data.template.system_prompt=Think first."])
     dump_yaml(cfg, tmp_path / "resolved.yaml")
-    again = load_config(tmp_path / "resolved.yaml")
+    again = load_run_config(tmp_path / "resolved.yaml")
     assert again == cfg
     assert to_dict(again) == to_dict(cfg)
 
@@ -293,9 +293,9 @@ def test_parse_override_keeps_text_and_splits_at_the_first_equals():
 
 def test_list_item_and_mapping_value_errors_name_their_override():
     with pytest.raises(ConfigError, match=r"^command-line override 'data\.mix\.tasks\[1\]': expected str, got int 3$"):
-        load_config(None, ["data.mix.tasks=[arithmetic, 3]"])
+        load_run_config(None, ["data.mix.tasks=[arithmetic, 3]"])
     with pytest.raises(ConfigError, match=r"^command-line override 'data\.mix\.difficulty\.arithmetic': expected int"):
-        load_config(None, ["data.mix.difficulty={arithmetic: hard}"])
+        load_run_config(None, ["data.mix.difficulty={arithmetic: hard}"])
 
 
 def test_list_item_error_from_a_file_names_the_line(tmp_path):
@@ -304,10 +304,10 @@ def test_list_item_error_from_a_file_names_the_line(tmp_path):
 
 
 def test_trainer_temperature_follows_the_sampler_unless_corrected():
-    assert load_config(None, ["rollout.temperature=0.7"]).algo.temperature == 0.7
-    msg = str(pytest.raises(ConfigError, load_config, None, ["rollout.temperature=0.7", "algo.temperature=1.0"]).value)
+    assert load_run_config(None, ["rollout.temperature=0.7"]).algo.temperature == 0.7
+    msg = str(pytest.raises(ConfigError, load_run_config, None, ["rollout.temperature=0.7", "algo.temperature=1.0"]).value)
     assert "algo.temperature (1.0) differs from rollout.temperature (0.7)" in msg and "algo.tis_cap" in msg
-    cfg = load_config(None, ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.tis_cap=2.0"])
+    cfg = load_run_config(None, ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.tis_cap=2.0"])
     assert (cfg.algo.temperature, cfg.rollout.temperature) == (1.0, 0.7)
 
 
@@ -327,9 +327,9 @@ def test_non_utf8_config_names_the_file(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=rf"{path}: not UTF-8 text \(byte 16"):
-        load_config(path)
+        load_run_config(path)
 
 
 def test_a_zero_collective_timeout_fails_validation():
     with pytest.raises(ConfigError, match="section 'parallel': key 'timeout_minutes' must be >= 1"):
-        load_config(None, ["parallel.timeout_minutes=0"])
+        load_run_config(None, ["parallel.timeout_minutes=0"])

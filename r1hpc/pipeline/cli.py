@@ -20,10 +20,10 @@ def add_pipeline_parsers(sub) -> None:
 
 
 def run_pipeline(args) -> int:
-    from r1hpc.config import load_config
     from r1hpc.pipeline.plan import pipeline_root, plan
+    from r1hpc.run_config import load_run_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     stages = plan(cfg, args.config, list(args.overrides), resources_from_args(args))
     if args.dry_run:
         for st in stages:
@@ -42,11 +42,11 @@ def run_pipeline(args) -> int:
 
 
 def run_pipeline_report(args) -> int:
-    from r1hpc.config import load_config
+    from r1hpc.run_config import load_run_config
     from r1hpc.pipeline.report import write_report
 
     try:
-        out = write_report(load_config(args.config, args.overrides))
+        out = write_report(load_run_config(args.config, args.overrides))
     except FileNotFoundError as e:
         print(f"r1hpc pipeline-report: {e}", file=sys.stderr)
         return 2

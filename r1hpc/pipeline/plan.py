@@ -18,9 +18,10 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.launch.launcher import Resources, Stage
 from r1hpc.launch.rejection import dataset_path, rejection_stages
+from r1hpc.run_config import load_run_config
 
 COLD_START_STYLE = "rewards.format.style=cold_start"
 # a job-array task is one process holding the whole model (weights reshard on load)
@@ -104,7 +105,7 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
         elif stage == "distill":
             last, data = sample_and_filter("distill", current, p.distill_prompts, p.distill_samples, last)
             student = [f"pretrain.base_dir={root / 'student_base'}", *p.student]
-            load_config(config_path, [*common, *student])  # a bad student fails now, not hours into the chain
+            load_run_config(config_path, [*common, *student])  # a bad student fails now, not hours into the chain
             last = add("student_base", "pretrain", [], last,
                        job_overrides=[*stage_overrides("student_base", formatted), *student])
             last = add(stage, "sft", [], last,

@@ -121,11 +121,12 @@ def test_a_signal_during_start_up_is_kept_for_the_guard():
 
 
 def test_checkpoint_section_is_validated():
-    from r1hpc.config import ConfigError, load_config
+    from r1hpc.config import ConfigError
+    from r1hpc.run_config import load_run_config
 
-    assert load_config(None, ["checkpoint.resume=auto"]).checkpoint.resume == "auto"
+    assert load_run_config(None, ["checkpoint.resume=auto"]).checkpoint.resume == "auto"
     with pytest.raises(ConfigError, match="checkpoint.*keep_last"):
-        load_config(None, ["checkpoint.keep_last=0"])
+        load_run_config(None, ["checkpoint.keep_last=0"])
 
 
 def test_a_fresh_start_over_complete_checkpoints_needs_overwrite(tmp_path):
@@ -155,10 +156,11 @@ def test_resume_candidates_are_newest_first_with_fallbacks_only_for_auto(tmp_pat
 
 
 def test_grpo_with_one_sample_per_prompt_fails_before_anything_runs(tmp_path):
-    from r1hpc.config import ConfigError, load_config
+    from r1hpc.config import ConfigError
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.r1zero import run_r1zero
 
-    cfg = load_config(None, ["rollout.group_size=1", f"run.output_dir={tmp_path}"])
+    cfg = load_run_config(None, ["rollout.group_size=1", f"run.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="rollout.group_size: GRPO .* needs >= 2, got 1"):
         run_r1zero(cfg)
     assert list(tmp_path.iterdir()) == []

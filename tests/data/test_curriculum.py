@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.data.curriculum import CurriculumConfig, CurriculumStream
 from r1hpc.data.mix import TaskMixConfig, is_heldout
+from r1hpc.run_config import load_run_config
 
 MIX = TaskMixConfig(tasks=["arithmetic", "countdown", "linear_equation"], seed=3)
 
@@ -56,15 +57,15 @@ def test_curriculum_keys_are_checked(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  curriculum:\n    kind: learnability\n    floor: 0.5\n")
     with pytest.raises(ConfigError, match="floor"):
-        load_config(cfg)
+        load_run_config(cfg)
     cfg.write_text("data:\n  curriculum:\n    kind: learnability\n  prompts:\n    files: [gsm8k]\n")
     with pytest.raises(ConfigError, match="prompts.files"):
-        load_config(cfg)
+        load_run_config(cfg)
 
 
 def test_the_curriculum_does_not_change_the_base():
     from r1hpc.train.pretrain import base_fingerprint
 
-    plain = load_config("configs/ci_r1zero.yaml")
-    curriculum = load_config("configs/ci_r1zero.yaml", ["data.curriculum.kind=learnability"])
+    plain = load_run_config("configs/ci_r1zero.yaml")
+    curriculum = load_run_config("configs/ci_r1zero.yaml", ["data.curriculum.kind=learnability"])
     assert base_fingerprint(plain) == base_fingerprint(curriculum)

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.data.mix import is_heldout
 from r1hpc.data.prompts import (PromptFilesConfig, file_split, file_stream, heldout_problems, run_data_sources,
                                 training_stream)
+from r1hpc.run_config import load_run_config
 
 
 @pytest.fixture
@@ -40,26 +41,26 @@ def test_stream_is_deterministic_and_covers_the_training_split_each_epoch(proble
 
 
 def test_run_config_dispatches_between_files_and_the_mix(problems_file):
-    files = load_config(None, [f"data.prompts.files=[{problems_file}]"])
+    files = load_run_config(None, [f"data.prompts.files=[{problems_file}]"])
     assert next(training_stream(files.data, seed=0)).data_source == "toy"
     assert [p.id for p in heldout_problems(files.data, 5)] == [p.id for p in file_split(files.data.prompts, "heldout")[:5]]
-    mix = load_config(None, ["data.mix.tasks=[arithmetic]"])
+    mix = load_run_config(None, ["data.mix.tasks=[arithmetic]"])
     assert next(training_stream(mix.data, seed=0)).data_source == "arithmetic"
     assert len(heldout_problems(mix.data, 5)) == 5
 
 
 def test_bad_settings_fail_at_load_time(tmp_path):
     with pytest.raises(ConfigError, match="neither a shared set"):
-        load_config(None, ["data.prompts.files=[gsm9k]"])
+        load_run_config(None, ["data.prompts.files=[gsm9k]"])
     with pytest.raises(ConfigError, match="heldout_fraction"):
-        load_config(None, ["data.prompts.heldout_fraction=1.5"])
+        load_run_config(None, ["data.prompts.heldout_fraction=1.5"])
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         file_split(PromptFilesConfig(files=[str(tmp_path / "missing.jsonl")]), "train")
 
 
 def test_synthetic_share_mixes_the_task_mix_into_the_file_stream(problems_file):
     """R1's RL for all scenarios: reasoning prompts (the synthetic mix) alongside general files."""
-    cfg = load_config(None, [f"data.prompts.files=[{problems_file}]", "data.prompts.synthetic_share=0.75",
+    cfg = load_run_config(None, [f"data.prompts.files=[{problems_file}]", "data.prompts.synthetic_share=0.75",
                              "data.mix.tasks=[arithmetic]"])
     drawn = list(itertools.islice(training_stream(cfg.data, seed=3), 800))
     synthetic = sum(p.data_source == "arithmetic" for p in drawn)
@@ -74,4 +75,4 @@ def test_synthetic_share_mixes_the_task_mix_into_the_file_stream(problems_file):
 
 def test_synthetic_share_needs_files():
     with pytest.raises(ConfigError, match="synthetic_share"):
-        load_config(None, ["data.prompts.synthetic_share=0.5"])
+        load_run_config(None, ["data.prompts.synthetic_share=0.5"])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.data.rejection import REASONS, RejectionConfig, filter_samples, load_rollout, read_stats, write_dataset
+from r1hpc.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = "/ckpt/step-300/model"
@@ -192,13 +193,13 @@ def test_load_rollout_names_a_missing_or_wrong_file(tmp_path):
 
 
 def test_config_section_loads_and_checks_its_keys(tmp_path):
-    cfg = load_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.min_accuracy=0.5", "rejection.score_key=judge",
+    cfg = load_run_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.min_accuracy=0.5", "rejection.score_key=judge",
                                                         "rejection.max_paragraph_chars=0"])
     assert (cfg.rejection.min_accuracy, cfg.rejection.score_key, cfg.rejection.max_paragraph_chars) == (0.5, "judge", 0)
     with pytest.raises(ConfigError, match="did you mean 'rejection.max_per_prompt'"):
-        load_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.max_per_promt=2"])
+        load_run_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.max_per_promt=2"])
     with pytest.raises(ConfigError, match="min_language_share must be in"):
-        load_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.min_language_share=1.5"])
+        load_run_config(ROOT / "configs/ci_r1zero.yaml", ["rejection.min_language_share=1.5"])
 
 
 def test_launcher_stages_chain_a_rollout_array_on_the_checkpoint_and_the_filter():

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from r1hpc.config import load_config
 from r1hpc.data.cold_start import build_cold_start
 from r1hpc.data.corpus import parse_answer
 from r1hpc.data.jsonl import DatasetError
@@ -16,6 +15,7 @@ from r1hpc.data.tasks import get_task
 from r1hpc.data.templates import TemplateConfig, render_prompt
 from r1hpc.data.tokenizer import EOS, train_bpe
 from r1hpc.rewards.format import format_reward
+from r1hpc.run_config import load_run_config
 from r1hpc.train.sft import encode_examples
 
 GOOD = {"question": "Compute 1 + 2", "response": " |special_token| 1+2=3 |special_token| <answer> 3 </answer>"}
@@ -60,7 +60,7 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_cold_start_data_is_clean_training_split_in_the_cold_start_form(tmp_path):
-    cfg = load_config("configs/ci_r1zero.yaml", ["data.mix.tasks=[arithmetic, countdown, linear_equation]",
+    cfg = load_run_config("configs/ci_r1zero.yaml", ["data.mix.tasks=[arithmetic, countdown, linear_equation]",
                                                  "data.mix.difficulty={}"])
     out = build_cold_start(cfg, 60, tmp_path / "cs.jsonl")
     examples = load_sft_file(out)

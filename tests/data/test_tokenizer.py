@@ -121,18 +121,19 @@ def test_config():
 
 
 def test_a_configured_tokenizer_must_be_the_bases(tmp_path):
-    from r1hpc.config import ConfigError, load_config
+    from r1hpc.config import ConfigError
     from r1hpc.data.tokenizer import train_bpe
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.pretrain import prepare_tokenizer
 
     texts = ["1 + 2 = 3", "4 * 5 = 20", "the answer is 7"] * 20
     train_bpe(texts, vocab_size=300).save(tmp_path / "base")
     train_bpe(texts + ["zebra quagga okapi"] * 20, vocab_size=300).save(tmp_path / "other")
     overrides = ["data.corpus.size=50", f"pretrain.base_dir={tmp_path / 'base'}"]
-    same = load_config(None, [*overrides, f"data.tokenizer.path={tmp_path / 'base'}"])
+    same = load_run_config(None, [*overrides, f"data.tokenizer.path={tmp_path / 'base'}"])
     assert prepare_tokenizer(same, tmp_path / "base")[0].vocab_size == train_bpe(texts, vocab_size=300).vocab_size
-    other = load_config(None, [*overrides, f"data.tokenizer.path={tmp_path / 'other'}"])
+    other = load_run_config(None, [*overrides, f"data.tokenizer.path={tmp_path / 'other'}"])
     with pytest.raises(ConfigError, match=r"data.tokenizer.path: .*other is not the tokenizer of the base"):
         prepare_tokenizer(other, tmp_path / "base")
     with pytest.raises(ConfigError, match=r"section 'data.tokenizer': key 'path': no tokenizer.json at .*missing"):
-        load_config(None, [f"data.tokenizer.path={tmp_path / 'missing'}"])
+        load_run_config(None, [f"data.tokenizer.path={tmp_path / 'missing'}"])

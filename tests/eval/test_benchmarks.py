@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.data.jsonl import shared_data_dir
 from r1hpc.data.mix import is_heldout
 from r1hpc.eval.benchmarks import default_sets, eval_problems, results_table, summarize
+from r1hpc.run_config import load_run_config
 
 SHARED = shared_data_dir()
 needs_shared = pytest.mark.skipif(SHARED is None or not (SHARED / "gsm8k.jsonl").is_file(),
@@ -61,7 +62,7 @@ def test_results_table_has_one_row_per_set():
 
 @needs_shared
 def test_eval_problems_keep_training_files_held_out(tmp_path):
-    cfg = load_config(None, ["data.prompts.files=[gsm8k]", "eval.num_problems=30", "data.mix.tasks=[arithmetic]"])
+    cfg = load_run_config(None, ["data.prompts.files=[gsm8k]", "eval.num_problems=30", "data.mix.tasks=[arithmetic]"])
     gsm8k = eval_problems(cfg, "gsm8k")
     assert len(gsm8k) == 30 and all(is_heldout(p, 0.1) for p in gsm8k)  # a training source: held-out split only
     math500 = eval_problems(cfg, "math500")
@@ -70,12 +71,12 @@ def test_eval_problems_keep_training_files_held_out(tmp_path):
     assert len(arithmetic) == 30 and {p.data_source for p in arithmetic} == {"arithmetic"}
     assert all(is_heldout(p, cfg.data.mix.heldout_fraction) for p in arithmetic)
     assert default_sets(cfg) == ["gsm8k"]
-    assert default_sets(load_config(None, ["data.mix.tasks=[countdown]"])) == ["countdown"]
+    assert default_sets(load_run_config(None, ["data.mix.tasks=[countdown]"])) == ["countdown"]
 
 
 def test_unknown_set_is_a_config_error():
     with pytest.raises(ConfigError, match="eval.sets: unknown set 'gsm9k'"):
-        load_config(None, ["eval.sets=[gsm9k]"])
+        load_run_config(None, ["eval.sets=[gsm9k]"])
 
 
 def test_merged_evaluate_shards_equal_the_metrics_over_all_records(tmp_path):
@@ -109,7 +110,7 @@ def test_humaneval_set_is_scored_by_running_its_tests():
     from r1hpc.eval.benchmarks import vote_key
     from r1hpc.rewards.registry import RewardScorer
 
-    cfg = load_config(None, ["eval.sets=[humaneval]", "eval.num_problems=3"])
+    cfg = load_run_config(None, ["eval.sets=[humaneval]", "eval.num_problems=3"])
     problems = eval_problems(cfg, "humaneval")
     assert [p.id for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     p = problems[2]

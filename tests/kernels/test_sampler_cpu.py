@@ -12,10 +12,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import r1hpc._cpu_sampling as ext
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.rollout import native
 from r1hpc.rollout.native import resolve_sampler, sample_tokens_native
 from r1hpc.rollout.sampling import sample_tokens, truncated_probs
+from r1hpc.run_config import load_run_config
 
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 8: 26.12, 9: 27.88}
 N_DRAWS = 20_000
@@ -165,7 +166,7 @@ def test_sampler_choice(monkeypatch):
     # without the extension: auto falls back to torch, native is refused at config load, naming the key
     monkeypatch.setattr(native, "_load", lambda device_type: (None, "r1hpc._cpu_sampling is not built here"))
     assert resolve_sampler("auto", "cpu") == "torch"
-    assert load_config(None, ["rollout.sampler=auto"]).rollout.sampler == "auto"
+    assert load_run_config(None, ["rollout.sampler=auto"]).rollout.sampler == "auto"
     with pytest.raises(ConfigError, match="section 'rollout': key 'sampler' is 'native' but r1hpc._cpu_sampling "
                                           "is not built here; build it with `pip install --no-build-isolation"):
-        load_config(None, ["rollout.sampler=native"])
+        load_run_config(None, ["rollout.sampler=native"])

@@ -120,10 +120,11 @@ def test_streaming_writer_refuses_a_tensor_out_of_plan(tmp_path):
 
 
 def test_r1zero_refuses_hf_path_instead_of_ignoring_it():
-    from r1hpc.config import ConfigError, load_config
+    from r1hpc.config import ConfigError
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.r1zero import run_r1zero
 
-    cfg = load_config("configs/ci_r1zero.yaml", ["model.hf_path=/models/qwen2"])
+    cfg = load_run_config("configs/ci_r1zero.yaml", ["model.hf_path=/models/qwen2"])
     with pytest.raises(ConfigError, match="model.hf_path"):
         run_r1zero(cfg)
 

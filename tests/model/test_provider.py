@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import (build_model, causal_attention_mask, check_fp8_support, fp8_environment,
                                   padded_vocab_size, select_transformer_impl, transformer_config)
+from r1hpc.run_config import load_run_config
 from tests.multiproc import run_workers
 
 BATCH, SEQ = 4, 32
@@ -191,14 +192,14 @@ def test_fp8_off_needs_nothing_and_this_cpu_machine_is_refused():
 ])
 def test_fp8_keys_are_checked_at_load(overrides, fault):
     with pytest.raises(ConfigError, match=fault):
-        load_config(None, overrides)
+        load_run_config(None, overrides)
 
 
 @pytest.mark.parametrize("path", FP8_CONFIGS, ids=lambda p: p.stem)
 def test_fp8_configs_reach_megatron(path):
     """Each FP8 recipe loads, asks for TE layers, and its FP8 settings arrive in megatron's config
     (built dense here: megatron's MoE+FP8 check needs TE installed)."""
-    cfg = load_config(str(path), ["model.num_moe_experts=null"])
+    cfg = load_run_config(str(path), ["model.num_moe_experts=null"])
     assert cfg.model.fp8 == "hybrid" and cfg.model.transformer_impl == "transformer_engine"
     assert cfg.model.params_dtype == "bf16"
     tc = transformer_config(cfg.model, cfg.parallel)

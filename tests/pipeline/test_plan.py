@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 
 from r1hpc.checkpoint.layout import model_weights_dir
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
 from r1hpc.launch.launcher import Resources
 from r1hpc.pipeline.plan import COLD_START_STYLE, plan
+from r1hpc.run_config import load_run_config
 
 RECIPE = "configs/tiny_r1_pipeline.yaml"
 CPU = Resources(nodes=1, ntasks_per_node=1, gpus_per_node=0)
 
 
 def _plan(*overrides):
-    cfg = load_config(RECIPE, list(overrides))
+    cfg = load_run_config(RECIPE, list(overrides))
     return {st.name: st for st in plan(cfg, RECIPE, list(overrides), CPU)}, cfg
 
 
@@ -89,12 +90,12 @@ def test_a_subset_starts_from_the_base_and_a_converted_base_is_kept():
 ])
 def test_bad_pipeline_sections_are_config_errors_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match="pipeline") as err:
-        load_config(RECIPE, overrides)
+        load_run_config(RECIPE, overrides)
     assert message in str(err.value)
 
 
 def test_distill_without_a_student_is_refused():
-    cfg = load_config(RECIPE, ["pipeline.student=[]"])
+    cfg = load_run_config(RECIPE, ["pipeline.student=[]"])
     with pytest.raises(ConfigError, match="pipeline.student"):
         plan(cfg, RECIPE, [], CPU)
 
@@ -112,7 +113,7 @@ def test_weights_dir_resolves_a_checkpoint_directory_to_its_latest_model(tmp_pat
 
 @pytest.mark.parametrize("recipe", ["configs/r1_pipeline_moe16b_h800.yaml", "configs/r1_distill_7b.yaml"])
 def test_cluster_recipes_plan_with_single_rank_array_tasks(recipe):
-    cfg = load_config(recipe)
+    cfg = load_run_config(recipe)
     stages = {st.name: st for st in plan(cfg, recipe, [], Resources(nodes=4))}
     arrays = [st for st in stages.values() if st.shards]
     assert arrays and all(_value(st, "parallel.expert_model_parallel_size") == "1" for st in arrays)

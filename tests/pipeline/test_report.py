@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from r1hpc.config import load_config
 from r1hpc.pipeline.report import collect, write_report
+from r1hpc.run_config import load_run_config
 
 
 def _results(root: Path, stage: str, pass1: float, cons: float, k: int = 4) -> None:
@@ -18,7 +18,7 @@ def _results(root: Path, stage: str, pass1: float, cons: float, k: int = 4) -> N
 
 
 def test_report_rows_follow_the_pipeline_and_carry_each_stages_numbers(tmp_path):
-    cfg = load_config("configs/tiny_r1_pipeline.yaml", [f"run.output_dir={tmp_path}"])
+    cfg = load_run_config("configs/tiny_r1_pipeline.yaml", [f"run.output_dir={tmp_path}"])
     root = tmp_path / cfg.run.name
     _results(root, "reasoning_rl", 0.625, 0.75)
     _results(root, "base", 0.125, 0.25)

@@ -24,10 +24,10 @@ def test_sft_template_trains_the_base_with_one_log_per_rank(base, work):
 
 def test_sft_template_fine_tunes_on_cold_start_data_across_two_nodes(slurm, base, work):
     """`r1hpc sft` (the template's default) with data-parallel ranks on n1 and n2."""
-    from r1hpc.config import load_config
     from r1hpc.data.cold_start import build_cold_start
+    from r1hpc.run_config import load_run_config
 
-    data = build_cold_start(load_config(ROOT / CONFIG), 64, work / "cold_start.jsonl")
+    data = build_cold_start(load_run_config(ROOT / CONFIG), 64, work / "cold_start.jsonl")
     job = sbatch(slurm, "sft.sbatch", [CONFIG, *tiny(work, "cold_start"), f"sft.data=[{data}]", "sft.batch_size=16",
                                        "sft.micro_batch_size=4"], "--nodes=2", "--ntasks-per-node=1",
                  "--exclusive=user", f"--output={work}/cold-%j.log", f"--export=ALL,R1HPC_LOG_DIR={work}/cold_logs")

@@ -28,12 +28,12 @@ def all_steps(out_dir: str) -> dict:
     and the preemption/time-limit agreements, each checked. Returns per phase the implicit
     allocations and off-device collectives found, and how many collectives ran."""
     from r1hpc.checkpoint.preemption import PreemptionGuard
-    from r1hpc.config import load_config
     from r1hpc.data.prompts import heldout_problems, training_problems
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
     from r1hpc.eval.heldout import evaluate_pass_at_1
     from r1hpc.monitor.monitor import Monitor
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.engine import Engine
     from r1hpc.train.grpo import GRPOTrainer
     from r1hpc.train.pretrain import base_model_config, encode_corpus, load_base, prepare_tokenizer, pretrain
@@ -43,7 +43,7 @@ def all_steps(out_dir: str) -> dict:
 
     torch.set_num_threads(1)
     overrides = [*TINY, f"run.output_dir={out_dir}", f"pretrain.base_dir={out_dir}/base"]
-    cfg = load_config(CONFIG, overrides)
+    cfg = load_run_config(CONFIG, overrides)
     init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     rank0 = torch.distributed.get_rank() == 0
     report: dict[str, dict] = {}
@@ -96,14 +96,14 @@ def all_steps(out_dir: str) -> dict:
 def _disagg_step(overrides: list[str], policy, reference, tok, scorer, render) -> dict:
     """One GRPO step whose batch comes through the exchange from a `r1hpc rollout-worker` process
     (started by rank 0): weights published, orders posted, the batch read back and trained on."""
-    from r1hpc.config import load_config
+    from r1hpc.run_config import load_run_config
     from r1hpc.data.prompts import training_problems, training_stream
     from r1hpc.disagg.config import exchange_root
     from r1hpc.disagg.source import ExchangeSource
     from r1hpc.train.grpo import GRPOTrainer
     from tests.smollm2 import clean_env
 
-    cfg = load_config(CONFIG, [*overrides, "disagg.enabled=true"])
+    cfg = load_run_config(CONFIG, [*overrides, "disagg.enabled=true"])
     worker = None
     if torch.distributed.get_rank() == 0:
         exchange_root(cfg).parent.mkdir(parents=True, exist_ok=True)

@@ -100,13 +100,13 @@ def cold_start_learning(cfg_path: str, overrides: list[str], n_eval: int) -> dic
     tokenizer and random weights (it writes nothing like the cold-start form), cold-start data from
     the builder, the SFT trainer, and greedy held-out responses before and after scored by the
     cold-start format reward."""
-    from r1hpc.config import load_config
     from r1hpc.data.cold_start import build_cold_start
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
     from r1hpc.train.sft import sft
 
     _one_thread()
-    cfg = load_config(cfg_path, overrides)
+    cfg = load_run_config(cfg_path, overrides)
     init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     base_dir = base_dir_of(cfg)
     tok, _ = prepare_tokenizer(cfg, base_dir)

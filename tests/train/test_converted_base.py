@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from r1hpc.config import ConfigError, load_config
+from r1hpc.config import ConfigError
+from r1hpc.run_config import load_run_config
 from r1hpc.train.pretrain import base_model_config, ensure_base
 
 HF_CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
@@ -27,7 +28,7 @@ def converted(tmp_path):
 def test_converted_base_is_used_as_is(converted, tmp_path):
     (converted / "tokenizer.json").write_text("{}")
     before = sorted(p.name for p in converted.iterdir())
-    cfg = load_config(None, [f"pretrain.base_dir={converted}", f"run.output_dir={tmp_path}", "model.max_seq_length=200",
+    cfg = load_run_config(None, [f"pretrain.base_dir={converted}", f"run.output_dir={tmp_path}", "model.max_seq_length=200",
                              "model.num_layers=9", "model.params_dtype=bf16"])
     base_dir, meta = ensure_base(cfg, log=lambda *a: None)
     assert base_dir == converted and meta["family"] == "llama"
@@ -41,6 +42,6 @@ def test_converted_base_is_used_as_is(converted, tmp_path):
 
 
 def test_converted_base_without_a_tokenizer_is_refused(converted, tmp_path):
-    cfg = load_config(None, [f"pretrain.base_dir={converted}", f"run.output_dir={tmp_path}"])
+    cfg = load_run_config(None, [f"pretrain.base_dir={converted}", f"run.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="has no tokenizer.json"):
         ensure_base(cfg, log=lambda *a: None)
