@@ -16,9 +16,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-# Compiled extensions (csrc/, built by setup.py): the CUDA kernels and the CPU build of the sampler.
-CUDA_EXTENSION = "r1hpc._C"
-CPU_SAMPLING_EXTENSION = "r1hpc._cpu_sampling"
+from r1hpc.extensions import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
 
 
 def _probe(fn: Callable[[], Any]) -> Any:

@@ -142,7 +142,7 @@ def filter_samples(records: Iterable[dict], cfg: RejectionConfig, weights: str, 
 
 def load_rollout(samples_dir: str | Path) -> tuple[list[dict], str]:
     """The records and checkpoint of ``<samples_dir>/merged.json`` written by ``r1hpc merge``."""
-    from r1hpc.eval.shards import MERGED
+    from r1hpc.eval.shard_io import MERGED
 
     path = Path(samples_dir) / MERGED
     if not path.is_file():

@@ -239,7 +239,7 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
         if env.rank == 0 and n == 1:
             write_results(Path(out_dir), results, records_all)
         elif env.rank == 0:
-            from r1hpc.eval.shards import shard_path, write_json_atomic
+            from r1hpc.eval.shard_io import shard_path, write_json_atomic
 
             write_json_atomic(shard_path(Path(out_dir), i, n), {"kind": "evaluate", "shard": [i, n], "results": results,
                                                                 "records": records_all})

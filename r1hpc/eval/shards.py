@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
+from r1hpc.eval.shard_io import MERGED, shard_path, write_json_atomic
+
 Kind = Literal["eval", "rollout"]
-MERGED = "merged.json"
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -27,10 +27,6 @@ def parse_shard(spec: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ValueError(f"--shard {spec}: need 0 <= i < n")
     return i, n
-
-
-def shard_path(out_dir: Path, i: int, n: int) -> Path:
-    return Path(out_dir) / f"shard-{i:05d}-of-{n:05d}.json"
 
 
 def _problems(cfg, kind: Kind):
@@ -150,10 +146,3 @@ def pass_at_1(records: list[dict]) -> dict[str, float]:
     out = {"pass@1": total[0] / max(total[1], 1), "format": total[2] / max(total[1], 1)}
     out.update({f"pass@1/{k}": v[0] / max(v[1], 1) for k, v in sorted(sums.items())})
     return out
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from r1hpc.config import ConfigError
-from r1hpc.info import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
+from r1hpc.extensions import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
 
 SAMPLERS = ("auto", "torch", "native")
 EXTENSIONS = {"cpu": CPU_SAMPLING_EXTENSION, "cuda": CUDA_EXTENSION}

@@ -81,7 +81,8 @@ def test_unknown_set_is_a_config_error():
 
 def test_merged_evaluate_shards_equal_the_metrics_over_all_records(tmp_path):
     """An array's shard files become the same results files, metrics over every problem of every shard."""
-    from r1hpc.eval.shards import merge, shard_path, write_json_atomic
+    from r1hpc.eval.shard_io import shard_path, write_json_atomic
+    from r1hpc.eval.shards import merge
 
     recs = {"a": [_record(["1", "1"], [1, 1]), _record(["2", "3"], [0, 1]), _record(["4", "4"], [0, 0])],
             "b": [_record(["5", None], [1, 0], tokens=4)]}
