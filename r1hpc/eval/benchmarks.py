@@ -191,10 +191,10 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
+    from r1hpc.model.base import base_dir_of
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.train.policy import load_policy
-    from r1hpc.train.pretrain import base_dir_of
 
     base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():

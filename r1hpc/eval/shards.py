@@ -56,11 +56,11 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
+    from r1hpc.model.base import base_dir_of
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.rollout.generate import generate, response_text
     from r1hpc.train.policy import load_policy
-    from r1hpc.train.pretrain import base_dir_of
 
     i, n = shard
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)

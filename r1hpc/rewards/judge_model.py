@@ -51,8 +51,8 @@ class MegatronGenerator:
 def build_judges(cfg, data_sources: Iterable[str]) -> dict[str, JudgeReward]:
     """A JudgeReward for each ``rewards.judges`` entry that a judge term of ``data_sources`` uses, each
     on a frozen copy of its model (collective: call after ``init_distributed``, on every rank)."""
+    from r1hpc.model.base import base_dir_of
     from r1hpc.train.policy import load_policy
-    from r1hpc.train.pretrain import base_dir_of
 
     wanted = {t.model_name for source in data_sources for t in cfg.rewards.sources.get(source, []) if t.name == "judge"}
     unknown = sorted(wanted - set(cfg.rewards.judges))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from r1hpc.data.tokenizer import TextTokenizer
+from r1hpc.model.base import base_dir_of, base_model_config, load_base, prepare_tokenizer
 from r1hpc.model.config import ModelConfig
 from r1hpc.train.engine import Engine
-from r1hpc.train.pretrain import base_dir_of, base_model_config, load_base, prepare_tokenizer
 
 
 def load_policy(cfg, weights: Optional[str | Path], *, trainable: bool, base_dir: Optional[str | Path] = None,

@@ -25,6 +25,7 @@ from r1hpc.disagg.config import exchange_root
 from r1hpc.disagg.source import ExchangeSource
 from r1hpc.distributed import destroy_distributed, init_distributed
 from r1hpc.eval.heldout import evaluate_pass_at_1
+from r1hpc.model.base import start_weights
 from r1hpc.model.mcore_compat import version_record
 from r1hpc.monitor.metrics import MetricsLogger, truncate_metrics
 from r1hpc.monitor.monitor import Monitor
@@ -33,7 +34,7 @@ from r1hpc.rewards.judge_model import build_judges
 from r1hpc.rewards.registry import RewardScorer
 from r1hpc.train.grpo import GRPOTrainer
 from r1hpc.train.policy import load_policy
-from r1hpc.train.pretrain import ensure_base, start_weights
+from r1hpc.train.pretrain import ensure_base
 
 
 def run_r1zero(cfg) -> dict:

@@ -25,11 +25,12 @@ from r1hpc.data.sft_data import file_sha256, load_sft_examples
 from r1hpc.data.templates import render_prompt
 from r1hpc.data.tokenizer import TextTokenizer
 from r1hpc.device import HOST, collective_device
+from r1hpc.model.base import base_dir_of, base_model_config, load_base, prepare_tokenizer, start_weights
 from r1hpc.monitor.metrics import MetricsLogger
 from r1hpc.train.batching import round_up
 from r1hpc.train.engine import Engine, last_stage_broadcast
 from r1hpc.train.lm_loss import lm_forward_step
-from r1hpc.train.pretrain import base_dir_of, base_model_config, encode_pairs, load_base, prepare_tokenizer, start_weights
+from r1hpc.train.pretrain import encode_pairs
 
 Encoded = tuple[list[int], int]  # (prompt + response + EOS token ids, prompt length)
 

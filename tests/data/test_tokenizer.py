@@ -123,8 +123,8 @@ def test_config():
 def test_a_configured_tokenizer_must_be_the_bases(tmp_path):
     from r1hpc.config import ConfigError
     from r1hpc.data.tokenizer import train_bpe
+    from r1hpc.model.base import prepare_tokenizer
     from r1hpc.run_config import load_run_config
-    from r1hpc.train.pretrain import prepare_tokenizer
 
     texts = ["1 + 2 = 3", "4 * 5 = 20", "the answer is 7"] * 20
     train_bpe(texts, vocab_size=300).save(tmp_path / "base")

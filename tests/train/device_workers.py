@@ -32,11 +32,12 @@ def all_steps(out_dir: str) -> dict:
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
     from r1hpc.eval.heldout import evaluate_pass_at_1
+    from r1hpc.model.base import base_model_config, load_base, prepare_tokenizer
     from r1hpc.monitor.monitor import Monitor
     from r1hpc.run_config import load_run_config
     from r1hpc.train.engine import Engine
     from r1hpc.train.grpo import GRPOTrainer
-    from r1hpc.train.pretrain import base_model_config, encode_corpus, load_base, prepare_tokenizer, pretrain
+    from r1hpc.train.pretrain import encode_corpus, pretrain
     from r1hpc.train.r1zero import _agreed_stop
     from r1hpc.train.sft import SFTConfig, sft_step
     from tests.train.workers import ResponseShapeScorer
@@ -96,10 +97,10 @@ def all_steps(out_dir: str) -> dict:
 def _disagg_step(overrides: list[str], policy, reference, tok, scorer, render) -> dict:
     """One GRPO step whose batch comes through the exchange from a `r1hpc rollout-worker` process
     (started by rank 0): weights published, orders posted, the batch read back and trained on."""
-    from r1hpc.run_config import load_run_config
     from r1hpc.data.prompts import training_problems, training_stream
     from r1hpc.disagg.config import exchange_root
     from r1hpc.disagg.source import ExchangeSource
+    from r1hpc.run_config import load_run_config
     from r1hpc.train.grpo import GRPOTrainer
     from tests.smollm2 import clean_env
 

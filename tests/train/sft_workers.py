@@ -101,8 +101,8 @@ def cold_start_learning(cfg_path: str, overrides: list[str], n_eval: int) -> dic
     the builder, the SFT trainer, and greedy held-out responses before and after scored by the
     cold-start format reward."""
     from r1hpc.data.cold_start import build_cold_start
+    from r1hpc.model.base import base_dir_of, base_model_config, prepare_tokenizer
     from r1hpc.run_config import load_run_config
-    from r1hpc.train.pretrain import base_dir_of, base_model_config, prepare_tokenizer
     from r1hpc.train.sft import sft
 
     _one_thread()

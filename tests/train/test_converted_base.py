@@ -8,8 +8,9 @@ import types
 import pytest
 
 from r1hpc.config import ConfigError
+from r1hpc.model.base import base_model_config
 from r1hpc.run_config import load_run_config
-from r1hpc.train.pretrain import base_model_config, ensure_base
+from r1hpc.train.pretrain import ensure_base
 
 HF_CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "rms_norm_eps": 1e-6,

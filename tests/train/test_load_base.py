@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
+from r1hpc.model.base import load_base
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.weights import save_model_weights
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch
-from r1hpc.train.pretrain import load_base
 from tests.multiproc import run_workers
 
 MODEL = ModelConfig(vocab_size=128, num_layers=1, hidden_size=32, ffn_hidden_size=64, num_attention_heads=2,

@@ -24,7 +24,7 @@ from r1hpc.model.hf.safetensors_io import INDEX, SafetensorsReader
 
 log = logging.getLogger(__name__)
 
-# What a converted checkpoint folder holds (readable by r1hpc.train.pretrain.load_base: weights/).
+# What a converted checkpoint folder holds (readable by r1hpc.model.base.load_base: weights/).
 WEIGHTS_DIR, ASSETS_DIR, META_FILE = "weights", "hf_assets", "convert.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 # Tensors some checkpoints carry that are recomputed, not learned.
