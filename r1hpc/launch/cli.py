@@ -74,7 +74,7 @@ def resources_from_args(args) -> Resources:
 
 
 def run_disaggregated(args) -> int:
-    from r1hpc.disagg.launch import run_local_disaggregated, submit_disaggregated, watch_disaggregated
+    from r1hpc.launch.disaggregated import run_local_disaggregated, submit_disaggregated, watch_disaggregated
     from r1hpc.launch.launcher import slurm_available
 
     if args.stages.strip() != "train" or args.rollout_workers < 1:
