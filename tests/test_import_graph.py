@@ -46,6 +46,14 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, 
     return targets
 
 
+def _with_packages(module: str, target: str, known: set[str]) -> set[str]:
+    """``target`` and the packages above it that Python initialises first: every one the importing
+    module is not itself inside (its own packages are already being initialised)."""
+    parts = target.split(".")
+    ancestors = {".".join(parts[:i]) for i in range(2, len(parts))}
+    return {target} | {a for a in ancestors if a in known and not (module + ".").startswith(a + ".")}
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the r1hpc modules it imports anywhere in its source (module or function level)."""
     modules = _modules()
@@ -56,7 +64,8 @@ def import_graph() -> dict[str, set[str]]:
         is_package = path.name == "__init__.py"
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                graph[module].update(t for t in _imported(node, module, is_package, known) if t != module)
+                for target in _imported(node, module, is_package, known):
+                    graph[module] |= _with_packages(module, target, known) - {module}
     return graph
 
 
@@ -125,8 +134,9 @@ def shortest_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str
 
 
 def test_graph_sees_lazy_relative_and_package_imports():
-    """The graph reader itself: a function-level import, a relative import and a package __init__
-    importing its submodule all make edges (otherwise the cycle test below could pass vacuously)."""
+    """The graph reader itself: a function-level import, a relative import, a package __init__
+    importing its submodule and the package a module's import initialises all make edges (otherwise
+    the cycle test below could pass vacuously)."""
     tree = ast.parse("def f():\n    from . import b\n    from .c import x\nimport r1hpc.a\n")
     known = {"r1hpc.p", "r1hpc.p.b", "r1hpc.p.c", "r1hpc.a"}
     edges = {t for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
@@ -135,6 +145,10 @@ def test_graph_sees_lazy_relative_and_package_imports():
     init = ast.parse("from r1hpc.p.b import thing\nfrom r1hpc.p import c, helper\n")
     edges = {t for n in ast.walk(init) if isinstance(n, ast.ImportFrom) for t in _imported(n, "r1hpc.p", True, known)}
     assert edges == {"r1hpc.p.b", "r1hpc.p.c", "r1hpc.p"}
+    assert _with_packages("r1hpc.x", "r1hpc.p.b", known) == {"r1hpc.p.b", "r1hpc.p"}  # p/__init__ runs first
+    assert _with_packages("r1hpc.p.m", "r1hpc.p.b", known) == {"r1hpc.p.b"}  # p is already initialising
+    graph = import_graph()  # the real tree: a lazy import inside merge(), and a package __init__
+    assert "r1hpc.eval.benchmarks" in graph["r1hpc.eval.shards"] and "r1hpc.data.mix" in graph["r1hpc.data"]
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert shortest_cycle({"a": {"b", "c"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c"]) == ["a", "c", "a"]
 
