@@ -46,6 +46,24 @@ K3_CLAMP: tl.constexpr = tl.constexpr(K3_LOG_RATIO_CLAMP)
 
 
 @triton.jit
+def _kl_and_grad(logp, ref, KL_KIND: tl.constexpr):
+    """Per-token KL estimate and its derivative in logp; same formulas as r1hpc.algo.kl."""
+    if KL_KIND == 1:
+        kl = logp - ref
+        dkl = tl.full(kl.shape, 1.0, tl.float32)
+    elif KL_KIND == 2:
+        kl = 0.5 * (logp - ref) * (logp - ref)
+        dkl = logp - ref
+    else:
+        lr_ref_raw = ref - logp
+        lr_ref = tl.minimum(tl.maximum(lr_ref_raw, -K3_CLAMP), K3_CLAMP)
+        kl = tl.exp(lr_ref) - lr_ref - 1.0
+        inside = (lr_ref_raw >= -K3_CLAMP) & (lr_ref_raw <= K3_CLAMP)
+        dkl = tl.where(inside, 1.0 - tl.exp(lr_ref), 0.0)
+    return kl, dkl
+
+
+@triton.jit
 def _epilogue(out_ptr, T, offs, mask, m, s, q, x_t, w, old_ptr, adv_ptr, ref_ptr, tis_ptr,
               eps_low, eps_high, dual_c, beta, ent_coef,
               HAS_REF: tl.constexpr, HAS_TIS: tl.constexpr, HAS_DUAL: tl.constexpr, KL_KIND: tl.constexpr):
@@ -82,18 +100,7 @@ def _epilogue(out_ptr, T, offs, mask, m, s, q, x_t, w, old_ptr, adv_ptr, ref_ptr
     kl = tl.zeros_like(loss)
     if HAS_REF:
         ref = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if KL_KIND == 1:
-            kl = logp - ref
-            dkl = tl.full(kl.shape, 1.0, tl.float32)
-        elif KL_KIND == 2:
-            kl = 0.5 * (logp - ref) * (logp - ref)
-            dkl = logp - ref
-        else:
-            lr_ref_raw = ref - logp
-            lr_ref = tl.minimum(tl.maximum(lr_ref_raw, -K3_CLAMP), K3_CLAMP)
-            kl = tl.exp(lr_ref) - lr_ref - 1.0
-            inside = (lr_ref_raw >= -K3_CLAMP) & (lr_ref_raw <= K3_CLAMP)
-            dkl = tl.where(inside, 1.0 - tl.exp(lr_ref), 0.0)
+        kl, dkl = _kl_and_grad(logp, ref, KL_KIND)
         kl = tl.where(active, kl, 0.0)
         loss += beta * kl
         dlogp += beta * dkl
