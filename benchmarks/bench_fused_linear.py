@@ -39,7 +39,7 @@ def run_variant(variant: str, t: int, h: int, v: int, threads: int) -> dict:
     """One loss + backward of ``variant`` in this process; returns time and peak extra memory."""
     import torch
 
-    from r1hpc.algo import aggregation_weights, fused_linear_grpo_loss, grpo_loss
+    from r1hpc.algo import GRPOLossParams, aggregation_weights, fused_linear_grpo_loss, grpo_loss
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
@@ -55,10 +55,10 @@ def run_variant(variant: str, t: int, h: int, v: int, threads: int) -> dict:
     start = time.perf_counter()
     if variant == "materialised":
         loss, _ = grpo_loss(hidden @ weight.T, target, per_token["old_logp"], per_token["advantages"],
-                            per_token["weights"], ref_logp=ref, impl="torch", **KW)
+                            per_token["weights"], GRPOLossParams(impl="torch", **KW), ref_logp=ref)
     else:
         loss, _ = fused_linear_grpo_loss(hidden, weight, target, per_token["old_logp"], per_token["advantages"],
-                                         per_token["weights"], ref_logp=ref, **KW)
+                                         per_token["weights"], GRPOLossParams(**KW), ref_logp=ref)
     loss.backward()
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")

@@ -17,6 +17,7 @@ Results go to benchmarks/results/grpo_loss_<device>.json with the device named.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference
+from r1hpc.algo import GRPOLossParams, aggregation_weights, grpo_loss, grpo_token_loss_reference
 from r1hpc.algo.vocab_parallel import logp_entropy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,6 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PEAK_HBM = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
             ("H800", 3.35e12), ("A100", 2.0e12)]
 KW = dict(temperature=0.9, eps_low=0.2, eps_high=0.28, beta=0.001, kl_kind="k3")
+PARAMS = GRPOLossParams(**KW)
 
 
 def make_inputs(t: int, v: int, device: str) -> dict:
@@ -53,7 +55,7 @@ def make_inputs(t: int, v: int, device: str) -> dict:
 
 
 def reference_loss(logits, target, old_logp, ref_logp, advantages, weights):
-    tok = grpo_token_loss_reference(logits, target, old_logp, ref_logp, advantages, **KW)
+    tok = grpo_token_loss_reference(logits, target, old_logp, ref_logp, advantages, PARAMS)
     return (tok["loss"] * weights).sum()
 
 
@@ -86,7 +88,7 @@ def _args(inp):
 
 def _ours(inp, x, impl):
     return grpo_loss(x, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"],
-                     ref_logp=inp["ref_logp"], impl=impl, **KW)[0]
+                     dataclasses.replace(PARAMS, impl=impl), ref_logp=inp["ref_logp"])[0]
 
 
 def _liger_logits(inp):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from r1hpc.algo.loss import aggregation_weights, grpo_loss
+from r1hpc.algo.params import GRPOLossParams
 
 VOCAB, LAYERS, HIDDEN, HEADS, EXPERTS, TOPK, EXPERT_FFN, MAXLEN = 384, 4, 128, 4, 4, 2, 128, 256
 
@@ -116,7 +117,7 @@ def plain_step(model, opt, prompts, new_tokens, mini_batches) -> dict[str, float
         sel = mask
         with torch.no_grad():
             old = torch.log_softmax(logits[sel].detach(), -1).gather(-1, targets[sel][:, None]).squeeze(-1)
-        loss, _ = grpo_loss(logits[sel], targets[sel], old, adv[sel], w[sel], impl="torch")
+        loss, _ = grpo_loss(logits[sel], targets[sel], old, adv[sel], w[sel], GRPOLossParams(impl="torch"))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

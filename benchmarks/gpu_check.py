@@ -55,15 +55,15 @@ def _time_ms(fn, iters: int = 10, warmup: int = 3) -> float:
 def check_loss(quick: bool) -> dict:
     """Fused kernel vs reference; the reference runs on row chunks (the loss is a sum of per-token
     terms, so chunked values and gradients are exact) because an fp32 [16k, 152k] graph does not fit."""
-    from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference
+    from r1hpc.algo import GRPOLossParams, aggregation_weights, grpo_loss, grpo_token_loss_reference
 
-    kw = dict(temperature=0.9, eps_low=0.2, eps_high=0.28, beta=0.001, kl_kind="k3")
+    params = GRPOLossParams(temperature=0.9, eps_low=0.2, eps_high=0.28, beta=0.001, kl_kind="k3", impl="triton")
     t, v = (2048, 32768) if quick else (16384, 151936)
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = (torch.randn(t, v, device="cuda", generator=g) * 3).to(torch.bfloat16)
     target = torch.randint(0, v, (t,), device="cuda", generator=g)
     with torch.no_grad():
-        logp = torch.cat([torch.log_softmax(c.float() / kw["temperature"], -1).gather(-1, tc[:, None]).squeeze(-1)
+        logp = torch.cat([torch.log_softmax(c.float() / params.temperature, -1).gather(-1, tc[:, None]).squeeze(-1)
                           for c, tc in zip(logits.split(2048), target.split(2048))])
     old, ref = logp + 0.3 * torch.randn(t, device="cuda", generator=g), logp + 0.3 * torch.randn(t, device="cuda", generator=g)
     mask = torch.rand(t // 512, 512, device="cuda", generator=g) < 0.9
@@ -71,12 +71,12 @@ def check_loss(quick: bool) -> dict:
     weights = aggregation_weights(mask, "token-mean").flatten()
 
     x = logits.detach().requires_grad_()
-    fused, _ = grpo_loss(x, target, old, adv, weights, ref_logp=ref, impl="triton", **kw)
+    fused, _ = grpo_loss(x, target, old, adv, weights, params, ref_logp=ref)
     fused.backward()
     ref_loss, max_grad_err, max_grad = 0.0, 0.0, 0.0
     for rows in torch.arange(t, device="cuda").split(2048):
         xc = logits[rows].detach().requires_grad_()
-        tok = grpo_token_loss_reference(xc, target[rows], old[rows], ref[rows], adv[rows], **kw)
+        tok = grpo_token_loss_reference(xc, target[rows], old[rows], ref[rows], adv[rows], params)
         part = (tok["loss"] * weights[rows]).sum()
         part.backward()
         ref_loss += float(part)
@@ -86,7 +86,7 @@ def check_loss(quick: bool) -> dict:
 
     def fused_fwd_bwd():
         x.grad = None
-        grpo_loss(x, target, old, adv, weights, ref_logp=ref, impl="triton", **kw)[0].backward()
+        grpo_loss(x, target, old, adv, weights, params, ref_logp=ref)[0].backward()
 
     torch.cuda.reset_peak_memory_stats()
     ms = _time_ms(fused_fwd_bwd)

@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from r1hpc.algo.kl import K3_LOG_RATIO_CLAMP
 from r1hpc.algo.objective import LOG_RATIO_CLAMP
+from r1hpc.algo.params import GRPOLossParams
 from r1hpc.algo.vocab_parallel import combine_shard_stats, tp_world_size
 
 # Rows of the fp32 [N_OUT, T] per-token output buffer.
@@ -42,6 +43,24 @@ N_OUT = 9
 KL_KINDS = {"k1": 1, "k2": 2, "k3": 3}
 LR_CLAMP: tl.constexpr = tl.constexpr(LOG_RATIO_CLAMP)
 K3_CLAMP: tl.constexpr = tl.constexpr(K3_LOG_RATIO_CLAMP)
+
+
+@triton.jit
+def _kl_and_grad(logp, ref, KL_KIND: tl.constexpr):
+    """Per-token KL estimate and its derivative in logp; same formulas as r1hpc.algo.kl."""
+    if KL_KIND == 1:
+        kl = logp - ref
+        dkl = tl.full(kl.shape, 1.0, tl.float32)
+    elif KL_KIND == 2:
+        kl = 0.5 * (logp - ref) * (logp - ref)
+        dkl = logp - ref
+    else:
+        lr_ref_raw = ref - logp
+        lr_ref = tl.minimum(tl.maximum(lr_ref_raw, -K3_CLAMP), K3_CLAMP)
+        kl = tl.exp(lr_ref) - lr_ref - 1.0
+        inside = (lr_ref_raw >= -K3_CLAMP) & (lr_ref_raw <= K3_CLAMP)
+        dkl = tl.where(inside, 1.0 - tl.exp(lr_ref), 0.0)
+    return kl, dkl
 
 
 @triton.jit
@@ -81,18 +100,7 @@ def _epilogue(out_ptr, T, offs, mask, m, s, q, x_t, w, old_ptr, adv_ptr, ref_ptr
     kl = tl.zeros_like(loss)
     if HAS_REF:
         ref = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if KL_KIND == 1:
-            kl = logp - ref
-            dkl = tl.full(kl.shape, 1.0, tl.float32)
-        elif KL_KIND == 2:
-            kl = 0.5 * (logp - ref) * (logp - ref)
-            dkl = logp - ref
-        else:
-            lr_ref_raw = ref - logp
-            lr_ref = tl.minimum(tl.maximum(lr_ref_raw, -K3_CLAMP), K3_CLAMP)
-            kl = tl.exp(lr_ref) - lr_ref - 1.0
-            inside = (lr_ref_raw >= -K3_CLAMP) & (lr_ref_raw <= K3_CLAMP)
-            dkl = tl.where(inside, 1.0 - tl.exp(lr_ref), 0.0)
+        kl, dkl = _kl_and_grad(logp, ref, KL_KIND)
         kl = tl.where(active, kl, 0.0)
         loss += beta * kl
         dlogp += beta * dkl
@@ -231,7 +239,7 @@ class _TritonGRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, old_logp, advantages, weights, ref_logp, tis_weight,
                 params, tp_group, vocab_start):
-        temperature, eps_low, eps_high, dual_c, beta, kl_kind, ent_coef = params
+        temperature = float(params.temperature)
         if logits.stride(1) != 1:
             logits = logits.contiguous()
         t, v = logits.shape
@@ -241,8 +249,9 @@ class _TritonGRPOLoss(torch.autograd.Function):
         tis = old_logp if tis_weight is None else tis_weight.float().contiguous()
         out = torch.empty(N_OUT, t, dtype=torch.float32, device=logits.device)
         flags = dict(HAS_REF=ref_logp is not None, HAS_TIS=tis_weight is not None,
-                     HAS_DUAL=dual_c is not None, KL_KIND=KL_KINDS[kl_kind])
-        scalars = (float(eps_low), float(eps_high), float(dual_c or 0.0), float(beta), float(ent_coef))
+                     HAS_DUAL=params.dual_clip_c is not None, KL_KIND=KL_KINDS[params.kl_kind])
+        scalars = (float(params.eps_low), float(params.eps_high), float(params.dual_clip_c or 0.0),
+                   float(params.beta), float(params.entropy_coef))
         if t > 0 and tp_world_size(tp_group) == 1:  # one pass: stats and epilogue in the same program
             _grpo_fwd_kernel[(t,)](
                 logits, logits.stride(0), target, weights, out, out, old_logp, advantages, ref, tis,
@@ -254,7 +263,7 @@ class _TritonGRPOLoss(torch.autograd.Function):
             _grpo_epilogue_kernel[(triton.cdiv(t, block_t),)](
                 stats, weights, out, old_logp, advantages, ref, tis, t, *scalars, BLOCK_T=block_t, **flags)
         ctx.save_for_backward(logits, target, weights, out)
-        ctx.args = (vocab_start, 1.0 / temperature, float(ent_coef))
+        ctx.args = (vocab_start, 1.0 / temperature, float(params.entropy_coef))
         ctx.mark_non_differentiable(out)
         return (out[ROW_LOSS.value] * weights).sum(), out
 
@@ -280,22 +289,16 @@ def triton_grpo_loss(
     old_logp: Tensor,
     advantages: Tensor,
     weights: Tensor,
+    params: GRPOLossParams = GRPOLossParams(),
     *,
     ref_logp: Optional[Tensor] = None,
     tis_weight: Optional[Tensor] = None,
-    temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip_c: Optional[float] = None,
-    beta: float = 0.0,
-    kl_kind: str = "k3",
-    entropy_coef: float = 0.0,
     tp_group: Optional[dist.ProcessGroup] = None,
     vocab_start_index: int = 0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar weighted loss (autograd to ``logits``) and per-token results with the keys of
-    :func:`r1hpc.algo.objective.token_objective`. Arguments as :func:`r1hpc.algo.grpo_loss`."""
-    params = (float(temperature), eps_low, eps_high, dual_clip_c, beta, kl_kind, entropy_coef)
+    :func:`r1hpc.algo.objective.token_objective`. Arguments as :func:`r1hpc.algo.grpo_loss`
+    (``params.impl`` is not read: this is the Triton implementation)."""
     with _on_device(logits):
         loss, out = _TritonGRPOLoss.apply(
             logits, target, old_logp, advantages, weights, ref_logp, tis_weight,

@@ -24,9 +24,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from r1hpc.algo.kl import KLKind
-from r1hpc.algo.loss import Impl, loss_metrics, resolve_impl
+from r1hpc.algo.loss import loss_metrics, resolve_impl
 from r1hpc.algo.objective import token_objective
+from r1hpc.algo.params import GRPOLossParams, Impl
 from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to_logp_entropy
 
 #: Vocabulary columns per tile (fewer when the shard is smaller).
@@ -162,20 +162,13 @@ def fused_linear_grpo_loss(
     old_logp: Tensor,
     advantages: Tensor,
     weights: Tensor,
+    params: GRPOLossParams = GRPOLossParams(),
     *,
     ref_logp: Optional[Tensor] = None,
     tis_weight: Optional[Tensor] = None,
-    temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip_c: Optional[float] = None,
-    beta: float = 0.0,
-    kl_kind: KLKind = "k3",
-    entropy_coef: float = 0.0,
     tp_group: Optional[dist.ProcessGroup] = None,
     vocab_start_index: int = 0,
     vocab_size: Optional[int] = None,
-    impl: Impl = "auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`r1hpc.algo.grpo_loss` of the logits ``hidden [T, H] @ weight [V_local, H].T`` without
     building them; autograd to ``hidden`` and ``weight``. ``vocab_size`` (global, optional): columns
@@ -184,11 +177,10 @@ def fused_linear_grpo_loss(
     the returned ``grad_hidden`` is this shard's part (sum it over the group, as megatron's
     column-parallel output layer does). Other arguments, the loss and the metrics are grpo_loss's."""
     active = weights != 0
-    logp, entropy = _logp_entropy(hidden, weight, target, active, temperature, vocab_start_index, vocab_size,
-                                  tp_group, impl)
-    tok = token_objective(logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
-                          eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta,
-                          kl_kind=kl_kind, entropy_coef=entropy_coef)
+    logp, entropy = _logp_entropy(hidden, weight, target, active, params.temperature, vocab_start_index,
+                                  vocab_size, tp_group, params.impl)
+    tok = token_objective(logp, entropy, old_logp, advantages, active, params, ref_logp=ref_logp,
+                          tis_weight=tis_weight)
     loss = (tok["loss"] * weights.float()).sum()
     return loss, loss_metrics(tok, active)
 

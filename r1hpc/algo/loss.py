@@ -1,5 +1,6 @@
 """GRPO loss: the config, the aggregation weights, the fp32 reference and the one public entry
-point :func:`grpo_loss` that the trainer calls (dispatching to Triton or to chunked torch)."""
+point :func:`grpo_loss` that the trainer calls (dispatching to Triton or to chunked torch); all of
+them take the scalar settings as one :class:`GRPOLossParams`."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +14,11 @@ from torch import Tensor
 from r1hpc.algo.advantages import Estimator
 from r1hpc.algo.kl import KLKind
 from r1hpc.algo.objective import token_objective
+from r1hpc.algo.params import GRPOLossParams, Impl
 from r1hpc.algo.vocab_parallel import logp_entropy
 from r1hpc.config import ConfigError
 
 AggMode = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
-Impl = Literal["auto", "triton", "torch"]
 IMPL_ENV = "R1HPC_GRPO_LOSS_IMPL"
 
 
@@ -77,21 +78,21 @@ class AlgoConfig:
             return self
         return dataclasses.replace(self, temperature=rollout_temperature if rollout_temperature > 0 else 1.0)
 
-    def loss_kwargs(self) -> dict:
-        """The keyword arguments of :func:`grpo_loss` this config fixes. With ``kl_in_reward`` the
-        KL already sits in the reward, so the loss gets beta = 0."""
+    def loss_params(self) -> GRPOLossParams:
+        """The loss settings this config fixes. With ``kl_in_reward`` the KL already sits in the
+        reward, so the loss gets beta = 0."""
         if self.temperature is None:
             raise ValueError("algo.temperature is unresolved: use with_sampling_temperature(rollout.temperature)")
-        return {
-            "temperature": self.temperature,
-            "eps_low": self.eps_low,
-            "eps_high": self.eps_high,
-            "dual_clip_c": self.dual_clip_c,
-            "beta": 0.0 if self.kl_in_reward else self.beta,
-            "kl_kind": self.kl_kind,
-            "entropy_coef": self.entropy_coef,
-            "impl": self.impl,
-        }
+        return GRPOLossParams(
+            temperature=self.temperature,
+            eps_low=self.eps_low,
+            eps_high=self.eps_high,
+            dual_clip_c=self.dual_clip_c,
+            beta=0.0 if self.kl_in_reward else self.beta,
+            kl_kind=self.kl_kind,
+            entropy_coef=self.entropy_coef,
+            impl=self.impl,
+        )
 
 
 def aggregation_weights(
@@ -131,31 +132,23 @@ def grpo_token_loss_reference(
     old_logp: Tensor,
     ref_logp: Optional[Tensor],
     advantages: Tensor,
+    params: GRPOLossParams = GRPOLossParams(),
     *,
-    temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip_c: Optional[float] = None,
-    beta: float = 0.0,
-    kl_kind: KLKind = "k3",
-    entropy_coef: float = 0.0,
     tis_weight: Optional[Tensor] = None,
     active: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
     """The fp32 reference every implementation is tested against: the plain full-vocabulary
-    ``log_softmax`` of ``logits [T, V]`` upcast to fp32, autograd for gradients. Returns per-token
-    ``loss, logp, entropy, kl, ratio, is_clipped_low/high/dual`` (all [T])."""
-    z = logits.float() / temperature
+    ``log_softmax`` of ``logits [T, V]`` upcast to fp32, autograd for gradients (``params.impl``
+    is not read). Returns per-token ``loss, logp, entropy, kl, ratio, is_clipped_low/high/dual``
+    (all [T])."""
+    z = logits.float() / params.temperature
     logprobs = torch.log_softmax(z, dim=-1)
     logp = logprobs.gather(1, target.long()[:, None]).squeeze(1)
     entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
     if active is None:
         active = torch.ones_like(logp, dtype=torch.bool)
-    return token_objective(
-        logp, entropy, old_logp, advantages, active, ref_logp=ref_logp, tis_weight=tis_weight,
-        eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, beta=beta, kl_kind=kl_kind,
-        entropy_coef=entropy_coef,
-    )
+    return token_objective(logp, entropy, old_logp, advantages, active, params, ref_logp=ref_logp,
+                           tis_weight=tis_weight)
 
 
 def resolve_impl(impl: Impl, logits: Tensor) -> str:
@@ -200,19 +193,12 @@ def grpo_loss(
     old_logp: Tensor,
     advantages: Tensor,
     weights: Tensor,
+    params: GRPOLossParams = GRPOLossParams(),
     *,
     ref_logp: Optional[Tensor] = None,
     tis_weight: Optional[Tensor] = None,
-    temperature: float = 1.0,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip_c: Optional[float] = None,
-    beta: float = 0.0,
-    kl_kind: KLKind = "k3",
-    entropy_coef: float = 0.0,
     tp_group: Optional[dist.ProcessGroup] = None,
     vocab_start_index: int = 0,
-    impl: Impl = "auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar ``sum_t weights_t * loss_t`` with autograd to ``logits``, and detached metrics.
 
@@ -220,28 +206,26 @@ def grpo_loss(
     ``vocab_start_index`` when ``tp_group`` has > 1 rank), ``target [T]`` global token ids,
     ``old_logp, advantages, weights [T]`` (weights from :func:`aggregation_weights`, flattened:
     mask and aggregation in one; weight-0 tokens are skipped and get zero gradient),
+    ``params`` the scalar settings (``AlgoConfig.loss_params()`` in the trainer),
     ``ref_logp [T]`` (needed for the KL term and metric), ``tis_weight [T]`` (truncated IS).
     The gradient is returned in the logits dtype; no fp32 [T, V] tensor is built on either path.
     With ``tp_group`` every rank must pass the same per-token inputs and gets the same (full)
     loss back: backpropagate it on every rank, do not sum it over the group.
     """
     active = weights != 0
-    kwargs = dict(
-        ref_logp=ref_logp, tis_weight=tis_weight, eps_low=eps_low, eps_high=eps_high,
-        dual_clip_c=dual_clip_c, beta=beta, kl_kind=kl_kind, entropy_coef=entropy_coef,
-    )
-    if resolve_impl(impl, logits) == "triton":
+    if resolve_impl(params.impl, logits) == "triton":
         from r1hpc.triton_kernels.grpo_loss import triton_grpo_loss
 
         loss, tok = triton_grpo_loss(
-            logits, target, old_logp, advantages, weights, temperature=temperature,
-            tp_group=tp_group, vocab_start_index=vocab_start_index, **kwargs,
+            logits, target, old_logp, advantages, weights, params, ref_logp=ref_logp, tis_weight=tis_weight,
+            tp_group=tp_group, vocab_start_index=vocab_start_index,
         )
     else:
         logp, entropy = logp_entropy(
-            logits, target, active, temperature=temperature,
+            logits, target, active, temperature=params.temperature,
             vocab_start_index=vocab_start_index, tp_group=tp_group,
         )
-        tok = token_objective(logp, entropy, old_logp, advantages, active, **kwargs)
+        tok = token_objective(logp, entropy, old_logp, advantages, active, params, ref_logp=ref_logp,
+                              tis_weight=tis_weight)
         loss = (tok["loss"] * weights.float()).sum()
     return loss, loss_metrics(tok, active)

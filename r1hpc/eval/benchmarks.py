@@ -191,10 +191,10 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
     from r1hpc.checkpoint.layout import model_weights_dir
     from r1hpc.data.templates import render_prompt
     from r1hpc.distributed import destroy_distributed, init_distributed
-    from r1hpc.model.base import base_dir_of
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
     from r1hpc.train.policy import load_policy
+    from r1hpc.model.base import base_dir_of
 
     base_dir = base_dir_of(cfg)
     if not (base_dir / "tokenizer.json").is_file():
@@ -209,14 +209,7 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
     try:
         engine, tok, model_cfg = load_policy(cfg, weights, trainable=False, base_dir=base_dir)
         render = partial(render_prompt, cfg=cfg.data.template, chat_template=tok.chat_template)
-        results = {"checkpoint": str(base_dir), "weights": str(weights), "device": device,
-                   "settings": {"k": cfg.eval.samples_per_problem, "temperature": cfg.eval.temperature,
-                                "top_p": cfg.eval.top_p, "max_new_tokens": cfg.eval.max_new_tokens,
-                                "seed": cfg.eval.seed, "template": cfg.data.template.kind,
-                                "system_prompt": cfg.data.template.system_prompt,
-                                "answer_fallbacks": list(cfg.rewards.math.fallbacks),
-                                "world_size": env.world_size},
-                   "example_prompt": None, "sets": {}}
+        results = _empty_results(cfg, base_dir, weights, device, env.world_size)
         records_all = []
         i, n = shard
         problems_of = {name: eval_problems(cfg, name)[i::n] for name in sets}
@@ -236,16 +229,35 @@ def run_benchmarks(cfg, out_dir: str | Path, weights: str | Path | None = None,
                     print(f"[evaluate] {name}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
                                                             for key, v in metrics.items()), flush=True)
         results["device"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
-        if env.rank == 0 and n == 1:
-            write_results(Path(out_dir), results, records_all)
-        elif env.rank == 0:
-            from r1hpc.eval.shard_io import shard_path, write_json_atomic
-
-            write_json_atomic(shard_path(Path(out_dir), i, n), {"kind": "evaluate", "shard": [i, n], "results": results,
-                                                                "records": records_all})
+        if env.rank == 0:
+            _write(Path(out_dir), results, records_all, shard)
         return results
     finally:
         destroy_distributed()
+
+
+def _empty_results(cfg, base_dir: Path, weights: Path, device: dict, world_size: int) -> dict:
+    """What was evaluated and how; ``sets`` and ``example_prompt`` are filled in as the sets run."""
+    return {"checkpoint": str(base_dir), "weights": str(weights), "device": device,
+            "settings": {"k": cfg.eval.samples_per_problem, "temperature": cfg.eval.temperature,
+                         "top_p": cfg.eval.top_p, "max_new_tokens": cfg.eval.max_new_tokens,
+                         "seed": cfg.eval.seed, "template": cfg.data.template.kind,
+                         "system_prompt": cfg.data.template.system_prompt,
+                         "answer_fallbacks": list(cfg.rewards.math.fallbacks),
+                         "world_size": world_size},
+            "example_prompt": None, "sets": {}}
+
+
+def _write(out_dir: Path, results: dict, records: list[dict], shard: tuple[int, int]) -> None:
+    """The result files, or for one task of a job array its shard file for ``r1hpc merge``."""
+    i, n = shard
+    if n == 1:
+        write_results(out_dir, results, records)
+        return
+    from r1hpc.eval.shard_io import shard_path, write_json_atomic
+
+    write_json_atomic(shard_path(out_dir, i, n), {"kind": "evaluate", "shard": [i, n], "results": results,
+                                                  "records": records})
 
 
 def merge_shards(out_dir: Path, shards: list[dict]) -> dict:

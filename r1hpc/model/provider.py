@@ -94,12 +94,23 @@ def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig):
     """megatron's TransformerConfig for our ModelConfig (the one place the two vocabularies meet)."""
-    import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    kwargs = {**_dense_kwargs(model), **_parallel_kwargs(model, parallel)}
+    if model.is_moe:
+        kwargs.update(_moe_kwargs(model))
+    if model.fp8 is not None:
+        kwargs.update(_fp8_kwargs(model))
+    return TransformerConfig(**kwargs)
+
+
+def _dense_kwargs(model: ModelConfig) -> dict:
+    """The architecture (Llama/Qwen style: RMSNorm, SwiGLU, no linear biases), dtype and init, with
+    megatron's CUDA-only fusions off."""
+    import torch.nn.functional as F
+
     dtype = torch.bfloat16 if model.params_dtype == "bf16" else torch.float32
-    use_cpu_init = not torch.cuda.is_available()
-    kwargs = dict(
+    return dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
@@ -123,39 +134,47 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig):
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         pipeline_dtype=dtype,
-        use_cpu_initialization=use_cpu_init,
+        use_cpu_initialization=not torch.cuda.is_available(),
         perform_initialization=True,
+    )
+
+
+def _parallel_kwargs(model: ModelConfig, parallel: ParallelConfig) -> dict:
+    return dict(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
         expert_model_parallel_size=parallel.expert_model_parallel_size,
         sequence_parallel=sequence_parallel_enabled(parallel, model),
     )
-    if model.is_moe:
-        kwargs.update(
-            num_moe_experts=model.num_moe_experts,
-            moe_router_topk=model.moe_router_topk,
-            moe_ffn_hidden_size=model.moe_ffn_hidden_size or model.ffn_hidden_size,
-            moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
-            moe_shared_expert_gate=model.moe_shared_expert_gate,
-            moe_router_pre_softmax=model.moe_router_pre_softmax,
-            moe_aux_loss_coeff=model.moe_aux_loss_coeff,
-            moe_router_load_balancing_type="aux_loss",
-            moe_token_dispatcher_type=model.moe_token_dispatcher_type,
-            moe_grouped_gemm=False,
-            moe_permute_fusion=False,
-            moe_router_dtype="fp32",
-        )
-    if model.fp8 is not None:
-        kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe,
-                      fp8_amax_history_len=model.fp8_amax_history_len,
-                      fp8_amax_compute_algo=model.fp8_amax_compute_algo,
-                      first_last_layers_bf16=model.fp8_bf16_edge_layers > 0,
-                      num_layers_at_start_in_bf16=model.fp8_bf16_edge_layers,
-                      num_layers_at_end_in_bf16=model.fp8_bf16_edge_layers)
-        # experts' token counts need no router padding: megatron's SequentialMLP (moe_grouped_gemm
-        # off) pads each expert's input with zero rows to the FP8 GEMM alignment itself
-    return TransformerConfig(**kwargs)
+
+
+def _moe_kwargs(model: ModelConfig) -> dict:
+    return dict(
+        num_moe_experts=model.num_moe_experts,
+        moe_router_topk=model.moe_router_topk,
+        moe_ffn_hidden_size=model.moe_ffn_hidden_size or model.ffn_hidden_size,
+        moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+        moe_shared_expert_gate=model.moe_shared_expert_gate,
+        moe_router_pre_softmax=model.moe_router_pre_softmax,
+        moe_aux_loss_coeff=model.moe_aux_loss_coeff,
+        moe_router_load_balancing_type="aux_loss",
+        moe_token_dispatcher_type=model.moe_token_dispatcher_type,
+        moe_grouped_gemm=False,
+        moe_permute_fusion=False,
+        moe_router_dtype="fp32",
+    )
+
+
+def _fp8_kwargs(model: ModelConfig) -> dict:
+    # experts' token counts need no router padding: megatron's SequentialMLP (moe_grouped_gemm
+    # off) pads each expert's input with zero rows to the FP8 GEMM alignment itself
+    return dict(fp8=model.fp8, fp8_recipe=model.fp8_recipe,
+                fp8_amax_history_len=model.fp8_amax_history_len,
+                fp8_amax_compute_algo=model.fp8_amax_compute_algo,
+                first_last_layers_bf16=model.fp8_bf16_edge_layers > 0,
+                num_layers_at_start_in_bf16=model.fp8_bf16_edge_layers,
+                num_layers_at_end_in_bf16=model.fp8_bf16_edge_layers)
 
 
 def layer_spec(model: ModelConfig, impl: str):

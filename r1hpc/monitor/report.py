@@ -162,6 +162,77 @@ def _aha_table(events: list[dict], limit: int = 10) -> str:
             + "".join(rows) + "</table>")
 
 
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+          ".plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:1 1 480px}figcaption{font-weight:bold}"
+          ".wide{flex-basis:100%}"
+          "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;font-size:.85em}"
+          "td,th{border:1px solid #ccc;padding:.3em;vertical-align:top}pre{white-space:pre-wrap;margin:0;"
+          "max-width:40em}.warn{color:#a00}</style>")
+
+
+def _read_run(run_dir: Path, metrics_path: Path, problems: list[str]) -> tuple[list[dict], ...]:
+    """(metric rows sorted by step, examples, aha events, forking-token records); unreadable lines
+    are added to ``problems`` and named on stderr."""
+    rows = sorted((r for r in read_jsonl(metrics_path, problems) if isinstance(r.get("step"), int)),
+                  key=lambda r: r["step"])
+    examples = read_jsonl(run_dir / "monitor" / "examples.jsonl", problems)
+    events = read_jsonl(run_dir / "monitor" / "aha_events.jsonl", problems)
+    forking = read_jsonl(run_dir / "monitor" / "forking_tokens.jsonl", problems)
+    for p in problems:
+        print(f"r1hpc report: {p}", file=sys.stderr)
+    return rows, examples, events, forking
+
+
+def _plots(rows: list[dict], examples: list[dict], out_dir: Path) -> list[tuple[str, str, Path]]:
+    """(stem, title, PNG) of every plot that had data."""
+    figures: list[tuple[str, str, Path]] = []
+    for stem, title, keys, ylabel in CURVES:
+        png = out_dir / f"{stem}.png"
+        if _curve_plot(rows, title, keys, ylabel, png):
+            figures.append((stem, title, png))
+    png = out_dir / "entropy_trajectories.png"
+    if _trajectory_plot(examples, png):
+        figures.append(("entropy_trajectories", "Entropy along example responses (markers dashed)", png))
+    return figures
+
+
+def _page_head(run_dir: Path, metrics_path: Path, rows: list[dict], overhead: Optional[float],
+               problems: list[str]) -> list[str]:
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        f"<title>r1hpc report: {_esc(run_dir.name)}</title>",
+        _STYLE + "</head><body>",
+        f"<h1>Run {_esc(run_dir.name)}</h1>",
+        f"<p>{len({r['step'] for r in rows if 'reward/mean' in r})} GRPO steps from <code>{_esc(metrics_path)}</code>. Red bands mark steps with a "
+        "training-health alarm.</p>",
+    ]
+    if overhead is not None:
+        parts.append(f"<p>Monitor overhead: {100 * overhead:.2f}% of GRPO step time "
+                     "(sum of <code>timing/monitor_s</code> over sum of <code>timing/step_s</code>).</p>")
+    return parts + [f"<p class='warn'>{_esc(p)}</p>" for p in problems]
+
+
+def _plots_section(figures: list[tuple[str, str, Path]]) -> str:
+    parts = ["<h2>Plots</h2><div class='plots'>"]
+    for stem, title, png in figures:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        wide = " class='wide'" if stem == "entropy_trajectories" else ""
+        parts.append(f"<figure{wide}><figcaption>{_esc(title)} (<code>{png.name}</code>)</figcaption>"
+                     f"<img id='plot-{stem}' alt='{_esc(title)}' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _alarms_section(rows: list[dict]) -> str:
+    alarm_rows = "".join(f"<tr><td>{_esc(k[len('alarm/'):].replace('_', ' '))}</td><td>"
+                         + ", ".join(f"{a}&ndash;{b}" if a != b else str(a) for a, b in _spans(rows, k)) + "</td></tr>"
+                         for k in sorted({k for r in rows for k in r if k.startswith("alarm/")}) if _spans(rows, k))
+    return "<h2>Training-health alarms</h2>\n" + (
+        f"<table><tr><th>alarm</th><th>steps</th></tr>{alarm_rows}</table>" if alarm_rows else "<p>No alarm fired.</p>")
+
+
 def build_report(run_dir: Path, out_dir: Optional[Path] = None, say: Callable[[str], None] = print) -> Path:
     """Write the PNGs and ``index.html``; returns the HTML path."""
     run_dir = Path(run_dir)
@@ -171,56 +242,12 @@ def build_report(run_dir: Path, out_dir: Optional[Path] = None, say: Callable[[s
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
-    rows = sorted((r for r in read_jsonl(metrics_path, problems) if isinstance(r.get("step"), int)),
-                  key=lambda r: r["step"])
-    examples = read_jsonl(run_dir / "monitor" / "examples.jsonl", problems)
-    events = read_jsonl(run_dir / "monitor" / "aha_events.jsonl", problems)
-    forking = read_jsonl(run_dir / "monitor" / "forking_tokens.jsonl", problems)
-    for p in problems:
-        print(f"r1hpc report: {p}", file=sys.stderr)
-
-    figures: list[tuple[str, str, Path]] = []
-    for stem, title, keys, ylabel in CURVES:
-        png = out_dir / f"{stem}.png"
-        if _curve_plot(rows, title, keys, ylabel, png):
-            figures.append((stem, title, png))
-    png = out_dir / "entropy_trajectories.png"
-    if _trajectory_plot(examples, png):
-        figures.append(("entropy_trajectories", "Entropy along example responses (markers dashed)", png))
-
-    alarm_rows = "".join(f"<tr><td>{_esc(k[len('alarm/'):].replace('_', ' '))}</td><td>"
-                         + ", ".join(f"{a}&ndash;{b}" if a != b else str(a) for a, b in _spans(rows, k)) + "</td></tr>"
-                         for k in sorted({k for r in rows for k in r if k.startswith("alarm/")}) if _spans(rows, k))
+    rows, examples, events, forking = _read_run(run_dir, metrics_path, problems)
+    figures = _plots(rows, examples, out_dir)
     overhead = _overhead(rows)
     top = forking[-1]["top"] if forking else []
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
-        f"<title>r1hpc report: {_esc(run_dir.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        ".plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:1 1 480px}figcaption{font-weight:bold}.wide{flex-basis:100%}"
-        "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;font-size:.85em}"
-        "td,th{border:1px solid #ccc;padding:.3em;vertical-align:top}pre{white-space:pre-wrap;margin:0;"
-        "max-width:40em}.warn{color:#a00}</style></head><body>",
-        f"<h1>Run {_esc(run_dir.name)}</h1>",
-        f"<p>{len({r['step'] for r in rows if 'reward/mean' in r})} GRPO steps from <code>{_esc(metrics_path)}</code>. Red bands mark steps with a "
-        "training-health alarm.</p>",
-    ]
-    if overhead is not None:
-        parts.append(f"<p>Monitor overhead: {100 * overhead:.2f}% of GRPO step time "
-                     "(sum of <code>timing/monitor_s</code> over sum of <code>timing/step_s</code>).</p>")
-    parts += [f"<p class='warn'>{_esc(p)}</p>" for p in problems]
-    parts.append("<h2>Plots</h2><div class='plots'>")
-    for stem, title, png in figures:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        wide = " class='wide'" if stem == "entropy_trajectories" else ""
-        parts.append(f"<figure{wide}><figcaption>{_esc(title)} (<code>{png.name}</code>)</figcaption>"
-                     f"<img id='plot-{stem}' alt='{_esc(title)}' src='data:image/png;base64,{data}'></figure>")
-    parts.append("</div>")
-    parts.append("<h2>Training-health alarms</h2>")
-    parts.append(f"<table><tr><th>alarm</th><th>steps</th></tr>{alarm_rows}</table>" if alarm_rows
-                 else "<p>No alarm fired.</p>")
+    parts = [*_page_head(run_dir, metrics_path, rows, overhead, problems), _plots_section(figures),
+             _alarms_section(rows)]
     if top:
         parts.append("<h2>Most frequent forking tokens (last saved step)</h2><p>"
                      + ", ".join(f"<code>{_esc(t)}</code> &times;{c}" for t, c in top) + "</p>")

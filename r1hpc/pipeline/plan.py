@@ -48,70 +48,96 @@ def plan(cfg, config_path: str, overrides: list[str], resources: Resources) -> l
     if "distill" in p.stages and not p.student:
         raise ConfigError("pipeline.student: the distill stage needs the student's overrides (at least its "
                           "model.* size)")
-    root = pipeline_root(cfg)
-    base_dir = cfg.pretrain.base_dir or str(root / "base")
-    common = [*overrides, f"run.output_dir={root}", f"pretrain.base_dir={base_dir}"]
-    stages: list[Stage] = []
-    evaluated: list[str] = []
-
-    def add(name: str, command: str, extra: list[str], after: Optional[str], *, job_overrides: list[str],
-            shards: int = 0, out: Optional[str] = None) -> str:
-        stages.append(Stage(name, command, config_path, job_overrides, resources,
-                            after=[after] if after else [], shards=shards, out=out, extra_args=extra))
-        return name
-
-    def stage_overrides(stage: str, formatted: bool) -> list[str]:
-        return [*common, *([COLD_START_STYLE] if formatted else []), f"run.name={stage}",
-                *p.stage_overrides.get(stage, [])]
-
-    def evaluate(model: Model) -> None:
-        if p.evaluate:
-            evaluated.append(add(f"eval_{model.stage}", "evaluate", ["--weights", model.weights], model.stage,
-                                 job_overrides=[*model.overrides, *ONE_RANK], shards=p.shards,
-                                 out=str(root / "eval" / model.stage)))
-
-    def sample_and_filter(stage: str, model: Model, prompts: int, k: int, after: str) -> tuple[str, str]:
-        """A job array sampling k responses per prompt from ``model``, then the rejection filter."""
-        job = [*model.overrides, *ONE_RANK, f"eval.num_problems={prompts}", f"rollout.group_size={k}"]
-        sampling, filtering = rejection_stages(config_path, job, model.weights, root / stage, p.shards, resources,
-                                               after=[after], name=stage)
-        stages.extend([sampling, filtering])
-        return filtering.name, str(dataset_path(root / stage))
-
-    formatted = False  # responses in the cold-start form from the cold-start SFT on
-    last = add("base", "pretrain", [], None, job_overrides=stage_overrides("base", formatted))
-    base = current = Model("base", p.start_weights or str(Path(base_dir) / "weights"), stage_overrides("base", formatted))
-    evaluate(base)
+    chain = _Chain(cfg, config_path, overrides, resources)
+    steps = {"cold_start": chain.cold_start, "reasoning_rl": chain.rl, "all_scenarios_rl": chain.rl,
+             "rejection_sft": chain.rejection_sft, "distill": chain.distill}
+    chain.base()
     for stage in p.stages:
-        if stage == "cold_start":
-            data = str(dataset_path(root / "cold_start_data"))
-            last = add("cold_start_data", "cold-start", ["--out", data, "--n", str(p.cold_start_examples)], last,
-                       job_overrides=stage_overrides(stage, formatted))
-            formatted = True
-            last = add(stage, "sft", [], last, job_overrides=[*stage_overrides(stage, formatted), f"sft.data=[{data}]",
-                                                              f"run.init_weights={current.weights}"])
-            current = Model(stage, str(root / stage / "weights"), stage_overrides(stage, formatted))
-        elif stage in ("reasoning_rl", "all_scenarios_rl"):
-            last = add(stage, "train", [], last,
-                       job_overrides=[*stage_overrides(stage, formatted), f"run.init_weights={current.weights}"])
-            current = Model(stage, str(root / stage / "checkpoints"), stage_overrides(stage, formatted))
-        elif stage == "rejection_sft":
-            last, data = sample_and_filter("rejection", current, p.rejection_prompts, p.rejection_samples, last)
-            # R1 fine-tunes the base (DeepSeek-V3-Base), not the RL checkpoint, on the rejection-sampled data
-            init = [] if p.rejection_sft_init == "base" else [f"run.init_weights={current.weights}"]
-            last = add(stage, "sft", [], last,
-                       job_overrides=[*stage_overrides(stage, formatted), f"sft.data=[{data}]", *init])
-            current = Model(stage, str(root / stage / "weights"), stage_overrides(stage, formatted))
-        elif stage == "distill":
-            last, data = sample_and_filter("distill", current, p.distill_prompts, p.distill_samples, last)
-            student = [f"pretrain.base_dir={root / 'student_base'}", *p.student]
-            load_run_config(config_path, [*common, *student])  # a bad student fails now, not hours into the chain
-            last = add("student_base", "pretrain", [], last,
-                       job_overrides=[*stage_overrides("student_base", formatted), *student])
-            last = add(stage, "sft", [], last,
-                       job_overrides=[*stage_overrides(stage, formatted), *student, f"sft.data=[{data}]"])
-            current = Model(stage, str(root / stage / "weights"), [*stage_overrides(stage, formatted), *student])
-        evaluate(current)
-    stages.append(Stage("report", "pipeline-report", config_path, list(overrides), resources,
-                        after=evaluated or [last]))
-    return stages
+        if stage in steps:
+            steps[stage](stage)
+        chain.evaluate(chain.current)
+    chain.stages.append(Stage("report", "pipeline-report", config_path, list(overrides), resources,
+                              after=chain.evaluated or [chain.last]))
+    return chain.stages
+
+
+class _Chain:
+    """The stages planned so far, the last one (the next one's dependency) and the model it made."""
+
+    def __init__(self, cfg, config_path: str, overrides: list[str], resources: Resources) -> None:
+        self.p, self.config_path, self.resources = cfg.pipeline, config_path, resources
+        self.root = pipeline_root(cfg)
+        self.base_dir = cfg.pretrain.base_dir or str(self.root / "base")
+        self.common = [*overrides, f"run.output_dir={self.root}", f"pretrain.base_dir={self.base_dir}"]
+        self.stages: list[Stage] = []
+        self.evaluated: list[str] = []
+        self.formatted = False  # responses in the cold-start form from the cold-start SFT on
+        self.last: Optional[str] = None
+        self.current: Optional[Model] = None
+
+    def add(self, name: str, command: str, extra: list[str], *, job_overrides: list[str]) -> None:
+        """Appends a stage that runs after the last one and is the last one from now."""
+        self.stages.append(Stage(name, command, self.config_path, job_overrides, self.resources,
+                                 after=[self.last] if self.last else [], extra_args=extra))
+        self.last = name
+
+    def stage_overrides(self, stage: str) -> list[str]:
+        return [*self.common, *([COLD_START_STYLE] if self.formatted else []), f"run.name={stage}",
+                *self.p.stage_overrides.get(stage, [])]
+
+    def evaluate(self, model: Model) -> None:
+        if not self.p.evaluate:
+            return
+        name = f"eval_{model.stage}"
+        self.stages.append(Stage(name, "evaluate", self.config_path, [*model.overrides, *ONE_RANK], self.resources,
+                                 after=[model.stage], shards=self.p.shards, out=str(self.root / "eval" / model.stage),
+                                 extra_args=["--weights", model.weights]))
+        self.evaluated.append(name)
+
+    def sample_and_filter(self, stage: str, prompts: int, k: int) -> str:
+        """A job array sampling k responses per prompt from the current model, then the rejection
+        filter (which becomes the last stage); returns the filtered data set's path."""
+        model = self.current
+        job = [*model.overrides, *ONE_RANK, f"eval.num_problems={prompts}", f"rollout.group_size={k}"]
+        sampling, filtering = rejection_stages(self.config_path, job, model.weights, self.root / stage, self.p.shards,
+                                               self.resources, after=[self.last], name=stage)
+        self.stages.extend([sampling, filtering])
+        self.last = filtering.name
+        return str(dataset_path(self.root / stage))
+
+    def made(self, stage: str, weights: str, extra: Optional[list[str]] = None) -> None:
+        self.current = Model(stage, weights, [*self.stage_overrides(stage), *(extra or [])])
+
+    def base(self) -> None:
+        self.add("base", "pretrain", [], job_overrides=self.stage_overrides("base"))
+        self.made("base", self.p.start_weights or str(Path(self.base_dir) / "weights"))
+        self.evaluate(self.current)
+
+    def cold_start(self, stage: str) -> None:
+        data = str(dataset_path(self.root / "cold_start_data"))
+        self.add("cold_start_data", "cold-start", ["--out", data, "--n", str(self.p.cold_start_examples)],
+                 job_overrides=self.stage_overrides(stage))
+        self.formatted = True
+        self.add(stage, "sft", [], job_overrides=[*self.stage_overrides(stage), f"sft.data=[{data}]",
+                                                  f"run.init_weights={self.current.weights}"])
+        self.made(stage, str(self.root / stage / "weights"))
+
+    def rl(self, stage: str) -> None:
+        self.add(stage, "train", [],
+                 job_overrides=[*self.stage_overrides(stage), f"run.init_weights={self.current.weights}"])
+        self.made(stage, str(self.root / stage / "checkpoints"))
+
+    def rejection_sft(self, stage: str) -> None:
+        data = self.sample_and_filter("rejection", self.p.rejection_prompts, self.p.rejection_samples)
+        # R1 fine-tunes the base (DeepSeek-V3-Base), not the RL checkpoint, on the rejection-sampled data
+        init = [] if self.p.rejection_sft_init == "base" else [f"run.init_weights={self.current.weights}"]
+        self.add(stage, "sft", [], job_overrides=[*self.stage_overrides(stage), f"sft.data=[{data}]", *init])
+        self.made(stage, str(self.root / stage / "weights"))
+
+    def distill(self, stage: str) -> None:
+        data = self.sample_and_filter("distill", self.p.distill_prompts, self.p.distill_samples)
+        student = [f"pretrain.base_dir={self.root / 'student_base'}", *self.p.student]
+        load_run_config(self.config_path, [*self.common, *student])  # a bad student fails now, not hours into the chain
+        self.add("student_base", "pretrain", [], job_overrides=[*self.stage_overrides("student_base"), *student])
+        self.add(stage, "sft", [], job_overrides=[*self.stage_overrides(stage), *student, f"sft.data=[{data}]"])
+        self.made(stage, str(self.root / stage / "weights"), student)

@@ -291,54 +291,9 @@ def _execute(cmd: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeou
                             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                             preexec_fn=preexec, pass_fds=pass_fds)
     out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    timed_out = overflow = False
     sel = selectors.DefaultSelector()
     try:
-        for stream in (proc.stdout, proc.stderr):
-            os.set_blocking(stream.fileno(), False)
-            sel.register(stream, selectors.EVENT_READ)
-        os.set_blocking(proc.stdin.fileno(), False)
-        if stdin:
-            sel.register(proc.stdin, selectors.EVENT_WRITE)
-        else:
-            proc.stdin.close()
-        pending = memoryview(stdin)
-        exited_at = None
-        while sel.get_map():
-            now = time.monotonic()
-            if now - start >= timeout_s:
-                timed_out = True
-                break
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            elif exited_at is not None and now - exited_at > 0.2:
-                break  # the program is gone; something it left behind holds the pipes
-            for key, _ in sel.select(min(0.05, timeout_s - (now - start))):
-                fd = key.fileobj.fileno()
-                if key.fileobj is proc.stdin:
-                    try:
-                        pending = pending[os.write(fd, pending[:65536]):]
-                    except (BrokenPipeError, BlockingIOError, OSError):
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
-                    continue
-                data = os.read(fd, 65536)
-                if not data:
-                    sel.unregister(key.fileobj)
-                    continue
-                out[fd] += data
-                if len(out[fd]) > cfg.max_output_bytes:
-                    overflow = True
-                    break
-            if overflow:
-                break
-        if not (timed_out or overflow) and exited_at is None:
-            try:  # the program closed its pipes but may still be running
-                proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+        timed_out, overflow = _pump(proc, sel, stdin, out, start, timeout_s, cfg.max_output_bytes)
     finally:
         sel.close()
         _kill_group(proc, uid)
@@ -351,6 +306,61 @@ def _execute(cmd: list[str], cwd: str, env: dict[str, str], stdin: bytes, timeou
     if cmd[0] == "bwrap" and 128 < code <= 128 + 64:
         code = 128 - code  # bwrap reports a signal as 128 + n; report -n as subprocess does
     return ExecResult(_status(code, stderr, timed_out, overflow), code, stdout, stderr, wall)
+
+
+def _pump(proc: subprocess.Popen, sel: selectors.BaseSelector, stdin: bytes, out: dict[int, bytearray],
+          start: float, timeout_s: float, max_output: int) -> tuple[bool, bool]:
+    """Feed ``stdin`` and collect stdout/stderr into ``out`` until the program ends, the time is up
+    or an output passes ``max_output`` bytes; returns (timed_out, overflow)."""
+    for stream in (proc.stdout, proc.stderr):
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream, selectors.EVENT_READ)
+    os.set_blocking(proc.stdin.fileno(), False)
+    if stdin:
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    pending = memoryview(stdin)
+    exited_at = None
+    while sel.get_map():
+        now = time.monotonic()
+        if now - start >= timeout_s:
+            return True, False
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        elif exited_at is not None and now - exited_at > 0.2:
+            return False, False  # the program is gone; something it left behind holds the pipes
+        for key, _ in sel.select(min(0.05, timeout_s - (now - start))):
+            if key.fileobj is proc.stdin:
+                pending = _write_stdin(proc, sel, pending)
+                continue
+            fd = key.fileobj.fileno()
+            data = os.read(fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            out[fd] += data
+            if len(out[fd]) > max_output:
+                return False, True
+    if exited_at is None:
+        try:  # the program closed its pipes but may still be running
+            proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired:
+            return True, False
+    return False, False
+
+
+def _write_stdin(proc: subprocess.Popen, sel: selectors.BaseSelector, pending: memoryview) -> memoryview:
+    """Write what the pipe takes of ``pending``; close stdin once all is written or the program
+    stopped reading. Returns what is left."""
+    try:
+        pending = pending[os.write(proc.stdin.fileno(), pending[:65536]):]
+    except (BrokenPipeError, BlockingIOError, OSError):
+        pending = pending[:0]
+    if not pending:
+        sel.unregister(proc.stdin)
+        proc.stdin.close()
+    return pending
 
 
 def _kill_group(proc: subprocess.Popen, uid: int | None) -> None:

@@ -99,7 +99,7 @@ def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, 
         logits[sel], mb["targets"][sel], mb["old_logp"][sel], mb["advantages"][sel], mb["weights"][sel],
         ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
         tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
-        tp_group=_tp_group(), vocab_start_index=vocab_start, **algo.loss_kwargs())
+        tp_group=_tp_group(), vocab_start_index=vocab_start, params=algo.loss_params())
     stats = {"tokens": sel.sum().float()}
     for k, name in _LOSS_METRICS.items():
         if k in m:

@@ -208,12 +208,68 @@ def check_no_pipeline(parallel) -> None:
                           "use TP/DP (and EP for MoE)")
 
 
+def _start(cfg) -> tuple:
+    """(base directory, weights to start from, tokenizer, model config), the model checked against
+    the parallel layout and against packing."""
+    from r1hpc.distributed import check_layout
+
+    base_dir = base_dir_of(cfg)
+    init = start_weights(cfg, base_dir)
+    if not init.is_dir():
+        raise ConfigError(f"no weights to start from at {init}: run `r1hpc pretrain` first or set run.init_weights")
+    tok, _ = prepare_tokenizer(cfg, base_dir)
+    model_cfg = base_model_config(cfg, base_dir, tok)
+    check_layout(cfg.parallel, model_cfg, torch.distributed.get_world_size())
+    check_packing_supported(cfg, model_cfg)
+    return base_dir, init, tok, model_cfg
+
+
+def _encode_fitting(tok: TextTokenizer, examples: list, template, max_seq_length: int,
+                    log: Callable[[str], None]) -> tuple[list[Encoded], int]:
+    """The examples that fit ``max_seq_length + 1`` tokens, encoded, and how many did not (said in the log)."""
+    seqs, dropped = encode_examples(tok, examples, template, max_seq_length + 1)
+    if dropped:
+        log(f"[sft] dropped {dropped} of {len(examples)} examples longer than model.max_seq_length + 1 = "
+            f"{max_seq_length + 1} tokens")
+    if not seqs:
+        raise ConfigError(f"sft.data: none of the {len(examples)} examples fits model.max_seq_length = "
+                          f"{max_seq_length}")
+    return seqs, dropped
+
+
+def _open_run_dir(cfg, run_dir: Path, rank0: bool) -> MetricsLogger:
+    """A fresh metrics log and the config beside it (written by rank 0; every rank waits for it)."""
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    torch.distributed.barrier()
+    return MetricsLogger(run_dir, enabled=rank0)
+
+
+def _train(engine: Engine, seqs: list[Encoded], plan: list, s: SFTConfig, capacity: int, tok: TextTokenizer,
+           logger: MetricsLogger, log: Callable[[str], None], t0: float) -> tuple[int, dict]:
+    """Every step of ``plan`` (this data-parallel rank's share of each batch); returns the response
+    tokens trained on and the last step's metrics."""
+    from megatron.core import parallel_state
+
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    total_tokens, metrics = 0, {}
+    for step, (epoch, batch) in enumerate(plan, start=1):
+        metrics = sft_step(engine, [seqs[i] for i in batch[dp_rank::dp]], s, capacity, tok.pad_id, tok.vocab_size)
+        metrics["epoch"] = epoch
+        total_tokens += metrics["tokens"]
+        logger.log(step, metrics)
+        if step == 1 or step % 20 == 0 or step == len(plan):
+            log(f"[sft] step {step}/{len(plan)} epoch {epoch} loss {metrics['loss']:.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
+    logger.close()
+    return total_tokens, metrics
+
+
 def sft(cfg, log: Callable[[str], None] = print) -> dict:
     """Train ``start_weights`` on ``cfg.sft.data`` and write ``<run_dir>/{weights/, tokenizer.json,
     metrics.jsonl, sft_meta.json, config.yaml}``. Collective; distributed must be initialised."""
-    from megatron.core import parallel_state
-
-    from r1hpc.distributed import check_layout
     from r1hpc.model.weights import save_model_weights
 
     t0 = time.perf_counter()
@@ -223,22 +279,8 @@ def sft(cfg, log: Callable[[str], None] = print) -> dict:
     examples = load_sft_examples(s.data)[:s.max_examples]  # a bad line stops the job before any model work
     rank0 = torch.distributed.get_rank() == 0
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    base_dir = base_dir_of(cfg)
-    init = start_weights(cfg, base_dir)
-    if not init.is_dir():
-        raise ConfigError(f"no weights to start from at {init}: run `r1hpc pretrain` first or set run.init_weights")
-    tok, _ = prepare_tokenizer(cfg, base_dir)
-    model_cfg = base_model_config(cfg, base_dir, tok)
-    check_layout(cfg.parallel, model_cfg, torch.distributed.get_world_size())
-    check_packing_supported(cfg, model_cfg)
-
-    seqs, dropped = encode_examples(tok, examples, cfg.data.template, model_cfg.max_seq_length + 1)
-    if dropped:
-        log(f"[sft] dropped {dropped} of {len(examples)} examples longer than model.max_seq_length + 1 = "
-            f"{model_cfg.max_seq_length + 1} tokens")
-    if not seqs:
-        raise ConfigError(f"sft.data: none of the {len(examples)} examples fits model.max_seq_length = "
-                          f"{model_cfg.max_seq_length}")
+    base_dir, init, tok, model_cfg = _start(cfg)
+    seqs, dropped = _encode_fitting(tok, examples, cfg.data.template, model_cfg.max_seq_length, log)
     plan = step_batches(len(seqs), s, cfg.run.seed)
     optim = dataclasses.replace(cfg.optim, lr=s.lr, min_lr=s.lr * s.min_lr_ratio, warmup_steps=s.warmup_steps,
                                 decay_steps=len(plan))
@@ -246,25 +288,8 @@ def sft(cfg, log: Callable[[str], None] = print) -> dict:
     load_base(engine, base_dir, init)
     log(f"[sft] {len(seqs)} examples x {s.epochs} epochs = {len(plan)} steps from {init}")
 
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, run_dir / "config.yaml")
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    torch.distributed.barrier()
-    logger = MetricsLogger(run_dir, enabled=rank0)
-    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    total_tokens, metrics = 0, {}
-    for step, (epoch, batch) in enumerate(plan, start=1):
-        metrics = sft_step(engine, [seqs[i] for i in batch[dp_rank::dp]], s, model_cfg.max_seq_length, tok.pad_id,
-                           tok.vocab_size)
-        metrics["epoch"] = epoch
-        total_tokens += metrics["tokens"]
-        logger.log(step, metrics)
-        if step == 1 or step % 20 == 0 or step == len(plan):
-            log(f"[sft] step {step}/{len(plan)} epoch {epoch} loss {metrics['loss']:.4f} "
-                f"({time.perf_counter() - t0:.0f}s)")
-    logger.close()
-
+    logger = _open_run_dir(cfg, run_dir, rank0)
+    total_tokens, metrics = _train(engine, seqs, plan, s, model_cfg.max_seq_length, tok, logger, log, t0)
     save_model_weights(engine.module, run_dir / "weights")
     meta = {"examples": len(seqs), "dropped_too_long": dropped, "epochs": s.epochs, "steps": len(plan),
             "tokens": total_tokens, "final_loss": metrics["loss"], "wall_s": time.perf_counter() - t0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference, token_logp
+from r1hpc.algo import GRPOLossParams, aggregation_weights, grpo_loss, grpo_token_loss_reference, token_logp
 
 PER_TOKEN = ("logp", "entropy", "kl", "ratio")
 FLAGS = ("is_clipped_low", "is_clipped_high", "is_clipped_dual")
@@ -40,22 +40,22 @@ def make_inputs(b=4, length=12, v=300, *, dtype=torch.float32, temperature=1.0,
     return {k: x.to(device) for k, x in out.items()}
 
 
-def reference(inp: dict, **kw) -> tuple[torch.Tensor, dict, torch.Tensor]:
+def reference(inp: dict, params: GRPOLossParams = GRPOLossParams()) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """(loss, per-token dict, fp32 grad wrt logits) from the fp32 reference."""
     x = inp["logits"].detach().float().requires_grad_()
     tok = grpo_token_loss_reference(
-        x, inp["target"], inp["old_logp"], inp["ref_logp"], inp["advantages"],
-        tis_weight=inp["tis_weight"], active=inp["weights"] != 0, **kw)
+        x, inp["target"], inp["old_logp"], inp["ref_logp"], inp["advantages"], params,
+        tis_weight=inp["tis_weight"], active=inp["weights"] != 0)
     loss = (tok["loss"] * inp["weights"]).sum()
     loss.backward()
     return loss.detach(), tok, x.grad
 
 
-def run_impl(inp: dict, impl: str, logits=None, **kw) -> tuple[torch.Tensor, dict, torch.Tensor]:
+def run_impl(inp: dict, params: GRPOLossParams, logits=None, **tp) -> tuple[torch.Tensor, dict, torch.Tensor]:
     x = (inp["logits"] if logits is None else logits).detach().clone().requires_grad_()
     loss, metrics = grpo_loss(
-        x, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"],
-        ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"], impl=impl, **kw)
+        x, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"], params,
+        ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"], **tp)
     loss.backward()
     return loss.detach(), metrics, x.grad
 
@@ -93,13 +93,15 @@ def check_against(inp: dict, ref: tuple, loss, metrics, grad, cols: slice = slic
 
 
 def assert_matches_reference(inp: dict, impl: str, **kw) -> None:
-    check_against(inp, reference(inp, **kw), *run_impl(inp, impl, **kw))
+    """``impl`` with the GRPOLossParams fields ``kw`` against the reference with the same."""
+    params = GRPOLossParams(impl=impl, **kw)
+    check_against(inp, reference(inp, params), *run_impl(inp, params))
 
 
 def assert_token_logp_matches_reference(inp: dict, impl: str, *, temperature: float = 1.0,
                                         cols: slice = slice(None), tp_group=None) -> None:
     """token_logp (forward-only) equals the reference's logp/entropy on unmasked tokens, 0 elsewhere."""
-    _, ref_tok, _ = reference(inp, temperature=temperature)
+    _, ref_tok, _ = reference(inp, GRPOLossParams(temperature=temperature))
     active = inp["weights"] != 0
     logp, entropy = token_logp(inp["logits"][:, cols], inp["target"], active, temperature=temperature,
                                vocab_start_index=cols.start or 0, tp_group=tp_group, impl=impl)
@@ -111,11 +113,11 @@ def assert_token_logp_matches_reference(inp: dict, impl: str, *, temperature: fl
 def tp_check(rank: int, world: int, impl: str, dtype: torch.dtype) -> None:
     """Run in each of ``world`` gloo processes: each holds a vocabulary shard; loss, per-token
     values and its shard of the gradient must equal the unsharded reference."""
-    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01)
+    params = GRPOLossParams(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01, impl=impl)
     inp = make_inputs(v=300, dtype=dtype, temperature=0.8, seed=7)
     shard = inp["logits"].shape[1] // world
     cols = slice(rank * shard, (rank + 1) * shard)
-    out = run_impl(inp, impl, logits=inp["logits"][:, cols], tp_group=dist.group.WORLD,
-                   vocab_start_index=cols.start, **kw)
-    check_against(inp, reference(inp, **kw), *out, cols=cols)
+    out = run_impl(inp, params, logits=inp["logits"][:, cols], tp_group=dist.group.WORLD,
+                   vocab_start_index=cols.start)
+    check_against(inp, reference(inp, params), *out, cols=cols)
     assert_token_logp_matches_reference(inp, impl, temperature=0.8, cols=cols, tp_group=dist.group.WORLD)

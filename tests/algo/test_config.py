@@ -35,14 +35,14 @@ def test_validate_rejects(bad, match):
         from_dict(AlgoConfig, bad)
 
 
-def test_loss_kwargs_moves_kl_to_reward():
-    assert AlgoConfig(beta=0.1, temperature=1.0).loss_kwargs()["beta"] == 0.1
-    assert AlgoConfig(beta=0.1, kl_in_reward=True, temperature=1.0).loss_kwargs()["beta"] == 0.0
+def test_loss_params_move_kl_to_reward():
+    assert AlgoConfig(beta=0.1, temperature=1.0).loss_params().beta == 0.1
+    assert AlgoConfig(beta=0.1, kl_in_reward=True, temperature=1.0).loss_params().beta == 0.0
 
 
 def test_unset_temperature_follows_the_sampler():
     with pytest.raises(ValueError, match="unresolved"):
-        AlgoConfig().loss_kwargs()
-    assert AlgoConfig().with_sampling_temperature(0.7).loss_kwargs()["temperature"] == 0.7
+        AlgoConfig().loss_params()
+    assert AlgoConfig().with_sampling_temperature(0.7).loss_params().temperature == 0.7
     assert AlgoConfig().with_sampling_temperature(0.0).temperature == 1.0  # a greedy sampler
     assert AlgoConfig(temperature=1.3).with_sampling_temperature(0.7).temperature == 1.3

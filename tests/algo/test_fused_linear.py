@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from r1hpc.algo import fused_linear, fused_linear_grpo_loss, fused_linear_logprobs, grpo_token_loss_reference
+from r1hpc.algo import (GRPOLossParams, fused_linear, fused_linear_grpo_loss, fused_linear_logprobs,
+                        grpo_token_loss_reference)
 from tests.algo.dist_utils import run_gloo
 from tests.algo.harness import assert_loss_and_metrics_close, make_inputs
 
@@ -55,24 +56,24 @@ def linear_inputs(*, b=4, length=12, h=H, v=V, v_padded=None, dtype=torch.float3
     return inp
 
 
-def reference(inp: dict, **kw):
+def reference(inp: dict, params: GRPOLossParams = GRPOLossParams()):
     """(loss, per-token dict, grad_hidden, grad_weight), all fp32, from materialised logits."""
     h = inp["hidden"].detach().float().requires_grad_()
     w = inp["weight"].detach().float().requires_grad_()
     logits = h @ w[:inp["vocab_size"]].T
     tok = grpo_token_loss_reference(logits, inp["target"], inp["old_logp"], inp["ref_logp"], inp["advantages"],
-                                    tis_weight=inp["tis_weight"], active=inp["weights"] != 0, **kw)
+                                    params, tis_weight=inp["tis_weight"], active=inp["weights"] != 0)
     loss = (tok["loss"] * inp["weights"]).sum()
     loss.backward()
     return loss.detach(), tok, h.grad, w.grad
 
 
-def run_fused(inp: dict, weight=None, **kw):
+def run_fused(inp: dict, params: GRPOLossParams, weight=None, **tp):
     h = inp["hidden"].detach().clone().requires_grad_()
     w = (inp["weight"] if weight is None else weight).detach().clone().requires_grad_()
     loss, metrics = fused_linear_grpo_loss(
-        h, w, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"], ref_logp=inp["ref_logp"],
-        tis_weight=inp["tis_weight"], vocab_size=inp["vocab_size"], **kw)
+        h, w, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"], params, ref_logp=inp["ref_logp"],
+        tis_weight=inp["tis_weight"], vocab_size=inp["vocab_size"], **tp)
     loss.backward()
     return loss.detach(), metrics, h.grad, w.grad
 
@@ -101,10 +102,10 @@ def check(inp: dict, ref: tuple, got: tuple, rows: slice = slice(None), whole_gr
 @pytest.mark.parametrize("opts", OPTIONS)
 def test_matches_materialised_reference(dtype, agg, temperature, opts):
     ent, beta, dual, kl_kind = opts
-    kw = dict(temperature=temperature, eps_low=0.2, eps_high=0.28, dual_clip_c=dual, beta=beta, kl_kind=kl_kind,
-              entropy_coef=ent)
+    params = GRPOLossParams(temperature=temperature, eps_low=0.2, eps_high=0.28, dual_clip_c=dual, beta=beta,
+                            kl_kind=kl_kind, entropy_coef=ent)
     inp = linear_inputs(dtype=dtype, temperature=temperature, agg=agg, seed=10 * AGG.index(agg) + OPTIONS.index(opts))
-    check(inp, reference(inp, **kw), run_fused(inp, **kw))
+    check(inp, reference(inp, params), run_fused(inp, params))
 
 
 @pytest.mark.parametrize("with_ref, with_tis", [(False, False), (True, False), (False, True)])
@@ -112,8 +113,8 @@ def test_kl_and_tis_off(with_ref, with_tis):
     inp = linear_inputs(seed=3)
     inp["ref_logp"] = inp["ref_logp"] if with_ref else None
     inp["tis_weight"] = inp["tis_weight"] if with_tis else None
-    kw = dict(entropy_coef=0.02, beta=0.1 if with_ref else 0.0)
-    check(inp, reference(inp, **kw), run_fused(inp, **kw))
+    params = GRPOLossParams(entropy_coef=0.02, beta=0.1 if with_ref else 0.0)
+    check(inp, reference(inp, params), run_fused(inp, params))
 
 
 def test_vocab_padding_is_masked():
@@ -121,9 +122,9 @@ def test_vocab_padding_is_masked():
     zero gradient, however large their logits would be."""
     inp = linear_inputs(v_padded=320, seed=5)
     inp["weight"][V:] = 50.0
-    kw = dict(beta=0.1, entropy_coef=0.01)
-    got = run_fused(inp, **kw)
-    check(inp, reference(inp, **kw), got, rows=slice(0, V))
+    params = GRPOLossParams(beta=0.1, entropy_coef=0.01)
+    got = run_fused(inp, params)
+    check(inp, reference(inp, params), got, rows=slice(0, V))
     assert torch.all(got[3][V:] == 0)
 
 
@@ -132,19 +133,19 @@ def test_tied_embeddings():
     inp = linear_inputs(seed=6)
     tokens = torch.randint(0, V, (inp["target"].shape[0],), generator=torch.Generator().manual_seed(1))
     proj = torch.randn(H, H, generator=torch.Generator().manual_seed(2)) / H**0.5
-    kw = dict(temperature=0.9, beta=0.1, entropy_coef=0.01)
+    params = GRPOLossParams(temperature=0.9, beta=0.1, entropy_coef=0.01)
     grads = []
     for fused in (False, True):
         emb = inp["weight"].detach().clone().requires_grad_()
         hidden = torch.tanh(emb[tokens] @ proj) * 3.0
         if fused:
             loss, _ = fused_linear_grpo_loss(hidden, emb, inp["target"], inp["old_logp"], inp["advantages"],
-                                             inp["weights"], ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"],
-                                             **kw)
+                                             inp["weights"], params, ref_logp=inp["ref_logp"],
+                                             tis_weight=inp["tis_weight"])
         else:
             tok = grpo_token_loss_reference(hidden @ emb.T, inp["target"], inp["old_logp"], inp["ref_logp"],
-                                            inp["advantages"], tis_weight=inp["tis_weight"],
-                                            active=inp["weights"] != 0, **kw)
+                                            inp["advantages"], params, tis_weight=inp["tis_weight"],
+                                            active=inp["weights"] != 0)
             loss = (tok["loss"] * inp["weights"]).sum()
         loss.backward()
         grads.append((loss.detach(), emb.grad))
@@ -155,7 +156,7 @@ def test_tied_embeddings():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logprobs_forward_only(dtype):
     inp = linear_inputs(dtype=dtype, temperature=0.7, v_padded=320, seed=4)
-    _, ref_tok, _, _ = reference(inp, temperature=0.7)
+    _, ref_tok, _, _ = reference(inp, GRPOLossParams(temperature=0.7))
     active = inp["weights"] != 0
     logp, entropy = fused_linear_logprobs(inp["hidden"], inp["weight"], inp["target"], active, temperature=0.7,
                                           vocab_size=V)
@@ -180,12 +181,12 @@ def _tp_check(rank: int, world: int, dtype: torch.dtype, impl: str = "torch") ->
     """Each of ``world`` gloo ranks holds a vocabulary shard of a padded weight (301 real of 320:
     the last shard is partly padding); loss, per-token values, the weight shard's gradient and the
     sum over ranks of grad_hidden equal the unsharded reference."""
-    kw = dict(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01, impl=impl)
+    params = GRPOLossParams(temperature=0.8, eps_high=0.28, dual_clip_c=3.0, beta=0.05, entropy_coef=0.01, impl=impl)
     inp = linear_inputs(v_padded=320, dtype=dtype, temperature=0.8, seed=7)
     shard = 320 // world
     rows = slice(rank * shard, (rank + 1) * shard)
-    got = run_fused(inp, weight=inp["weight"][rows], tp_group=dist.group.WORLD, vocab_start_index=rows.start, **kw)
-    ref = reference(inp, **{k: x for k, x in kw.items() if k != "impl"})
+    got = run_fused(inp, params, weight=inp["weight"][rows], tp_group=dist.group.WORLD, vocab_start_index=rows.start)
+    ref = reference(inp, params)
     ref_rows = slice(rows.start, min(rows.stop, V))
     check(inp, ref, got, rows=ref_rows, whole_grad_hidden=False)
     # grad_hidden: this shard's part, summed over the group as megatron's output layer does. In bf16

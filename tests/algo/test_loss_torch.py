@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from r1hpc.algo import grpo_loss, loss as loss_mod, vocab_parallel
+from r1hpc.algo import GRPOLossParams, grpo_loss, loss as loss_mod, vocab_parallel
 from tests.algo.dist_utils import run_gloo
 from tests.algo.harness import assert_matches_reference, assert_token_logp_matches_reference, make_inputs, tp_check
 
@@ -41,7 +41,7 @@ def test_without_ref_and_tis():
 
 def test_empty_batch():
     loss, metrics = grpo_loss(torch.zeros(0, 7, requires_grad=True), torch.zeros(0, dtype=torch.long),
-                              torch.zeros(0), torch.zeros(0), torch.zeros(0), impl="torch")
+                              torch.zeros(0), torch.zeros(0), torch.zeros(0), GRPOLossParams(impl="torch"))
     assert loss.item() == 0.0 and metrics["clipfrac_low"].item() == 0.0
 
 

@@ -3,7 +3,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from r1hpc.algo import group_advantages, grpo_loss
+from r1hpc.algo import GRPOLossParams, group_advantages, grpo_loss
 from r1hpc.algo.objective import token_objective
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -13,7 +13,7 @@ finite = dict(allow_nan=False, allow_infinity=False)
 def _pg_and_grad(logp, old, adv, **kw):
     x = torch.tensor([logp], dtype=torch.float64, requires_grad=True)
     tok = token_objective(x, torch.zeros(1), torch.tensor([old]), torch.tensor([adv]),
-                          torch.tensor([True]), **kw)
+                          torch.tensor([True]), GRPOLossParams(**kw))
     tok["loss"].sum().backward()
     return tok, x.grad.item()
 
@@ -58,7 +58,8 @@ def test_all_equal_rewards_give_zero_policy_gradient(g, reward, estimator, seed)
     t = g * length
     x = torch.randn(t, v, generator=gen).requires_grad_()
     loss, _ = grpo_loss(x, torch.randint(0, v, (t,), generator=gen), torch.randn(t, generator=gen) - 2,
-                        adv.flatten().repeat_interleave(length), torch.full((t,), 1.0 / t), impl="torch")
+                        adv.flatten().repeat_interleave(length), torch.full((t,), 1.0 / t),
+                        GRPOLossParams(impl="torch"))
     loss.backward()
     assert loss.item() == 0.0 and torch.all(x.grad == 0)
 
@@ -73,11 +74,11 @@ def test_loss_invariant_to_padding(t, pad, seed, kl_kind):
             torch.randn(t + pad, generator=gen) * 100, torch.randn(t + pad, generator=gen),
             torch.rand(t + pad, generator=gen), torch.randn(t + pad, generator=gen) * 100]
     cols[4][t:] = 0.0
-    kw = dict(beta=0.1, entropy_coef=0.01, dual_clip_c=3.0, kl_kind=kl_kind, impl="torch")
+    params = GRPOLossParams(beta=0.1, entropy_coef=0.01, dual_clip_c=3.0, kl_kind=kl_kind, impl="torch")
 
     def run(n):
         x = cols[0][:n].clone().requires_grad_()
-        loss, _ = grpo_loss(x, cols[1][:n], cols[2][:n], cols[3][:n], cols[4][:n], ref_logp=cols[5][:n], **kw)
+        loss, _ = grpo_loss(x, cols[1][:n], cols[2][:n], cols[3][:n], cols[4][:n], params, ref_logp=cols[5][:n])
         loss.backward()
         return loss, x.grad
 

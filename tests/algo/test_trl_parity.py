@@ -9,7 +9,7 @@ come out of TRL's own generate-and-score step and are compared with r1hpc's esti
 import pytest
 import torch
 
-from r1hpc.algo import aggregation_weights, grpo_loss
+from r1hpc.algo import GRPOLossParams, aggregation_weights, grpo_loss
 from r1hpc.algo.advantages import group_advantages
 from r1hpc.algo.kl import kl_penalty
 
@@ -131,9 +131,10 @@ def r1hpc_step(model, inputs, loss_type, beta):
         weights = R1HPC_MODE[loss_type](mb["completion_mask"], 2, tokens, seqs)
         loss, _ = grpo_loss(logits.reshape(-1, logits.shape[-1]), mb["completion_ids"].flatten(),
                             mb["old_per_token_logps"].flatten(), mb["advantages"].repeat_interleave(COMPLETION),
-                            weights.flatten(), ref_logp=mb["ref_per_token_logps"].flatten(),
-                            temperature=TEMPERATURE, eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=beta, kl_kind="k3",
-                            impl="torch")
+                            weights.flatten(), GRPOLossParams(temperature=TEMPERATURE, eps_low=EPS_LOW,
+                                                              eps_high=EPS_HIGH, beta=beta, kl_kind="k3",
+                                                              impl="torch"),
+                            ref_logp=mb["ref_per_token_logps"].flatten())
         losses.append(loss)
     return loss_and_grads(model, losses)
 

@@ -11,17 +11,20 @@ Tolerances: the reference's, tests/algo/test_fused_linear.py (every path compute
 fp32 gradient tiles from the same bf16/fp32 values; they differ only in summation order), the same
 against the torch path.
 """
+import dataclasses
+
 import pytest
 import torch
 
-from r1hpc.algo import fused_linear_grpo_loss, fused_linear_logprobs
+from r1hpc.algo import GRPOLossParams, fused_linear_grpo_loss, fused_linear_logprobs
 from r1hpc.triton_kernels import fused_linear as kernels
 from tests.algo.dist_utils import run_gloo
 from tests.algo.test_fused_linear import _tp_check, check, close_grad, linear_inputs, reference, run_fused
 
 H, V, V_PADDED = 32, 97, 128
 DEFAULT_TILES = (kernels.MAX_BLOCK_T, kernels.MAX_BLOCK_V, kernels.MAX_BLOCK_H)
-KW = dict(temperature=0.7, eps_low=0.2, eps_high=0.28, dual_clip_c=3.0, beta=0.1, kl_kind="k3", entropy_coef=0.01)
+PARAMS = GRPOLossParams(temperature=0.7, eps_low=0.2, eps_high=0.28, dual_clip_c=3.0, beta=0.1, kl_kind="k3",
+                        entropy_coef=0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +35,7 @@ def small_tiles(monkeypatch):
 
 
 def tiny_inputs(dtype, seed, device):
-    inp = linear_inputs(b=4, length=6, h=H, v=V, v_padded=V_PADDED, dtype=dtype, temperature=KW["temperature"],
+    inp = linear_inputs(b=4, length=6, h=H, v=V, v_padded=V_PADDED, dtype=dtype, temperature=PARAMS.temperature,
                         seed=seed)
     inp["weight"][V:] = 50.0
     return {k: x.to(device) if isinstance(x, torch.Tensor) else x for k, x in inp.items()}
@@ -41,10 +44,10 @@ def tiny_inputs(dtype, seed, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_loss_and_grads_match_reference_and_torch_path(device, dtype):
     inp = tiny_inputs(dtype, seed=11, device=device)
-    got = run_fused(inp, impl="triton", **KW)
-    check(inp, reference(inp, **KW), got, rows=slice(0, V))
+    got = run_fused(inp, dataclasses.replace(PARAMS, impl="triton"))
+    check(inp, reference(inp, PARAMS), got, rows=slice(0, V))
     assert torch.all(got[3][V:] == 0)
-    torch_loss, torch_metrics, torch_gh, torch_gw = run_fused(inp, impl="torch", **KW)
+    torch_loss, torch_metrics, torch_gh, torch_gw = run_fused(inp, dataclasses.replace(PARAMS, impl="torch"))
     torch.testing.assert_close(got[0], torch_loss, rtol=1e-5, atol=1e-6)
     for key in ("logp", "entropy", "kl", "ratio"):
         torch.testing.assert_close(got[1][key], torch_metrics[key], rtol=1e-5, atol=1e-5)
@@ -55,10 +58,10 @@ def test_loss_and_grads_match_reference_and_torch_path(device, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logprobs_match_reference(device, dtype):
     inp = tiny_inputs(dtype, seed=12, device=device)
-    _, ref_tok, _, _ = reference(inp, temperature=KW["temperature"])
+    _, ref_tok, _, _ = reference(inp, GRPOLossParams(temperature=PARAMS.temperature))
     active = inp["weights"] != 0
     logp, entropy = fused_linear_logprobs(inp["hidden"], inp["weight"], inp["target"], active,
-                                          temperature=KW["temperature"], vocab_size=V, impl="triton")
+                                          temperature=PARAMS.temperature, vocab_size=V, impl="triton")
     for got, key in ((logp, "logp"), (entropy, "entropy")):
         torch.testing.assert_close(got[active], ref_tok[key].detach()[active], rtol=1e-5, atol=1e-5)
         assert torch.all(got[~active] == 0)
@@ -111,8 +114,8 @@ def test_compiled_kernels_at_default_tiles(monkeypatch):
     results = []
     for impl in ("triton", "torch"):
         hd, wd = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        loss, m = fused_linear_grpo_loss(hd, wd, target, old, adv, weights, ref_logp=old, vocab_size=v, impl=impl,
-                                         **KW)
+        loss, m = fused_linear_grpo_loss(hd, wd, target, old, adv, weights, dataclasses.replace(PARAMS, impl=impl),
+                                         ref_logp=old, vocab_size=v)
         loss.backward()
         results.append((loss.detach(), m, hd.grad, wd.grad))
     (loss, m, gh, gw), (t_loss, t_m, t_gh, t_gw) = results

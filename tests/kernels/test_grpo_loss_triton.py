@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import torch
 
+from r1hpc.algo import GRPOLossParams
 from r1hpc.triton_kernels import grpo_loss as kernels
 from tests.algo.dist_utils import run_gloo
 from tests.algo.harness import (
@@ -68,14 +69,14 @@ def test_without_ref_and_tis(device):
 def test_per_token_loss_and_scaled_upstream_gradient(device):
     """Per-token losses equal the reference's, and backward honours a non-unit upstream gradient."""
     inp = make_inputs(b=2, length=8, seed=11, device=device)
-    kw = dict(beta=0.1, entropy_coef=0.01, dual_clip_c=2.0)
-    _, ref_tok, _ = reference(inp, **kw)
+    params = GRPOLossParams(beta=0.1, entropy_coef=0.01, dual_clip_c=2.0, impl="triton")
+    _, ref_tok, _ = reference(inp, params)
     x = inp["logits"].clone().requires_grad_()
     loss, tok = kernels.triton_grpo_loss(x, inp["target"], inp["old_logp"], inp["advantages"], inp["weights"],
-                                         ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"], **kw)
+                                         params, ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"])
     torch.testing.assert_close(tok["loss"], ref_tok["loss"].detach(), rtol=1e-5, atol=1e-6)
     (3.0 * loss).backward()
-    _, _, grad1 = run_impl(inp, "triton", **kw)
+    _, _, grad1 = run_impl(inp, params)
     torch.testing.assert_close(x.grad, 3.0 * grad1, rtol=1e-6, atol=1e-9)
 
 

@@ -6,7 +6,7 @@ corresponds to (docs/algorithms.md)."""
 import pytest
 import torch
 
-from r1hpc.algo import aggregation_weights, grpo_loss, grpo_token_loss_reference
+from r1hpc.algo import GRPOLossParams, aggregation_weights, grpo_loss, grpo_token_loss_reference
 
 liger = pytest.importorskip("liger_kernel.transformers.grpo_loss")
 
@@ -35,7 +35,7 @@ def test_per_token_loss_matches_liger(device):
     logits, target, old, ref, adv, _ = inputs()
     kw = dict(KW, beta=0.04)
     ours = grpo_token_loss_reference(logits[:, :-1].reshape(-1, V), target.flatten(), old.flatten(), ref.flatten(),
-                                     adv.repeat_interleave(L), **kw)["loss"]
+                                     adv.repeat_interleave(L), GRPOLossParams(**kw))["loss"]
     on = lambda x: x.to(device)  # noqa: E731
     theirs = liger.triton_grpo_loss(on(logits), on(old), on(ref), on(target), on(adv),
                                     on(torch.ones(B, L, dtype=torch.bool)), inplace=False, **kw)[0]
@@ -60,7 +60,7 @@ def test_reduced_loss_and_gradient_match_liger(device, loss_type, beta):
     ours_in = logits[:, :-1].reshape(-1, V).detach().clone().requires_grad_()
     weights = aggregation_weights(mask, MODE[loss_type], max_len=L).flatten()
     ours, _ = grpo_loss(ours_in, target.flatten(), old.flatten(), adv.repeat_interleave(L), weights,
-                        ref_logp=ref.flatten(), beta=beta, kl_kind="k3", impl="torch", **KW)
+                        GRPOLossParams(beta=beta, kl_kind="k3", impl="torch", **KW), ref_logp=ref.flatten())
     ours.backward()
 
     torch.testing.assert_close(theirs.detach().cpu(), ours.detach(), rtol=1e-5, atol=1e-6)
