@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +87,7 @@ def r1hpc_side(args, work: Path, ckpt: Path, prompts: Path) -> dict:
                  "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
                  "grpo.skip_zero_advantage_groups=false", "optim.lr=1e-6", "optim.warmup_steps=0",
                  "optim.clip_grad=1.0", "optim.weight_decay=0.0"]
+    shutil.rmtree(work / "r1hpc", ignore_errors=True)  # else a rerun resumes the last run's final checkpoint
     wall, rss = run_measured([sys.executable, "-m", "r1hpc.cli", "train", str(RECIPE), *overrides])
     metrics = [json.loads(line) for line in (work / "r1hpc" / "metrics.jsonl").read_text().splitlines()]
     steps = [{"step": m["step"], "step_s": m["timing/step_s"], "generation_s": m["timing/rollout_reward_s"],
