@@ -24,14 +24,15 @@ def profiled_train_step(original, out: Path):
     from torch.profiler import ProfilerActivity, profile
 
     def train_step(self):
-        if self.step == 0:
+        step = self.step + 1  # 1-based, as metrics.jsonl counts
+        if step == 1:
             return original(self)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             metrics = original(self)
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
         by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=60)
-        (out / f"ops_step{self.step + 1}.txt").write_text(table)
-        (out / f"ops_by_shape_step{self.step + 1}.txt").write_text(by_shape)
+        (out / f"ops_step{step}.txt").write_text(table)
+        (out / f"ops_by_shape_step{step}.txt").write_text(by_shape)
         print({k: round(v, 3) for k, v in metrics.items() if k.startswith("timing/")}, flush=True)
         return metrics
 
