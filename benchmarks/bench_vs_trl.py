@@ -76,16 +76,22 @@ def summarise(steps: list[dict]) -> dict:
             "update_tokens_per_s": sum(s["generated_tokens"] for s in later) / sum(s["update_s"] for s in later)}
 
 
+def r1hpc_overrides(args, work: Path, ckpt: Path, prompts: Path) -> list[str]:
+    """``r1hpc train`` overrides for the workload (benchmarks/profile_grpo_step.py profiles the same)."""
+    return [f"pretrain.base_dir={ckpt}", f"run.output_dir={work}", "run.name=r1hpc",
+            f"data.prompts.files=[{prompts}]",
+            f"grpo.steps={args.steps}", "grpo.eval_every=0", "checkpoint.save_every=0",
+            f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
+            f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
+            f"algo.max_response_len={args.max_new_tokens}", "algo.loss_agg_mode=token-mean", "algo.beta=0.0",
+            "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
+            "grpo.skip_zero_advantage_groups=false", "optim.lr=1e-6", "optim.warmup_steps=0",
+            "optim.clip_grad=1.0", "optim.weight_decay=0.0",
+            "checkpoint.overwrite=true"]  # a rerun starts afresh where the last one left its final checkpoint
+
+
 def r1hpc_side(args, work: Path, ckpt: Path, prompts: Path) -> dict:
-    overrides = [f"pretrain.base_dir={ckpt}", f"run.output_dir={work}", "run.name=r1hpc",
-                 f"data.prompts.files=[{prompts}]",
-                 f"grpo.steps={args.steps}", "grpo.eval_every=0", "checkpoint.save_every=0",
-                 f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
-                 f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
-                 f"algo.max_response_len={args.max_new_tokens}", "algo.loss_agg_mode=token-mean", "algo.beta=0.0",
-                 "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
-                 "grpo.skip_zero_advantage_groups=false", "optim.lr=1e-6", "optim.warmup_steps=0",
-                 "optim.clip_grad=1.0", "optim.weight_decay=0.0"]
+    overrides = r1hpc_overrides(args, work, ckpt, prompts)
     wall, rss = run_measured([sys.executable, "-m", "r1hpc.cli", "train", str(RECIPE), *overrides])
     metrics = [json.loads(line) for line in (work / "r1hpc" / "metrics.jsonl").read_text().splitlines()]
     steps = [{"step": m["step"], "step_s": m["timing/step_s"], "generation_s": m["timing/rollout_reward_s"],

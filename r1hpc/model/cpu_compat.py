@@ -148,6 +148,7 @@ def apply() -> list[Patch]:
     if torch.cuda.is_available() or _applied:
         return PATCHES
     series = _check_version()
+    _flush_denormals()
 
     from megatron.core.fusions import fused_softmax
     from megatron.core.optimizer import clip_grads
@@ -194,6 +195,18 @@ def apply() -> list[Patch]:
     _patch_checkpoint_writer(series)
     _applied = True
     return PATCHES
+
+
+def _flush_denormals() -> None:
+    """Flush denormal floats to zero (FTZ/DAZ), as GPU kernels mostly do. GRPO gradients and Adam's
+    squared gradients underflow into the denormal range, where x86 arithmetic is ~100x slower: on
+    SmolLM2-135M one [s, b, heads, dim] gradient add took 150 ms a layer (4.6 s of a 12 s update).
+    A value below 1.2e-38 becoming 0 changes no result at fp32 tolerance. Called before the first
+    parallel op, so OpenMP's worker threads, created later, inherit the mode."""
+    if not torch.set_flush_denormal(True):
+        return  # the CPU has no FTZ/DAZ (not x86 with SSE3): nothing changed
+    PATCHES.append(Patch("torch.set_flush_denormal(True)",
+                         "denormal floats (tiny gradients, Adam's squared gradients) are ~100x slower on CPU"))
 
 
 class _NoStream:
