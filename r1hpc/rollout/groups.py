@@ -7,7 +7,8 @@ from typing import Callable, Sequence
 import torch
 
 from r1hpc.data.problem import Problem
-from r1hpc.rollout.generate import RolloutConfig, Sample, generate
+from r1hpc.rollout.engines import generate_with
+from r1hpc.rollout.generate import RolloutConfig, Sample
 
 
 def rollout_groups(module, tok, problems: Sequence[Problem], *, render: Callable[[str], str], rollout: RolloutConfig,
@@ -18,7 +19,7 @@ def rollout_groups(module, tok, problems: Sequence[Problem], *, render: Callable
     G = rollout.group_size
     prompts = [tok.encode(render(p.question)) for p in problems for _ in range(G)]
     gen = torch.Generator().manual_seed(hash((seed, step, shard, len(problems))) % 2**62)
-    return generate(module, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
-                    temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-                    max_new_tokens=rollout.max_new_tokens, max_seq_length=max_seq_length, generator=gen,
-                    max_batch_rows=rollout.max_batch_rows, sampler=rollout.sampler)
+    return generate_with(rollout.engine, module, prompts, kv_cache_gb=rollout.kv_cache_gb, vocab_size=tok.vocab_size,
+                         stop_ids=tok.stop_token_ids, temperature=rollout.temperature, top_p=rollout.top_p,
+                         top_k=rollout.top_k, max_new_tokens=rollout.max_new_tokens, max_seq_length=max_seq_length,
+                         generator=gen, max_batch_rows=rollout.max_batch_rows, sampler=rollout.sampler)
