@@ -64,6 +64,7 @@ setup(
         "packaging",
         "pyyaml",
         "tqdm",
+        "einops",  # megatron-core's dynamic inference engine (rollout.engine=dynamic) reshapes with it
         "psutil",
         "jinja2",
         "tokenizers>=0.20",

@@ -193,6 +193,10 @@ def apply() -> list[Patch]:
            "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce")
     _patch_all_to_all()
     _patch_checkpoint_writer(series)
+    if series.dynamic_engine_cpu:
+        from r1hpc.model import cpu_inference
+
+        cpu_inference.apply(_patch)
     _applied = True
     return PATCHES
 

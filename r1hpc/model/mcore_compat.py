@@ -31,13 +31,18 @@ class Series:
     results_queue_factory: str
     # moe_utils defines te_general_gemm (as None) when Transformer Engine is absent
     te_general_gemm_defined: bool
+    # the DynamicInferenceEngine runs on a CPU with r1hpc.model.cpu_inference's patches (0.19's needs
+    # more patch points; there rollouts on a CPU take the static path)
+    dynamic_engine_cpu: bool
 
 
 SUPPORTED: dict[str, Series] = {
     "0.16": Series(tested="0.16.1", python="3.11", inference_mode_flag=False, threaded_checkpoint_writer=False,
-                   results_queue_factory="_get_write_results_queue", te_general_gemm_defined=False),
+                   results_queue_factory="_get_write_results_queue", te_general_gemm_defined=False,
+                   dynamic_engine_cpu=True),
     "0.19": Series(tested="0.19.2", python="3.12", inference_mode_flag=True, threaded_checkpoint_writer=True,
-                   results_queue_factory="get_write_results_queue", te_general_gemm_defined=True),
+                   results_queue_factory="get_write_results_queue", te_general_gemm_defined=True,
+                   dynamic_engine_cpu=False),
 }
 
 

@@ -11,7 +11,7 @@ built, by the torch reference otherwise: ``rollout.sampler`` (auto | torch | nat
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 
@@ -37,6 +37,12 @@ class RolloutConfig:
     max_batch_rows: int = 512  # rows decoded together; larger buckets are split
     # auto: the compiled sampler (csrc/) when built, else torch; native: require it; torch: the reference
     sampler: Literal["auto", "torch", "native"] = "auto"
+    # static: r1hpc's decoding loop over megatron's StaticInferenceContext; dynamic: megatron's
+    # DynamicInferenceEngine (continuous batching, paged KV cache; r1hpc.rollout.dynamic)
+    engine: Literal["static", "dynamic"] = "static"
+    kv_cache_gb: Optional[float] = None  # dynamic engine's KV pool per rank; None: every row at full length
+    # GPU, colocated: optimizer state and grad buffers go to host memory while the rollout runs
+    offload_train_state: bool = False
 
     def validate(self) -> None:
         if self.group_size < 1 or self.prompts_per_step < 1:
@@ -47,6 +53,10 @@ class RolloutConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         resolve_sampler(self.sampler, local_device_type())  # 'native' without the extension: say so now
+        if self.engine not in ("static", "dynamic"):
+            raise ConfigError(f"key 'engine' must be static or dynamic, got {self.engine!r}")
+        if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
+            raise ConfigError(f"key 'kv_cache_gb' must be positive or null, got {self.kv_cache_gb}")
 
 
 @dataclasses.dataclass
@@ -79,7 +89,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
 
     was_training = model.training
     model.eval()
-    draw = _draw_fn(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
+    draw = make_draw(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
                     temperature=temperature, top_k=top_k, top_p=top_p)
     with sequence_parallel_off(model), inference_mode():  # inference_mode: last-token-only prefill logits
         results = _generate_all(model, prompts, vocab_size=vocab_size, stop_ids=stop_ids, draw=draw,
@@ -89,7 +99,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
     return results
 
 
-def _draw_fn(path: str, generator: torch.Generator | None, *, temperature: float, top_k: int,
+def make_draw(path: str, generator: torch.Generator | None, *, temperature: float, top_k: int,
              top_p: float) -> DrawFn:
     """The per-step sampler: the torch reference (one generator stream for the whole batch) or the
     compiled one (a Philox key drawn once from ``generator``, counters per request and step)."""

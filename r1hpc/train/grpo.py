@@ -155,7 +155,7 @@ class GRPOTrainer:
     def _rollout(self, problems: list[Problem]) -> list[Sample]:
         return rollout_groups(self.policy.module, self.tok, problems, render=self.render, rollout=self.rollout_cfg,
                               seed=self.seed, step=self.step, shard=self.dp_rank,
-                              max_seq_length=self.policy.model_cfg.max_seq_length)
+                              max_seq_length=self.policy.model_cfg.max_seq_length, train_state=self.policy)
 
     def _score(self, samples: list[Sample], problems: list[Problem]) -> list[dict[str, float]]:
         """Score on TP rank 0 of each model-parallel group and share: TP ranks hold identical samples."""

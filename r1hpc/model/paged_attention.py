@@ -1,0 +1,59 @@
+"""Attention over a paged KV cache in plain torch: what flash-attn's varlen / ``flash_attn_with_kvcache``
+kernels compute for megatron's dynamic inference engine, for machines without them (CPUs).
+
+The engine hands over the step's queries flattened across requests (``cu_seqlens_q`` marks where each
+request's queries start), one KV cache per layer as ``[blocks, block_size, kv_heads, head_dim]``, and
+per request its key count and its block ids. Each request's keys are gathered from its blocks; its
+queries are the *last* ``q_len`` positions of its sequence (a prefill chunk or one decode token), so
+the causal mask is aligned to the end. Decode rows (one query) and prefill rows are attended in two
+batched ``scaled_dot_product_attention`` calls, padded only to the longest row of their kind.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                    seqlens_k: torch.Tensor, block_table: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [T, 1, Hq, D] (tokens of all requests, padding after the last) -> output of the same shape.
+
+    ``cu_seqlens_q`` [R + 1] and ``seqlens_k`` [R]: query offsets and key counts per request (the key
+    count includes this step's tokens, already appended); ``block_table`` [R, max_blocks] the KV block
+    ids (-1 past the end). Padding tokens get zeros."""
+    flat = q.reshape(q.shape[0], q.shape[-2], q.shape[-1])
+    out = torch.zeros_like(flat)
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+    for rows in ((q_lens == 1).nonzero().squeeze(1), (q_lens > 1).nonzero().squeeze(1)):
+        if rows.numel():
+            _attend_rows(flat, out, k_cache, v_cache, cu_seqlens_q[:-1][rows].long(), q_lens[rows],
+                         seqlens_k[rows].long(), block_table[rows], scale)
+    return out.reshape(q.shape)
+
+
+def _attend_rows(flat, out, k_cache, v_cache, starts, q_lens, k_lens, block_table, scale) -> None:
+    """Requests whose queries start at ``starts`` in ``flat``: gather their KV blocks, attend, write ``out``."""
+    block = k_cache.shape[1]
+    longest_q, longest_k = int(q_lens.max()), int(k_lens.max())
+    blocks = block_table[:, :math.ceil(longest_k / block)].long().clamp(min=0)  # -1 (unused) -> any block, masked
+    # keys past a request's length are stale or never written (NaN bits would poison even masked scores)
+    in_use = (torch.arange(blocks.shape[1] * block, device=flat.device)[None] < k_lens[:, None])[:, None, :, None]
+    keys = _gather(k_cache, blocks).where(in_use, 0.0)  # [r, kv_heads, S, D]
+    values = _gather(v_cache, blocks).where(in_use, 0.0)
+    offsets = torch.arange(longest_q, device=flat.device)
+    valid = offsets[None] < q_lens[:, None]  # [r, Lq]
+    token = torch.where(valid, starts[:, None] + offsets[None], 0)
+    queries = flat[token].transpose(1, 2)  # [r, Hq, Lq, D]
+    q_pos = (k_lens - q_lens)[:, None] + offsets[None]  # each query's position in its sequence
+    mask = torch.arange(keys.shape[2], device=flat.device)[None, None] <= q_pos[:, :, None]  # True = attend
+    attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask[:, None], scale=scale,
+                                              enable_gqa=queries.shape[1] != keys.shape[1])
+    out[token[valid]] = attended.transpose(1, 2)[valid]
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """[blocks, block_size, H, D] cache, [r, n] block ids -> [r, H, n * block_size, D]."""
+    r, n = blocks.shape
+    return cache[blocks].reshape(r, n * cache.shape[1], cache.shape[2], cache.shape[3]).transpose(1, 2)
