@@ -84,8 +84,8 @@ def r1hpc_side(args, work: Path, ckpt: Path, prompts: Path) -> dict:
                  f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
                  f"algo.max_response_len={args.max_new_tokens}", "algo.loss_agg_mode=token-mean", "algo.beta=0.0",
                  "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
-                 "grpo.skip_zero_advantage_groups=false", "optim.lr=1e-6", "optim.warmup_steps=0",
-                 "optim.clip_grad=1.0", "optim.weight_decay=0.0"]
+                 "grpo.skip_zero_advantage_groups=false", "grpo.optim.lr=1e-6", "grpo.optim.warmup_steps=0",
+                 "grpo.optim.clip_grad=1.0", "grpo.optim.weight_decay=0.0"]
     wall, rss = run_measured([sys.executable, "-m", "r1hpc.cli", "train", str(RECIPE), *overrides])
     metrics = [json.loads(line) for line in (work / "r1hpc" / "metrics.jsonl").read_text().splitlines()]
     steps = [{"step": m["step"], "step_s": m["timing/step_s"], "generation_s": m["timing/rollout_reward_s"],

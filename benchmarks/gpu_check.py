@@ -206,7 +206,7 @@ def _grpo_steps(cfg, steps: int) -> dict:
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     init_distributed(cfg.parallel, model_cfg, seed=cfg.run.seed)
     try:
-        policy = Engine(model_cfg, cfg.parallel, cfg.optim)
+        policy = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer())
         trainer = GRPOTrainer(policy, None, tokenizer=tok, scorer=ResponseShapeScorer(), algo=cfg.algo,
                               rollout=cfg.rollout, grpo=cfg.grpo,
                               render=lambda q: render_prompt(q, cfg.data.template),

@@ -60,9 +60,9 @@ def all_steps(out_dir: str) -> dict:
         pretrain(cfg, cfg.parallel, base_dir, log=lambda *a: None)
     tok, corpus = prepare_tokenizer(cfg, base_dir)
     model_cfg = base_model_config(cfg, base_dir, tok)
-    policy = Engine(model_cfg, cfg.parallel, cfg.optim)
+    policy = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer())
     load_base(policy, base_dir)
-    reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
+    reference = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer(), trainable=False)
     load_base(reference, base_dir)
 
     dp_rank = torch.distributed.get_rank()

@@ -29,6 +29,6 @@ def test_pretrain_writes_a_base_and_reuses_it(tmp_path):
     assert "pretraining a weak base" in first.stdout
     again = _pretrain(base)
     assert f"[base] reusing {base}" in again.stdout
-    changed = _pretrain(base, "pretrain.lr=0.001")
+    changed = _pretrain(base, "pretrain.optim.lr=0.001")
     assert "pretraining a weak base" in changed.stdout
     assert json.loads((base / "meta.json").read_text())["fingerprint"] != meta["fingerprint"]
