@@ -39,7 +39,7 @@ def all_steps(out_dir: str) -> dict:
     from r1hpc.train.pretrain import base_model_config, encode_corpus, load_base, prepare_tokenizer, pretrain
     from r1hpc.train.r1zero import _agreed_stop
     from r1hpc.train.sft import SFTConfig, sft_step
-    from tests.train.workers import ResponseShapeScorer
+    from r1hpc.rewards.shape import ResponseShapeScorer
 
     torch.set_num_threads(1)
     overrides = [*TINY, f"run.output_dir={out_dir}", f"pretrain.base_dir={out_dir}/base"]

@@ -12,6 +12,7 @@ from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distribu
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import causal_attention_mask, sequence_parallel_off
 from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.rewards.shape import ResponseShapeScorer
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
@@ -20,14 +21,6 @@ MODEL = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_he
 MOE = dict(MODEL, num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=64)
 MIX = TaskMixConfig(tasks=["arithmetic"], difficulty={"arithmetic": 2}, seed=0)
 TEMPLATE = TemplateConfig(kind="short")
-
-
-class ResponseShapeScorer:
-    """A reward that varies between the responses of a random-init model (the real rewards would be
-    all zero there, leaving nothing to learn): a deterministic function of the response text."""
-
-    def score_batch(self, texts, problems):
-        return [{"total": (len(t) % 5) / 4, "accuracy": float(len(t) % 2), "format": 0.0} for t in texts]
 
 
 def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_kw: dict, steps: int = 2) -> dict:
