@@ -5,6 +5,9 @@ Every component declares its own ``@dataclass`` config next to its code (torchti
 may define ``validate(self)`` raising :class:`ConfigError`. This module only knows how to turn a
 nested mapping into such a tree, checking every key and type, and how to report a mistake so that
 the user can find it: the file, the line, the dotted key, what was expected and what was given.
+A nested section's keys are laid over the default its parent gives it (so ``pretrain.optim`` and
+``grpo.optim``, one type, keep their own defaults), and a key a dataclass lists in
+``RENAMED_KEYS`` is refused with the name that replaced it.
 """
 from __future__ import annotations
 
