@@ -126,7 +126,7 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
             for j, (s, n_prompt) in enumerate(chunk):
                 ids[j, :len(s)] = torch.tensor(s, device=HOST)
                 mask[j, 0 if p.prompt_loss else n_prompt:len(s)] = 1
-            micro.append(make_lm_batch(ids, mask))
+            micro.append(make_lm_batch(ids, mask, vocab_size=tok.vocab_size))
         width = max(m["tokens"].shape[1] for m in micro)
         out = engine.train_step(lm_forward_step, micro, seq_length=width, micro_batch_size=p.micro_batch_size)
         if out["outputs"]:
