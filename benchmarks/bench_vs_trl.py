@@ -85,8 +85,8 @@ def r1hpc_overrides(args, work: Path, ckpt: Path, prompts: Path) -> list[str]:
             f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0",
             f"algo.max_response_len={args.max_new_tokens}", "algo.loss_agg_mode=token-mean", "algo.beta=0.0",
             "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
-            "grpo.skip_zero_advantage_groups=false", "optim.lr=1e-6", "optim.warmup_steps=0",
-            "optim.clip_grad=1.0", "optim.weight_decay=0.0",
+            "grpo.skip_zero_advantage_groups=false", "grpo.optim.lr=1e-6", "grpo.optim.warmup_steps=0",
+            "grpo.optim.clip_grad=1.0", "grpo.optim.weight_decay=0.0",
             "checkpoint.overwrite=true"]  # a rerun starts afresh where the last one left its final checkpoint
 
 

@@ -201,13 +201,13 @@ def _grpo_steps(cfg, steps: int) -> dict:
     from r1hpc.distributed import destroy_distributed, init_distributed
     from r1hpc.train.engine import Engine
     from r1hpc.train.grpo import GRPOTrainer
-    from tests.train.workers import ResponseShapeScorer
+    from r1hpc.rewards.shape import ResponseShapeScorer
 
     tok = build_tokenizer(cfg.data.tokenizer, build_corpus(cfg.data.mix, cfg.data.corpus, cfg.data.template))
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     init_distributed(cfg.parallel, model_cfg, seed=cfg.run.seed)
     try:
-        policy = Engine(model_cfg, cfg.parallel, cfg.optim)
+        policy = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer())
         trainer = GRPOTrainer(policy, None, tokenizer=tok, scorer=ResponseShapeScorer(), algo=cfg.algo,
                               rollout=cfg.rollout, grpo=cfg.grpo,
                               render=lambda q: render_prompt(q, cfg.data.template),
@@ -244,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.__version__}, CUDA build {torch.version.cuda}); nothing was run. Run it on a GPU node.",
               file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))  # tests.train.workers (the reward stand-in) and configs/
     device = torch.cuda.get_device_name()
     major, minor = torch.cuda.get_device_capability()
     report = {"benchmark": "gpu_check", "device": device, "capability": f"{major}.{minor}",

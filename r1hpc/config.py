@@ -5,6 +5,9 @@ Every component declares its own ``@dataclass`` config next to its code (torchti
 may define ``validate(self)`` raising :class:`ConfigError`. This module only knows how to turn a
 nested mapping into such a tree, checking every key and type, and how to report a mistake so that
 the user can find it: the file, the line, the dotted key, what was expected and what was given.
+A nested section's keys are laid over the default its parent gives it (so ``pretrain.optim`` and
+``grpo.optim``, one type, keep their own defaults), and a key a dataclass lists in
+``RENAMED_KEYS`` is refused with the name that replaced it.
 """
 from __future__ import annotations
 
@@ -86,15 +89,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, src: _Source) -> Any:
-    """Check ``value`` against the annotation ``tp``; build nested dataclasses. Ints widen to float."""
+def _coerce(value: Any, tp: Any, key: str, src: _Source, default: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses (over ``default``, the
+    section's default, when it is one). Ints widen to float."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{src.where(key)}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return _build(tp, value, key + ".", src)
+        return _build(tp, value, key + ".", src, default if isinstance(default, tp) else None)
     if origin in (Union, types.UnionType):
         errors = []
         for arg in get_args(tp):
@@ -140,10 +144,24 @@ def _coerce(value: Any, tp: Any, key: str, src: _Source) -> Any:
     raise ConfigError(f"{src.where(key)}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str, src: _Source) -> T:
+def _section_default(f: dataclasses.Field, base: Any) -> Any:
+    """What a nested section's keys are laid over: the enclosing default's value (a stage's own
+    ``optim`` defaults), else the field's default."""
+    if base is not None:
+        return getattr(base, f.name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, src: _Source, base: Any = None) -> T:
+    """``cls`` from ``data``; keys left out keep ``base``'s values (else the class defaults). A key a
+    dataclass lists in ``RENAMED_KEYS`` (old name -> (new name, why)) is reported with its new name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = getattr(cls, "RENAMED_KEYS", {})
     for k in data:
+        if k in renamed and k not in fields:
+            new, why = renamed[k]
+            raise ConfigError(f"{src.where(prefix + str(k))}: '{prefix}{k}' is now '{prefix}{new}' ({why})")
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -151,8 +169,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, src: _Source) -> 
                 f"{src.where(prefix + str(k))}: unknown key in section {cls.__name__}{hint}; "
                 f"known keys: {', '.join(sorted(fields))}"
             )
-    kwargs = {k: _coerce(v, hints[k], prefix + k, src) for k, v in data.items()}
-    obj = cls(**kwargs)
+    kwargs = {k: _coerce(v, hints[k], prefix + k, src,
+                         _section_default(fields[k], base) if dataclasses.is_dataclass(hints[k]) else None)
+              for k, v in data.items()}
+    obj = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:

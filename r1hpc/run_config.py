@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.checkpoint.config import CheckpointConfig
@@ -21,7 +21,6 @@ from r1hpc.monitor.monitor import MonitorConfig
 from r1hpc.pipeline.config import PipelineConfig
 from r1hpc.rewards.registry import RewardsConfig
 from r1hpc.rollout.generate import RolloutConfig
-from r1hpc.train.engine import OptimConfig
 from r1hpc.train.grpo import GRPOConfig
 from r1hpc.train.pretrain import PretrainConfig
 from r1hpc.train.sft import SFTConfig
@@ -49,10 +48,12 @@ class RunSection:
 
 @dataclasses.dataclass
 class RunConfig:
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, str]]] = {
+        "optim": ("grpo.optim", "each training stage has its own: pretrain.optim, sft.optim, grpo.optim")}
+
     run: RunSection = dataclasses.field(default_factory=RunSection)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)

@@ -43,11 +43,12 @@ R1HPC_RESUME="${R1HPC_RESUME-auto}"
 RESUME_ARGS=()
 [ -n "$R1HPC_RESUME" ] && RESUME_ARGS=(--resume "$R1HPC_RESUME")
 
-EXIT_CODE_REQUEUE=75  # r1hpc.checkpoint.preemption: saved a checkpoint after USR2/SIGTERM
+# the exit code of a step that saved a checkpoint after USR2/SIGTERM, defined once in r1hpc
+EXIT_CODE_REQUEUE="$(python -c 'from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE as c; print(c)')" || { echo "[r1hpc] python cannot import r1hpc (set R1HPC_VENV)" >&2; exit 2; }
 
 echo "[r1hpc] job ${JOB_TAG} on ${SLURM_JOB_NODELIST}: ${SLURM_NNODES:-1} node(s) x ${SLURM_NTASKS_PER_NODE:-?} task(s), rendezvous ${MASTER_ADDR}:${MASTER_PORT}, rank logs ${RANK_LOG}"
 
-# Run the step on every task; exit 75 (checkpoint saved on a preemption or time-limit signal)
+# Run the step on every task; EXIT_CODE_REQUEUE (checkpoint saved on a preemption or time-limit signal)
 # requeues this job, which then resumes; any other failure fails the job.
 run_step() {
   srun --kill-on-bad-exit=1 --open-mode=append --output="$RANK_LOG" --error="$RANK_LOG" "$@"

@@ -50,13 +50,13 @@ def test_unknown_section_suggests_the_right_one(tmp_path):
 
 
 def test_unknown_key_without_close_match_has_no_suggestion(tmp_path):
-    msg = load_error(tmp_path, "optim:\n  zzzzzz: 1\n")
-    assert "key 'optim.zzzzzz'" in msg and "did you mean" not in msg
+    msg = load_error(tmp_path, "grpo:\n  optim:\n    zzzzzz: 1\n")
+    assert "key 'grpo.optim.zzzzzz'" in msg and "did you mean" not in msg
 
 
 def test_unknown_key_from_override_names_the_override():
-    with pytest.raises(ConfigError, match=r"command-line override 'optim\.lrr'.*did you mean 'optim\.lr'\?"):
-        load_run_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"command-line override 'sft\.optim\.lrr'.*did you mean 'sft\.optim\.lr'\?"):
+        load_run_config(None, ["sft.optim.lrr=0.1"])
 
 
 # --- wrong types --------------------------------------------------------------------------------
@@ -77,8 +77,8 @@ def test_int_is_not_a_bool(tmp_path):
 
 
 def test_bool_is_not_a_float():
-    with pytest.raises(ConfigError, match=r"'optim\.lr': expected float, got bool True"):
-        load_run_config(None, ["optim.lr=true"])
+    with pytest.raises(ConfigError, match=r"'grpo\.optim\.lr': expected float, got bool True"):
+        load_run_config(None, ["grpo.optim.lr=true"])
 
 
 def test_list_item_of_wrong_type_is_named_by_index(tmp_path):
@@ -216,19 +216,20 @@ def test_yaml_and_overrides_merge(tmp_path):
         model:
           num_layers: 2
           hidden_size: 64
-        optim:
-          lr: 1e-5
+        grpo:
+          optim:
+            lr: 1e-5
         """)
     cfg = load_run_config(path, ["model.num_layers=4", "parallel.tensor_model_parallel_size=2", "run.name=exp1"])
     assert (cfg.model.num_layers, cfg.model.hidden_size) == (4, 64)  # override wins, file value kept
-    assert cfg.optim.lr == 1e-5  # exponent floats without a dot are floats, not strings
+    assert cfg.grpo.optim.lr == 1e-5  # exponent floats without a dot are floats, not strings
     assert cfg.parallel.tensor_model_parallel_size == 2 and cfg.run.name == "exp1"
     assert cfg.data == RunConfig().data
 
 
 def test_ints_widen_to_floats():
-    cfg = load_run_config(None, ["optim.lr=1", "model.norm_eps=0"])
-    assert type(cfg.optim.lr) is float and cfg.optim.lr == 1.0
+    cfg = load_run_config(None, ["grpo.optim.lr=1", "model.norm_eps=0"])
+    assert type(cfg.grpo.optim.lr) is float and cfg.grpo.optim.lr == 1.0
     assert type(cfg.model.norm_eps) is float
 
 
@@ -240,7 +241,7 @@ def test_null_for_optional(tmp_path):
 
 
 def test_dump_yaml_round_trip(tmp_path):
-    cfg = load_run_config(None, ["model.num_moe_experts=4", "model.fp8=null", "optim.lr=3e-4",
+    cfg = load_run_config(None, ["model.num_moe_experts=4", "model.fp8=null", "pretrain.optim.lr=3e-4",
                              "data.mix.difficulty={arithmetic: 2}", "data.mix.options={countdown: {max_number: 9}}",
                              "data.template.kind=chat", "data.template.system_prompt=Think first."])
     dump_yaml(cfg, tmp_path / "resolved.yaml")
@@ -269,6 +270,41 @@ def test_from_dict_builds_nested_dataclasses_and_tuples():
 def test_from_dict_names_its_source():
     with pytest.raises(ConfigError, match=r"^checkpoint: key 'inner\.size': expected int or null, got 'x'$"):
         from_dict(Outer, {"inner": {"size": "x"}}, source="checkpoint")
+
+
+# --- one optimizer section per stage -------------------------------------------------------------
+
+def test_every_stage_has_the_same_optimizer_section():
+    cfg = RunConfig()
+    assert type(cfg.pretrain.optim) is type(cfg.sft.optim) is type(cfg.grpo.optim)
+
+
+def test_a_stage_keeps_its_own_defaults_for_the_keys_left_out(tmp_path):
+    path = write(tmp_path, "pretrain:\n  optim:\n    lr: 0.003\nsft:\n  optim:\n    warmup_steps: 5\n")
+    cfg = load_run_config(path, ["grpo.optim.decay_steps=null"])
+    default = RunConfig()
+    assert cfg.pretrain.optim == dataclasses.replace(default.pretrain.optim, lr=0.003)
+    assert (cfg.pretrain.optim.weight_decay, cfg.pretrain.optim.warmup_steps) == (0.01, 30)
+    assert cfg.sft.optim == dataclasses.replace(default.sft.optim, warmup_steps=5)
+    assert cfg.grpo.optim == dataclasses.replace(default.grpo.optim, decay_steps=None)
+    assert default.pretrain.optim != default.grpo.optim
+
+
+@pytest.mark.parametrize("text, old, new", [
+    ("optim:\n  lr: 0.001\n", "optim", "grpo.optim"),
+    ("pretrain:\n  lr: 0.001\n", "pretrain.lr", "pretrain.optim.lr"),
+    ("sft:\n  min_lr_ratio: 0.5\n", "sft.min_lr_ratio", "sft.optim.min_lr_ratio"),
+    ("sft:\n  warmup_steps: 2\n", "sft.warmup_steps", "sft.optim.warmup_steps"),
+    ("grpo:\n  optim:\n    min_lr: 0.00001\n", "grpo.optim.min_lr", "grpo.optim.min_lr_ratio"),
+])
+def test_an_old_optimizer_key_names_its_new_key(tmp_path, text, old, new):
+    msg = load_error(tmp_path, text)
+    assert f"key '{old}': '{old}' is now '{new}'" in msg, msg
+
+
+def test_an_old_optimizer_key_in_an_override_names_its_new_key():
+    with pytest.raises(ConfigError, match=r"command-line override 'optim\.lr': 'optim' is now 'grpo\.optim'"):
+        load_run_config(None, ["optim.lr=0.1"])
 
 
 # --- override values ----------------------------------------------------------------------------

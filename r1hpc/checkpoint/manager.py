@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,6 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
+from r1hpc import faults
 from r1hpc.checkpoint.compat import ResumeError, current_layout
 from r1hpc.checkpoint.config import CheckpointConfig
 from r1hpc.checkpoint.layout import (LATEST, explain_write_errors, fsync_tree, prune, publish, read_meta,
@@ -33,10 +33,6 @@ from r1hpc.model.weights import (load_dist_checkpoint, load_model_weights, save_
                                  sharded_model_state)
 
 FORMAT_VERSION = 1
-# Test hook (docs/checkpointing.md): during the save of this step, after the model and optimizer
-# shards and the rank file are written and before the checkpoint is published, the process kills
-# itself (SIGKILL).
-KILL_IN_SAVE_ENV = "R1HPC_CHECKPOINT_TEST_KILL_IN_SAVE_AT_STEP"
 
 
 class CheckpointManager:
@@ -67,8 +63,7 @@ class CheckpointManager:
             torch.save({"optimizer_stepped": _has_adam_moments(optim_state), "rng": capture_rng(),
                         "trainer": self.trainer.state_dict(), "engine": self.policy.state_dict(),
                         "scorer": self.scorer.state_dict()}, tmp / "ranks" / f"rank_{self.rank:05d}.pt")
-        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.point("checkpoint.save", step)  # R1HPC_FAULT=checkpoint.save:N (crash tests)
         fsync_tree(tmp)
         torch.distributed.barrier()  # every rank's files are written and flushed
         if self.rank == 0:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from r1hpc import faults
 from r1hpc.data.problem import Problem
 from r1hpc.rollout.generate import Sample
 
@@ -31,9 +32,9 @@ class RolloutBatch:
     score_s: float = 0.0
 
 
-def save_batch(batch: RolloutBatch, path: Path, *, kill_midway: bool = False) -> None:
-    """Write (and flush) ``batch`` to ``path``. ``kill_midway`` is the fault-injection hook of the
-    tests: the process SIGKILLs itself with half of the file written."""
+def save_batch(batch: RolloutBatch, path: Path, *, crash_midway: bool = False) -> None:
+    """Write (and flush) ``batch`` to ``path``. ``crash_midway`` (fault injection, r1hpc.faults): the
+    process SIGKILLs itself with half of the file written."""
     record: dict[str, Any] = {k: getattr(batch, k) for k in ("order", "life", "step", "shard", "version", "worker",
                                                               "scores", "generate_s", "score_s")}
     record["problems"] = [dataclasses.asdict(p) for p in batch.problems]
@@ -43,13 +44,8 @@ def save_batch(batch: RolloutBatch, path: Path, *, kill_midway: bool = False) ->
                           "truncated": bool(s.truncated)} for s in batch.samples]
     with open(path, "wb") as f:
         torch.save(record, f)
-        if kill_midway:
-            import signal
-
-            f.truncate(max(1, f.tell() // 2))
-            f.flush()
-            os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
+        if crash_midway:
+            faults.crash(half_written=f)
         f.flush()
         os.fsync(f.fileno())
 

@@ -18,14 +18,13 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
+from r1hpc import faults
 from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE
 from r1hpc.data.problem import Problem
 from r1hpc.disagg.batch import RolloutBatch, save_batch
 from r1hpc.disagg.exchange import Exchange, read_json
 from r1hpc.disagg.config import exchange_root
 from r1hpc.disagg.source import Heartbeat
-
-KILL_IN_WRITE_ENV = "R1HPC_DISAGG_TEST_KILL_IN_WRITE"  # "<worker>:<n>": SIGKILL inside the n-th batch write
 
 
 class Stopped(Exception):
@@ -50,8 +49,6 @@ class RolloutWorker:
         self.started = time.time()
         self.loaded: Optional[tuple[int, int]] = None  # (life, version) in the model
         self.model = self.tok = self.scorer = None
-        kill = os.environ.get(KILL_IN_WRITE_ENV, "")
-        self.kill_at = int(kill.split(":")[1]) if kill.partition(":")[0] == self.id else None
 
     # ------------------------------------------------------------------ housekeeping
     def _beat(self) -> None:
@@ -144,7 +141,8 @@ class RolloutWorker:
                              scores=scores, generate_s=t1 - t0, score_s=t2 - t1)
         staged = self.ex.staging_path(order["name"], self.id)
         self.stats["state"] = f"writing {order['name']}"
-        save_batch(batch, staged, kill_midway=self.kill_at == self.stats["batches"] + 1)
+        # R1HPC_FAULT=disagg.batch_write:N (crash tests): die half-way through this worker's N-th batch
+        save_batch(batch, staged, crash_midway=faults.armed("disagg.batch_write", self.stats["batches"] + 1))
         try:
             published = self.ex.publish_batch(staged, order["name"])
         except FileNotFoundError:  # swept: the trainer restarted and voided this order

@@ -22,7 +22,8 @@ def counted_step(model_kw: dict, parallel_kw: dict, micro_batch: int, seq: int, 
     init_distributed(parallel_cfg, model_cfg, seed=7)
     engine = Engine(model_cfg, parallel_cfg, OptimConfig(lr=1e-3, clip_grad=1.0))
     g = torch.Generator().manual_seed(1234 + parallel_state.get_data_parallel_rank())
-    micro = [make_lm_batch(torch.randint(0, model_cfg.vocab_size, (micro_batch, seq + 1), generator=g))
+    micro = [make_lm_batch(torch.randint(0, model_cfg.vocab_size, (micro_batch, seq + 1), generator=g),
+                           vocab_size=model_cfg.vocab_size)
              for _ in range(num_micro)]
     engine.train_step(lm_forward_step, micro, seq_length=seq, micro_batch_size=micro_batch)
     torch.distributed.barrier()

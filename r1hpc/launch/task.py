@@ -1,8 +1,8 @@
 """What a submitit job runs on each task: one ``r1hpc`` sub-command in a child process.
 
 The child owns the training loop and its ``PreemptionGuard`` (r1hpc.checkpoint.preemption): on
-SIGUSR2/SIGTERM every rank agrees at a step boundary, saves, and exits 75. Slurm signals every
-process of the step, so this wrapper gets the signal too: submitit calls ``checkpoint`` (rank 0),
+SIGUSR2/SIGTERM every rank agrees at a step boundary, saves, and exits ``EXIT_CODE_REQUEUE``. Slurm
+signals every process of the step, so this wrapper gets the signal too: submitit calls ``checkpoint`` (rank 0),
 which waits for the child to finish its save before submitit requeues the job (requeueing earlier
 would kill the save). The requeued job runs the same command, which resumes (``--resume auto``).
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 
@@ -19,33 +19,53 @@ from r1hpc.model.provider import build_model
 
 @dataclasses.dataclass
 class OptimConfig:
-    """Adam with decoupled weight decay, gradient clipping, linear warm-up and an optional decay
-    to ``min_lr`` over ``decay_steps`` optimizer steps (0: constant after warm-up)."""
+    """Adam with decoupled weight decay and gradient clipping. The learning rate warms up linearly
+    over ``warmup_steps``, then decays (``decay_style``) to ``lr * min_lr_ratio`` over the first
+    ``decay_steps`` optimizer steps (0: constant after warm-up; null: over the whole stage). Every
+    training stage has one (``pretrain.optim``, ``sft.optim``, ``grpo.optim``): same keys, same
+    meaning, the stage's own defaults."""
+
+    # keys of earlier releases -> (their replacement, why); the config loader names them in its error
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, str]]] = {
+        "min_lr": ("min_lr_ratio", "the floor is a fraction of lr in every stage: min_lr_ratio = min_lr / lr")}
 
     lr: float = 1e-4
-    min_lr: float = 0.0
-    decay_steps: int = 0
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    decay_steps: Optional[int] = 0
     decay_style: str = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    warmup_steps: int = 0
     use_distributed_optimizer: bool = False
+
+    @property
+    def min_lr(self) -> float:
+        return self.lr * self.min_lr_ratio
+
+    def for_stage(self, total_steps: int) -> "OptimConfig":
+        """This config with ``decay_steps: null`` resolved to the stage's ``total_steps`` optimizer steps."""
+        return self if self.decay_steps is not None else dataclasses.replace(self, decay_steps=total_steps)
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"key 'lr' must be positive, got {self.lr}")
         if self.clip_grad < 0:
             raise ConfigError(f"key 'clip_grad' must be >= 0, got {self.clip_grad}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"key 'min_lr' must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.decay_steps < 0 or self.warmup_steps < 0:
-            raise ConfigError("keys 'decay_steps' and 'warmup_steps' must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"key 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        if (self.decay_steps is not None and self.decay_steps < 0) or self.warmup_steps < 0:
+            raise ConfigError("keys 'decay_steps' and 'warmup_steps' must be >= 0 (decay_steps: or null)")
         if self.decay_style not in _DECAY_SHAPES:
             raise ConfigError(f"key 'decay_style' must be one of {sorted(_DECAY_SHAPES)}, got {self.decay_style!r}")
 
+
+# the schedule keys pretrain and sft held before each stage had its own ``optim`` section
+MOVED_INTO_OPTIM: dict[str, tuple[str, str]] = {
+    k: (f"optim.{k}", "every stage's optimizer settings are one section with the same keys")
+    for k in ("lr", "min_lr_ratio", "warmup_steps")}
 
 _DECAY_SHAPES: dict[str, Callable[[float], float]] = {
     "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
@@ -54,7 +74,9 @@ _DECAY_SHAPES: dict[str, Callable[[float], float]] = {
 
 
 def lr_at(cfg: OptimConfig, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): warm-up, then decay to ``min_lr``."""
+    """Learning rate of optimizer step ``step`` (0-based): warm-up, then decay to ``lr * min_lr_ratio``."""
+    if cfg.decay_steps is None:
+        raise ValueError("OptimConfig.decay_steps is null (the whole stage): resolve it with for_stage(total_steps)")
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if not cfg.decay_steps:

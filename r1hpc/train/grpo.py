@@ -30,7 +30,7 @@ from r1hpc.device import HOST, collective_device
 from r1hpc.rollout.generate import RolloutConfig, Sample, response_text
 from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows, split_rows
-from r1hpc.train.engine import Engine
+from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.fused_output import FusedOutputLayer
 from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
 from r1hpc.model.provider import causal_attention_mask
@@ -50,10 +50,15 @@ class GRPOConfig:
     dynamic_sampling_max_rounds: int = 3
     eval_every: int = 0
     time_limit_minutes: Optional[float] = None
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
     def validate(self) -> None:
         if min(self.steps, self.mini_batches, self.epochs, self.micro_batch_size) < 1:
             raise ConfigError("steps, mini_batches, epochs and micro_batch_size must be >= 1")
+
+    def optimizer(self) -> OptimConfig:
+        """``optim`` with ``decay_steps: null`` resolved to the most updates the run makes."""
+        return self.optim.for_stage(self.steps * self.mini_batches * self.epochs)
 
 
 def _tp_group():

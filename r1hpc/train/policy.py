@@ -27,7 +27,7 @@ def load_policy(cfg, weights: Optional[str | Path], *, trainable: bool, base_dir
     tok, _ = prepare_tokenizer(cfg, base_dir)
     model_cfg = base_model_config(cfg, base_dir, tok)
     check_layout(parallel, model_cfg, torch.distributed.get_world_size())
-    engine = Engine(model_cfg, parallel, cfg.optim, trainable=trainable)
+    engine = Engine(model_cfg, parallel, cfg.grpo.optimizer(), trainable=trainable)  # trainable: the RL policy
     if weights is not None:
         load_base(engine, base_dir, Path(weights))
     return engine, tok, model_cfg

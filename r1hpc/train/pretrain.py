@@ -10,7 +10,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 
@@ -21,21 +21,23 @@ from r1hpc.model.base import base_dir_of, prepare_tokenizer
 from r1hpc.model.hf.importer import META_FILE, is_converted
 from r1hpc.model.weights import save_model_weights
 from r1hpc.train.batching import round_up
-from r1hpc.train.engine import Engine, OptimConfig
+from r1hpc.train.engine import MOVED_INTO_OPTIM, Engine, OptimConfig
 from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch
 
 
 @dataclasses.dataclass
 class PretrainConfig:
     """Next-token training of the base. ``reuse`` skips it when ``<run dir>/base`` already holds a
-    base built from the same model, data and pretrain settings (checked by hash)."""
+    base built from the same model, data and pretrain settings (checked by hash). ``optim`` defaults
+    to a cosine decay over all ``steps`` down to a tenth of the rate."""
+
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, str]]] = MOVED_INTO_OPTIM
 
     steps: int = 600
     batch_size: int = 32
     micro_batch_size: int = 32
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
-    warmup_steps: int = 30
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        lr=2e-3, min_lr_ratio=0.1, warmup_steps=30, decay_steps=None, weight_decay=0.01, clip_grad=1.0))
     # train on prompt tokens too; off by default: a prompt's digits are random, and their large,
     # irreducible loss would dominate the clipped gradient of a tiny model
     prompt_loss: bool = False
@@ -45,8 +47,6 @@ class PretrainConfig:
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.micro_batch_size) < 1:
             raise ConfigError("steps, batch_size and micro_batch_size must be >= 1")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size})")
@@ -93,9 +93,7 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
         tok.save(base_dir)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     p = cfg.pretrain
-    engine = Engine(model_cfg, parallel, OptimConfig(lr=p.lr, min_lr=p.lr * p.min_lr_ratio, warmup_steps=p.warmup_steps,
-                                                     decay_steps=p.steps, weight_decay=0.01,
-                                                     clip_grad=1.0))
+    engine = Engine(model_cfg, parallel, p.optim.for_stage(p.steps))
     seqs = encode_corpus(tok, corpus, model_cfg.max_seq_length + 1)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     rng = random.Random(cfg.run.seed)
@@ -112,7 +110,7 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
             for j, (s, n_prompt) in enumerate(chunk):
                 ids[j, :len(s)] = torch.tensor(s, device=HOST)
                 mask[j, 0 if p.prompt_loss else n_prompt:len(s)] = 1
-            micro.append(make_lm_batch(ids, mask))
+            micro.append(make_lm_batch(ids, mask, vocab_size=tok.vocab_size))
         width = max(m["tokens"].shape[1] for m in micro)
         out = engine.train_step(lm_forward_step, micro, seq_length=width, micro_batch_size=p.micro_batch_size)
         if out["outputs"]:

@@ -16,7 +16,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ from r1hpc.device import HOST, collective_device
 from r1hpc.model.base import base_dir_of, base_model_config, load_base, prepare_tokenizer, start_weights
 from r1hpc.monitor.metrics import MetricsLogger
 from r1hpc.train.batching import round_up
-from r1hpc.train.engine import Engine, last_stage_broadcast
+from r1hpc.train.engine import MOVED_INTO_OPTIM, Engine, OptimConfig, last_stage_broadcast
 from r1hpc.train.lm_loss import lm_forward_step
 from r1hpc.train.pretrain import encode_pairs
 
@@ -39,28 +39,25 @@ Encoded = tuple[list[int], int]  # (prompt + response + EOS token ids, prompt le
 class SFTConfig:
     """``batch_size`` examples per optimizer step (all data-parallel ranks together; the last step of
     an epoch takes what is left); ``micro_batch_size`` rows per micro-batch on each rank (a row
-    holds one example, or several with ``packing``). The learning rate warms up over
-    ``warmup_steps`` and decays (``optim.decay_style``) to ``lr * min_lr_ratio`` at the last step;
-    the other optimizer settings come from ``optim``. ``max_examples`` keeps the first N examples
-    read (null: all)."""
+    holds one example, or several with ``packing``). ``optim`` defaults to a cosine decay over all
+    steps down to a tenth of the rate. ``max_examples`` keeps the first N examples read (null: all)."""
+
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, str]]] = MOVED_INTO_OPTIM
 
     data: list[str] = dataclasses.field(default_factory=list)
     epochs: int = 1
     batch_size: int = 32
     micro_batch_size: int = 8
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 0
+    optim: OptimConfig = dataclasses.field(
+        default_factory=lambda: OptimConfig(lr=1e-4, min_lr_ratio=0.1, decay_steps=None))
     packing: bool = True
     max_examples: Optional[int] = None
 
     def validate(self) -> None:
         if min(self.epochs, self.batch_size, self.micro_batch_size) < 1:
             raise ConfigError("epochs, batch_size and micro_batch_size must be >= 1")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"lr must be positive and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or (self.max_examples is not None and self.max_examples < 1):
-            raise ConfigError("warmup_steps must be >= 0 and max_examples >= 1 (or null)")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError("max_examples must be >= 1 (or null)")
 
 
 def encode_examples(tok: TextTokenizer, examples, template, max_len: int) -> tuple[list[Encoded], int]:
@@ -282,9 +279,7 @@ def sft(cfg, log: Callable[[str], None] = print) -> dict:
     base_dir, init, tok, model_cfg = _start(cfg)
     seqs, dropped = _encode_fitting(tok, examples, cfg.data.template, model_cfg.max_seq_length, log)
     plan = step_batches(len(seqs), s, cfg.run.seed)
-    optim = dataclasses.replace(cfg.optim, lr=s.lr, min_lr=s.lr * s.min_lr_ratio, warmup_steps=s.warmup_steps,
-                                decay_steps=len(plan))
-    engine = Engine(model_cfg, cfg.parallel, optim)
+    engine = Engine(model_cfg, cfg.parallel, s.optim.for_stage(len(plan)))
     load_base(engine, base_dir, init)
     log(f"[sft] {len(seqs)} examples x {s.epochs} epochs = {len(plan)} steps from {init}")
 

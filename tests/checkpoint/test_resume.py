@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from r1hpc import faults
 from r1hpc.checkpoint.layout import newest_complete
+from r1hpc.checkpoint.preemption import EXIT_CODE_REQUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -111,7 +113,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(reference, tmp_pa
 
 def test_kill_inside_a_save_skips_the_incomplete_checkpoint(reference, tmp_path):
     base, ref = reference
-    killed = _train(tmp_path, base, env={"R1HPC_CHECKPOINT_TEST_KILL_IN_SAVE_AT_STEP": "4"})
+    killed = _train(tmp_path, base, env={faults.ENV: "checkpoint.save:4"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     ckpts = tmp_path / "ci_r1zero" / "checkpoints"
     assert (ckpts / "step_00000004.tmp" / "model").is_dir() and not (ckpts / "step_00000004").exists()
@@ -130,7 +132,7 @@ def test_sigusr2_saves_exits_75_and_resume_continues(reference, tmp_path):
     os.kill(proc.pid, signal.SIGUSR2)
     proc.wait(timeout=900)
     out = (tmp_path / "preempted.log").read_text()
-    assert proc.returncode == 75, out[-4000:]
+    assert proc.returncode == EXIT_CODE_REQUEUE, out[-4000:]
     saved = [int(m) for m in re.findall(r"^\[preempt\] saved step (\d+);", out, flags=re.M)]
     assert len(saved) == 1 and f"[preempt] saved step {saved[0]}; exiting for requeue" in out
     assert (tmp_path / "ci_r1zero" / "checkpoints" / f"step_{saved[0]:08d}" / "meta.json").is_file()

@@ -105,7 +105,15 @@ def test_preemption_guard_only_sets_a_flag():
     finally:
         guard.uninstall()
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
-    assert EXIT_CODE_REQUEUE == 75
+
+
+def test_the_slurm_templates_take_the_requeue_exit_code_from_r1hpc():
+    """One definition: slurm/common.sh asks r1hpc.checkpoint.preemption for the code it requeues on."""
+    line = next(x for x in (Path(__file__).resolve().parents[2] / "slurm/common.sh").read_text().splitlines() if x.startswith("EXIT_CODE_REQUEUE="))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", f'{line}\necho "$EXIT_CODE_REQUEUE"'], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == str(EXIT_CODE_REQUEUE), out.stderr
 
 
 def test_a_signal_during_start_up_is_kept_for_the_guard():

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from r1hpc import faults
 from r1hpc.disagg.exchange import Exchange
-from r1hpc.disagg.worker import KILL_IN_WRITE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs/ci_r1zero.yaml")
@@ -120,7 +120,7 @@ def test_a_worker_killed_mid_write_and_requeued_loses_and_repeats_nothing(out, c
     late. The run must finish, consume each step once, and equal the colocated run."""
     name = "killed"
     ov = _overrides(out, name) + ["disagg.status_every_s=2"]
-    victim = _cli(["rollout-worker", CONFIG, *ov, "--worker-id", "w0"], _env(**{KILL_IN_WRITE_ENV: "w0:2"}))
+    victim = _cli(["rollout-worker", CONFIG, *ov, "--worker-id", "w0"], _env(**{faults.ENV: "disagg.batch_write:2"}))
     trainer = _cli(["train", CONFIG, *ov, "disagg.enabled=true"], _env())
     victim_log = victim.communicate(timeout=600)[0]
     assert victim.returncode == -9, victim_log  # died by SIGKILL inside the write

@@ -96,7 +96,7 @@ def test_a_reposted_order_yields_one_batch(tmp_path):
 
 def _write_and_die(root: str, name: str) -> None:
     ex = Exchange(root)
-    save_batch(_batch(name, n=64, G=8), ex.staging_path(name, "w9"), kill_midway=True)
+    save_batch(_batch(name, n=64, G=8), ex.staging_path(name, "w9"), crash_midway=True)
 
 
 def test_a_worker_killed_mid_write_exposes_nothing(tmp_path):

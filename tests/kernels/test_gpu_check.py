@@ -32,3 +32,14 @@ def test_sampler_check_passes_on_gpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"] == torch.cuda.get_device_name()
     assert proc.returncode == 0, json.dumps(report["checks"], indent=1)[-4000:]
+
+
+def test_benchmarks_never_import_tests():
+    """Benchmarks run where the tests are not installed (a GPU node, a wheel): r1hpc is their library."""
+    import ast
+
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "tests" or n.startswith("tests.") for n in names), (path.name, names)

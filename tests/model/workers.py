@@ -29,7 +29,7 @@ def train_losses(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, st
     (save_model_weights if mode == "save" else load_model_weights)(engine.module, ckpt_dir)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     seqs = fixed_batch(model_cfg.vocab_size)[dp_rank::dp]
-    micro = [make_lm_batch(seqs[i:i + 1]) for i in range(seqs.shape[0])]
+    micro = [make_lm_batch(seqs[i:i + 1], vocab_size=model_cfg.vocab_size) for i in range(seqs.shape[0])]
     losses = []
     for _ in range(steps):
         out = engine.train_step(lm_forward_step, micro, seq_length=SEQ, micro_batch_size=1)

@@ -127,3 +127,12 @@ def test_cluster_recipes_plan_with_single_rank_array_tasks(recipe):
 def test_a_bad_student_fails_when_the_chain_is_planned():
     with pytest.raises(ConfigError, match="num_layers"):
         _plan("pipeline.student=[model.num_layers=0]")
+
+
+@pytest.mark.parametrize("recipe", ["configs/tiny_r1_pipeline.yaml", "configs/r1_pipeline_moe16b_h800.yaml",
+                                    "configs/r1_distill_7b.yaml"])
+def test_every_job_of_a_recipe_loads_its_config(recipe):
+    """A stage override with a renamed key would otherwise fail only when that stage's job starts."""
+    cfg = load_run_config(recipe)
+    for stage in plan(cfg, recipe, [], Resources(nodes=1)):
+        load_run_config(recipe, stage.overrides)

@@ -40,7 +40,7 @@ def all_steps(out_dir: str) -> dict:
     from r1hpc.train.pretrain import encode_corpus, pretrain
     from r1hpc.train.r1zero import _agreed_stop
     from r1hpc.train.sft import SFTConfig, sft_step
-    from tests.train.workers import ResponseShapeScorer
+    from r1hpc.rewards.shape import ResponseShapeScorer
 
     torch.set_num_threads(1)
     overrides = [*TINY, f"run.output_dir={out_dir}", f"pretrain.base_dir={out_dir}/base"]
@@ -61,9 +61,9 @@ def all_steps(out_dir: str) -> dict:
         pretrain(cfg, cfg.parallel, base_dir, log=lambda *a: None)
     tok, corpus = prepare_tokenizer(cfg, base_dir)
     model_cfg = base_model_config(cfg, base_dir, tok)
-    policy = Engine(model_cfg, cfg.parallel, cfg.optim)
+    policy = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer())
     load_base(policy, base_dir)
-    reference = Engine(model_cfg, cfg.parallel, cfg.optim, trainable=False)
+    reference = Engine(model_cfg, cfg.parallel, cfg.grpo.optimizer(), trainable=False)
     load_base(reference, base_dir)
 
     dp_rank = torch.distributed.get_rank()

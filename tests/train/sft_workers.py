@@ -111,7 +111,7 @@ def cold_start_learning(cfg_path: str, overrides: list[str], n_eval: int) -> dic
     base_dir = base_dir_of(cfg)
     tok, _ = prepare_tokenizer(cfg, base_dir)
     tok.save(base_dir)
-    engine = Engine(base_model_config(cfg, base_dir, tok), cfg.parallel, cfg.optim, trainable=False)
+    engine = Engine(base_model_config(cfg, base_dir, tok), cfg.parallel, cfg.sft.optim, trainable=False)
     save_model_weights(engine.module, base_dir / "weights")
     before = _format_scores(cfg, tok, engine.module, n_eval)
     for path in cfg.sft.data:

@@ -32,7 +32,7 @@ def _first_step_keeps_loaded_weights(base_dir: str) -> float:
     load_base(engine, Path(base_dir))
     # a host batch, as every trainer builds one: the engine moves it to its device
     seqs = torch.randint(0, MODEL.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0), device="cpu")
-    engine.train_step(lm_forward_step, [make_lm_batch(seqs)], seq_length=8, micro_batch_size=2)
+    engine.train_step(lm_forward_step, [make_lm_batch(seqs, vocab_size=MODEL.vocab_size)], seq_length=8, micro_batch_size=2)
     drift = max(float((p.detach().float() - q).abs().max()) for p, q in zip(engine.module.parameters(), loaded))
     destroy_distributed()
     return drift

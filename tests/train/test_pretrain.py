@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.multiproc import run_workers
+from tests.train.workers import lm_loss_vs_real_vocabulary
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["pretrain.steps=40", "data.corpus.size=400", "data.tokenizer.train_examples=400"]
 
@@ -29,6 +34,15 @@ def test_pretrain_writes_a_base_and_reuses_it(tmp_path):
     assert "pretraining a weak base" in first.stdout
     again = _pretrain(base)
     assert f"[base] reusing {base}" in again.stdout
-    changed = _pretrain(base, "pretrain.lr=0.001")
+    changed = _pretrain(base, "pretrain.optim.lr=0.001")
     assert "pretraining a weak base" in changed.stdout
     assert json.loads((base / "meta.json").read_text())["fingerprint"] != meta["fingerprint"]
+
+
+@pytest.mark.multiproc
+def test_pretraining_loss_leaves_the_vocabulary_padding_out():
+    """megatron pads a 100-token vocabulary to 128 rows; their logits must not enter the softmax."""
+    (r,) = run_workers(lm_loss_vs_real_vocabulary, 1, 100)
+    assert r["padded_vocab"] == 128
+    assert r["lm_loss"] == pytest.approx(r["real"], rel=1e-5, abs=1e-6)
+    assert abs(r["padded"] - r["real"]) > 1e-3, r  # the check can tell the two apart

@@ -114,8 +114,8 @@ TINY = ["data.corpus.size=400", "data.tokenizer.train_examples=400", "model.max_
 def test_cold_start_sft_teaches_the_cold_start_form(tmp_path):
     data = tmp_path / "cold_start.jsonl"
     overrides = TINY + [f"run.output_dir={tmp_path}", "run.name=cold", f"pretrain.base_dir={tmp_path / 'base'}",
-                        "sft.epochs=2", "sft.batch_size=8", "sft.micro_batch_size=8", "sft.lr=0.003",
-                        "sft.warmup_steps=5", "sft.max_examples=400", f"sft.data=[{data}]"]
+                        "sft.epochs=2", "sft.batch_size=8", "sft.micro_batch_size=8", "sft.optim.lr=0.003",
+                        "sft.optim.warmup_steps=5", "sft.max_examples=400", f"sft.data=[{data}]"]
     (r,) = run_workers(sft_workers.cold_start_learning, 1, CONFIG, overrides, 16)
     run_dir, meta = tmp_path / "cold", r["meta"]
     assert meta["steps"] == 100 and meta["examples"] == 400 and meta["dropped_too_long"] == 0

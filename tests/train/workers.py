@@ -12,22 +12,16 @@ from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distribu
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import causal_attention_mask, sequence_parallel_off
 from r1hpc.model.weights import load_model_weights, save_model_weights
+from r1hpc.rewards.shape import ResponseShapeScorer
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
+from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch, position_ids
 
 MODEL = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, max_seq_length=64)
 MOE = dict(MODEL, num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=64)
 MIX = TaskMixConfig(tasks=["arithmetic"], difficulty={"arithmetic": 2}, seed=0)
 TEMPLATE = TemplateConfig(kind="short")
-
-
-class ResponseShapeScorer:
-    """A reward that varies between the responses of a random-init model (the real rewards would be
-    all zero there, leaving nothing to learn): a deterministic function of the response text."""
-
-    def score_batch(self, texts, problems):
-        return [{"total": (len(t) % 5) / 4, "accuracy": float(len(t) % 2), "format": 0.0} for t in texts]
 
 
 def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_kw: dict, steps: int = 2) -> dict:
@@ -72,3 +66,30 @@ def _probe_logits(model, tok) -> torch.Tensor:
                        runtime_gather_output=True)
     model.train(was_training)
     return logits[..., :tok.vocab_size].clone()
+
+
+def lm_loss_vs_real_vocabulary(vocab_size: int) -> dict:
+    """The pretraining loss of one micro-batch through megatron's schedule, and plain-torch cross
+    entropy of the same logits over the real vocabulary and over megatron's padded one."""
+    model_cfg = ModelConfig(vocab_size=vocab_size, num_layers=1, hidden_size=32, ffn_hidden_size=64,
+                            num_attention_heads=2, max_seq_length=16)
+    init_distributed(ParallelConfig(), model_cfg, seed=3)
+    engine = Engine(model_cfg, ParallelConfig(), OptimConfig(), trainable=False)
+    seqs = torch.randint(0, vocab_size, (3, 13), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(seqs, dtype=torch.float)
+    mask[0, :5] = 0  # a prompt without loss
+    batch = make_lm_batch(seqs, mask, vocab_size=vocab_size)
+    (out,) = engine.run_schedule(lm_forward_step, [batch], seq_length=12, micro_batch_size=3, forward_only=True)
+    with torch.no_grad():
+        tokens = batch["tokens"]
+        logits = engine.module(tokens, position_ids(tokens), causal_attention_mask(12, tokens.device)).float()
+
+    def masked_ce(lg: torch.Tensor) -> float:
+        ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), batch["labels"].reshape(-1),
+                                               reduction="none")
+        return float((ce * batch["loss_mask"].reshape(-1)).sum() / batch["loss_mask"].sum())
+
+    result = {"padded_vocab": logits.shape[-1], "lm_loss": float(out["lm_loss"]),
+              "real": masked_ce(logits[..., :vocab_size]), "padded": masked_ce(logits)}
+    destroy_distributed()
+    return result
