@@ -37,7 +37,7 @@ def all_steps(out_dir: str) -> dict:
     from r1hpc.train.engine import Engine
     from r1hpc.train.grpo import GRPOTrainer
     from r1hpc.train.pretrain import base_model_config, encode_corpus, load_base, prepare_tokenizer, pretrain
-    from r1hpc.train.r1zero import _agreed_stop
+    from r1hpc.train.trainer import _agreed_stop
     from r1hpc.train.sft import SFTConfig, sft_step
     from tests.train.workers import ResponseShapeScorer
 
