@@ -72,3 +72,41 @@ def _probe_logits(model, tok) -> torch.Tensor:
                        runtime_gather_output=True)
     model.train(was_training)
     return logits[..., :tok.vocab_size].clone()
+
+
+class RecordingScorer(ResponseShapeScorer):
+    """ResponseShapeScorer that keeps every score it returned, so a test can recompute a step's rewards."""
+
+    def __init__(self) -> None:
+        self.scored: list[dict] = []
+
+    def score_batch(self, texts, problems):
+        scores = super().score_batch(texts, problems)
+        self.scored += scores
+        return scores
+
+
+def dp_metrics_run() -> dict:
+    """Data parallel over two ranks, each with its own prompts: this rank's rollout batch (rewards,
+    response lengths, token entropies, truncation) with the reduced rollout metrics of that batch,
+    then a whole train_step with the rewards it scored and the metrics it returned."""
+    corpus = build_corpus(MIX, CorpusConfig(size=200), TEMPLATE)
+    tok = build_tokenizer(TokenizerConfig(vocab_size=300, train_examples=200), corpus)
+    model_cfg = ModelConfig(vocab_size=tok.vocab_size, **MODEL)
+    init_distributed(ParallelConfig(), model_cfg, seed=3)
+    policy = Engine(model_cfg, ParallelConfig(), OptimConfig(lr=1e-3))
+    scorer = RecordingScorer()
+    trainer = GRPOTrainer(policy, None, tokenizer=tok, scorer=scorer, algo=AlgoConfig(beta=0.0),
+                          rollout=RolloutConfig(group_size=4, prompts_per_step=8, max_new_tokens=12),
+                          grpo=GRPOConfig(mini_batches=2, micro_batch_size=4),
+                          render=lambda q: render_prompt(q, TEMPLATE), problems=stream(MIX, "train", seed=0), seed=5)
+    batch = trainer.rollout_and_score()
+    rewards = trainer.rewards(batch, None)
+    local = {"rewards": rewards.tolist(), "lengths": [len(s.response_ids) for s in batch.samples],
+             "entropies": torch.cat([s.entropies for s in batch.samples]).tolist(),
+             "truncated": [s.truncated for s in batch.samples],
+             "metrics": trainer.rollout_metrics(batch, rewards).reduce()}
+    scorer.scored.clear()
+    step = trainer.train_step()
+    destroy_distributed()
+    return {"batch": local, "step_rewards": [s["total"] for s in scorer.scored], "step": step}
