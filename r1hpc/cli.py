@@ -238,10 +238,9 @@ def _reject(args) -> int:
     return 0
 
 
-Run = Callable[[argparse.Namespace], int]
-# The commands, in the order `r1hpc --help` lists them: name -> (adds its sub-parser, runs it and
-# returns the exit code). Heavy modules are imported by the command that needs them.
-COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Run]] = {
+# The commands, in the order `r1hpc --help` lists them: name -> (adds its sub-parser to the
+# sub-parsers, runs it and returns the exit code). Heavy modules are imported by the command itself.
+COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {
     "info": (_info_parser, _info),
     "pretrain": (_pretrain_parser, _pretrain),
     "sft": (_sft_parser, _sft),
