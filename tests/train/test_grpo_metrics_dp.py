@@ -2,6 +2,8 @@
 rolling out its own prompts, every rank reports the values computed over the union of both ranks'
 samples, not its own. Before the reducer, ``reward/std``, ``reward/frac_zero_std``,
 ``rollout/entropy``, ``response_length/max`` and ``response_length/clip_ratio`` were one rank's.
+(A random-init model reaches max_new_tokens on both ranks, so the maximum here checks the wiring;
+tests/monitor/test_reduce.py checks maxima that differ between ranks.)
 
 Tolerance: the reducer sums in float64 in another order than the reference below, a few ulps;
 discrete values (maxima, fractions of counts) must match exactly.
@@ -33,8 +35,11 @@ def test_rollout_metrics_are_those_of_the_union_of_both_ranks(ranks):
     batches = [r["batch"] for r in ranks]
     rewards, lengths = _union([b["rewards"] for b in batches]), _union([b["lengths"] for b in batches])
     # the test means something only if the ranks' samples differ where these metrics look
-    assert batches[0]["rewards"] != batches[1]["rewards"] and batches[0]["lengths"] != batches[1]["lengths"]
+    for key in ("rewards", "lengths", "truncated"):
+        assert batches[0][key] != batches[1][key], key
     assert len(batches[0]["entropies"]) != len(batches[1]["entropies"])  # unequal token counts: weighting matters
+    local_std = [float(torch.tensor(b["rewards"], dtype=torch.float64).std()) for b in batches]
+    assert all(abs(s - float(rewards.std())) > 1e-6 for s in local_std)  # one rank's std is not the global one
     want = {"reward/std": float(rewards.std()), "reward/mean": float(rewards.mean()),
             "reward/frac_zero_std": _frac_zero_std(rewards),
             "response_length/max": float(lengths.max()), "response_length/mean": float(lengths.mean()),
