@@ -143,7 +143,7 @@ def megatron_step(engine, prompts, new_tokens, mini_batches) -> dict[str, float]
     from functools import partial
 
     from r1hpc.rollout.generate import generate
-    from r1hpc.train.grpo import _grpo_loss_func, _logits
+    from r1hpc.train.grpo_update import _grpo_loss_func, _logits
     from r1hpc.algo.loss import AlgoConfig
 
     t0 = time.perf_counter()

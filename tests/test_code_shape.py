@@ -12,16 +12,6 @@ PACKAGE_DIRS = [ROOT / "r1hpc", ROOT / "triton_kernels"]
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 
-# Known offenders being restructured elsewhere. This list must be empty: remove each entry as its
-# function or module is split (an entry that no longer offends fails the test below).
-EXEMPT = {
-    "r1hpc/cli.py::main",
-    "r1hpc/train/r1zero.py::run_r1zero",
-    "r1hpc/train/grpo.py::GRPOTrainer.train_step",
-    "r1hpc/train/grpo.py",
-}
-
-
 def _functions(tree: ast.AST, prefix: str = ""):
     """(qualified name, node) of every function, methods and nested functions included."""
     for node in ast.iter_child_nodes(tree):
@@ -53,14 +43,8 @@ def offenders() -> dict[str, int]:
 
 def test_no_long_functions_or_modules():
     found = offenders()
-    bad = {k: n for k, n in found.items() if k not in EXEMPT}
-    assert not bad, (f"over {MAX_FUNCTION_LINES} lines per function / {MAX_MODULE_LINES} per module "
-                     "(split them into named steps):\n" + "\n".join(f"  {k}: {n} lines" for k, n in sorted(bad.items())))
-
-
-def test_exemptions_are_still_needed():
-    stale = sorted(EXEMPT - set(offenders()))
-    assert not stale, f"no longer over the limits, remove from EXEMPT: {stale}"
+    assert not found, (f"over {MAX_FUNCTION_LINES} lines per function / {MAX_MODULE_LINES} per module "
+                     "(split them into named steps):\n" + "\n".join(f"  {k}: {n} lines" for k, n in sorted(found.items())))
 
 
 def test_the_walk_sees_long_functions_and_nested_ones(tmp_path):

@@ -7,13 +7,16 @@ from r1hpc.launch.cli import add_resource_args, resources_from_args
 from r1hpc.launch.launcher import ChainFailed, launch
 
 
-def add_pipeline_parsers(sub) -> None:
+def add_pipeline_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="the R1 pipeline (cold start, reasoning RL, rejection sampling + SFT, RL for "
                        "all scenarios, distillation) as a chain of jobs, evaluated after every stage (docs/pipeline.md)")
     p.add_argument("config", help="YAML recipe with a pipeline section, e.g. configs/tiny_r1_pipeline.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (every job)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     add_resource_args(p)
+
+
+def add_pipeline_report_parser(sub) -> None:
     rep = sub.add_parser("pipeline-report", help="compare the evaluated stages of a pipeline: <root>/report.md")
     rep.add_argument("config")
     rep.add_argument("overrides", nargs="*")

@@ -166,11 +166,11 @@ def test_resume_candidates_are_newest_first_with_fallbacks_only_for_auto(tmp_pat
 def test_grpo_with_one_sample_per_prompt_fails_before_anything_runs(tmp_path):
     from r1hpc.config import ConfigError
     from r1hpc.run_config import load_run_config
-    from r1hpc.train.r1zero import run_r1zero
+    from r1hpc.train.trainer import Trainer
 
     cfg = load_run_config(None, ["rollout.group_size=1", f"run.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="rollout.group_size: GRPO .* needs >= 2, got 1"):
-        run_r1zero(cfg)
+        Trainer(cfg).run()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -119,14 +119,14 @@ def test_streaming_writer_refuses_a_tensor_out_of_plan(tmp_path):
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_r1zero_refuses_hf_path_instead_of_ignoring_it():
+def test_train_refuses_hf_path_instead_of_ignoring_it():
     from r1hpc.config import ConfigError
     from r1hpc.run_config import load_run_config
-    from r1hpc.train.r1zero import run_r1zero
+    from r1hpc.train.trainer import Trainer
 
     cfg = load_run_config("configs/ci_r1zero.yaml", ["model.hf_path=/models/qwen2"])
     with pytest.raises(ConfigError, match="model.hf_path"):
-        run_r1zero(cfg)
+        Trainer(cfg).run()
 
 
 @pytest.mark.parametrize("model_kw, family, fault", [

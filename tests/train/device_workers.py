@@ -38,7 +38,7 @@ def all_steps(out_dir: str) -> dict:
     from r1hpc.train.engine import Engine
     from r1hpc.train.grpo import GRPOTrainer
     from r1hpc.train.pretrain import encode_corpus, pretrain
-    from r1hpc.train.r1zero import _agreed_stop
+    from r1hpc.train.trainer import _agreed_stop
     from r1hpc.train.sft import SFTConfig, sft_step
     from r1hpc.rewards.shape import ResponseShapeScorer
 

@@ -1,5 +1,5 @@
 """algo.fused_output on and off give the same GRPO update: the trainer's own forward steps
-(GRPOTrainer._loss_step, _forward_logp) on a real megatron-core GPTModel in megatron's DDP, through
+(GRPOUpdate._loss_step, forward_logp) on a real megatron-core GPTModel in megatron's DDP, through
 megatron's forward-backward schedule, with tied and untied output weights, TP = 1 and TP = 2 with
 sequence parallelism (the hidden-state gather) and without it (the input-gradient all-reduce).
 
@@ -22,7 +22,8 @@ from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distribu
 from r1hpc.model.config import ModelConfig
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
-from r1hpc.train.grpo import GRPOConfig, GRPOTrainer, _vocab_start
+from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
+from r1hpc.train.grpo_update import _vocab_start
 from tests.multiproc import run_workers
 from tests.train.workers import MODEL
 
@@ -57,7 +58,7 @@ def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     losses = []
 
     def recording_step(data_iterator, model):
-        output, loss_func = trainer._loss_step(_vocab_start(engine), 1.0, on_policy, data_iterator, model)
+        output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, on_policy, data_iterator, model)
 
         def recorded(out):
             loss, stats = loss_func(out)
@@ -69,7 +70,7 @@ def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     for fused in (False, True):
         trainer.algo.fused_output = fused
         mb = _micro_batch()
-        logp = trainer._forward_logp(engine, [dict(mb)])[0]
+        logp = trainer.updater.forward_logp(engine, [dict(mb)])[0]
         for m in engine.model:
             m.zero_grad_buffer()
         engine.run_schedule(recording_step, [mb], seq_length=S, micro_batch_size=B, forward_only=False)

@@ -93,3 +93,43 @@ def lm_loss_vs_real_vocabulary(vocab_size: int) -> dict:
               "real": masked_ce(logits[..., :vocab_size]), "padded": masked_ce(logits)}
     destroy_distributed()
     return result
+
+
+class ParityScorer:
+    """A coarse reward of the response text (its length's parity), so that some groups of a
+    random-init model score alike (zero std) and others do; keeps every score it returned."""
+
+    def __init__(self) -> None:
+        self.scored: list[dict] = []
+
+    def score_batch(self, texts, problems):
+        scores = [{"total": float(len(t) % 2), "accuracy": float(len(t) % 3 == 0)} for t in texts]
+        self.scored += scores
+        return scores
+
+
+def dp_metrics_run() -> dict:
+    """Data parallel over two ranks, each with its own prompts: this rank's rollout batch (rewards,
+    response lengths, token entropies, truncation) with the reduced rollout metrics of that batch,
+    then a whole train_step with the rewards it scored and the metrics it returned."""
+    corpus = build_corpus(MIX, CorpusConfig(size=200), TEMPLATE)
+    tok = build_tokenizer(TokenizerConfig(vocab_size=300, train_examples=200), corpus)
+    model_cfg = ModelConfig(vocab_size=tok.vocab_size, **dict(MODEL, max_seq_length=96))
+    init_distributed(ParallelConfig(), model_cfg, seed=3)
+    policy = Engine(model_cfg, ParallelConfig(), OptimConfig(lr=1e-3))
+    scorer = ParityScorer()
+    # 48 new tokens: a random-init model ends about one response in six early (EOS is 1 of ~300 ids)
+    trainer = GRPOTrainer(policy, None, tokenizer=tok, scorer=scorer, algo=AlgoConfig(beta=0.0),
+                          rollout=RolloutConfig(group_size=4, prompts_per_step=16, max_new_tokens=48),
+                          grpo=GRPOConfig(mini_batches=2, micro_batch_size=4),
+                          render=lambda q: render_prompt(q, TEMPLATE), problems=stream(MIX, "train", seed=0), seed=5)
+    batch = trainer.rollout_and_score()
+    rewards = trainer.rewards(batch, None)
+    local = {"rewards": rewards.tolist(), "lengths": [len(s.response_ids) for s in batch.samples],
+             "entropies": torch.cat([s.entropies for s in batch.samples]).tolist(),
+             "truncated": [s.truncated for s in batch.samples],
+             "metrics": trainer.rollout_metrics(batch, rewards).reduce()}
+    scorer.scored.clear()
+    step = trainer.train_step()
+    destroy_distributed()
+    return {"batch": local, "step_rewards": [s["total"] for s in scorer.scored], "step": step}

@@ -1,0 +1,220 @@
+"""The learning half of a GRPO step on megatron-core: the old-policy and reference log-prob passes
+(forward-only schedules) and the mini-batch updates with the GRPO loss through megatron's
+forward-backward schedule. Loss normalisation is global: aggregation weights use the step's
+token/sequence counts summed over DP ranks, and the per-micro-batch loss is pre-multiplied by
+(micro-batches x DP size) to cancel megatron's averaging, so the gradient is exactly that of the
+configured aggregation mode over the whole mini-batch.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Optional
+
+import torch
+
+from r1hpc.algo.logprobs import token_logp
+from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss
+from r1hpc.algo.sampling_utils import truncated_is_weights
+from r1hpc.device import HOST, collective_device
+from r1hpc.model.provider import causal_attention_mask
+from r1hpc.monitor.reduce import StepMetrics
+from r1hpc.train.batching import split_rows
+from r1hpc.train.engine import Engine
+from r1hpc.train.fused_output import FusedOutputLayer
+from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
+
+
+def _tp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def _vocab_start(engine: Engine) -> int:
+    from megatron.core import parallel_state
+
+    shard = engine.module.vocab_size // parallel_state.get_tensor_model_parallel_world_size()  # padded vocab
+    return parallel_state.get_tensor_model_parallel_rank() * shard
+
+
+def _logits(model, mb: dict, vocab_size: int) -> torch.Tensor:
+    """This rank's [b, s, V_local] logits with megatron's vocab padding (to a multiple of 128 x TP)
+    masked out: the sampler draws from the real vocabulary only, so the trainer's log-probs and
+    entropies must too (and must not depend on the TP size through the padding)."""
+    tokens = mb["tokens"]
+    return mask_vocab_padding(model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device)),
+                              vocab_size)
+
+
+def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logp_fn, logits: torch.Tensor):
+    sel = mb["response_mask"]
+    logp, entropy = logp_fn(logits[sel], mb["targets"][sel], temperature=temperature,
+                            tp_group=_tp_group(), vocab_start_index=vocab_start)
+    full = torch.zeros(sel.shape, device=logits.device)
+    full[sel] = logp.float()
+    return torch.zeros((), device=logits.device), {"logp": full}
+
+
+_LOSS_METRICS = {"clipfrac_low": "pg_clipfrac_low", "clipfrac_high": "pg_clipfrac_high", "kl_mean": "kl",
+                 "entropy_mean": "entropy", "ratio_mean": "ratio_mean"}
+
+
+def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, loss_fn, logits: torch.Tensor):
+    sel = mb["weights"] > 0
+    if not bool(sel.any()):  # filler micro-batch: keep the graph, contribute nothing
+        return logits.sum() * 0.0, {"tokens": torch.zeros((), device=logits.device)}
+    loss, m = loss_fn(
+        logits[sel], mb["targets"][sel], mb["old_logp"][sel], mb["advantages"][sel], mb["weights"][sel],
+        ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
+        tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
+        tp_group=_tp_group(), vocab_start_index=vocab_start, params=algo.loss_params())
+    stats = {"tokens": sel.sum().float()}
+    for k, name in _LOSS_METRICS.items():
+        if k in m:
+            stats[name] = m[k].detach().float() * stats["tokens"]  # token-weighted, normalised later
+    return loss * scale, stats
+
+
+class GRPOUpdate:
+    """Log-prob passes and optimizer updates over one step's packed rows (``pack_rows``)."""
+
+    def __init__(self, algo: AlgoConfig, grpo, *, vocab_size: int, group_size: int, max_new_tokens: int,
+                 dp: int) -> None:
+        """``grpo``: the GRPOConfig; ``algo`` is shared with the trainer (one object)."""
+        self.algo, self.cfg = algo, grpo
+        self.vocab_size, self.group_size, self.max_new_tokens, self.dp = vocab_size, group_size, max_new_tokens, dp
+
+    def logprobs(self, policy: Engine, reference: Optional[Engine], rows: dict) -> dict:
+        """``rows`` with old-policy log-probs (when the step takes more than one update, or truncated
+        IS needs them) and reference log-probs (when the loss has a KL term), row-aligned."""
+        micro = split_rows(rows, self.cfg.micro_batch_size, max(1, self._global_micro_count(rows["tokens"].shape[0])),
+                           policy.seq_multiple)
+        if self.cfg.mini_batches * self.cfg.epochs > 1 or self.algo.tis_cap is not None:
+            for mb, lp in zip(micro, self.forward_logp(policy, micro)):
+                mb["old_logp"] = lp
+        if reference is not None and self.algo.beta > 0:
+            for mb, lp in zip(micro, self.forward_logp(reference, micro)):
+                mb["ref_logp"] = lp
+        return self._merge_micro(rows, micro)
+
+    def forward_logp(self, engine: Engine, micro: list[dict]) -> list[torch.Tensor]:
+        width = max(mb["tokens"].shape[1] for mb in micro)
+        step = partial(self._logp_step, _vocab_start(engine))
+        outs = engine.run_schedule(step, micro, seq_length=width, micro_batch_size=self.cfg.micro_batch_size,
+                                   forward_only=True)
+        return [o["logp"] for o in outs]
+
+    def _logp_step(self, vocab_start: int, data_iterator, model):
+        mb = next(data_iterator)
+        output, logp_fn, _ = self._forward(model, mb)
+        return output, partial(_logp_loss_func, mb, self.algo.temperature, vocab_start, logp_fn)
+
+    def _forward(self, model, mb: dict):
+        """(output, logp_fn, loss_fn): the logits with token_logp and grpo_loss, or with
+        algo.fused_output the hidden states with the fused output layer's equivalents."""
+        if self.algo.fused_output:
+            layer = FusedOutputLayer(model, self.vocab_size)
+            return layer.forward(mb["tokens"]), layer.logp, layer.loss
+        return _logits(model, mb, self.vocab_size), token_logp, grpo_loss
+
+    def _merge_micro(self, rows: dict, micro: list[dict]) -> dict:
+        """Write per-micro-batch log-probs back into row-aligned [B, L] tensors."""
+        B, L = rows["tokens"].shape
+        mbs = self.cfg.micro_batch_size
+        for key in ("old_logp", "ref_logp"):
+            if key in micro[0]:
+                full = torch.zeros(B, L, device=HOST)
+                for m, mb in enumerate(micro):
+                    lo = m * mbs
+                    n = min(mbs, B - lo)
+                    if n > 0:
+                        width = min(L, mb[key].shape[1])  # micro-batches may be padded past L
+                        full[lo:lo + n, :width] = mb[key][:n, :width].to(HOST)
+                rows[key] = full
+        return rows
+
+    def _global_micro_count(self, local_rows: int) -> int:
+        """Micro-batches every DP rank runs: the most any rank needs (0 when no rank has rows)."""
+        local = float(math.ceil(local_rows / self.cfg.micro_batch_size))
+        if self.dp == 1:
+            return int(local)
+        from megatron.core import parallel_state
+
+        group = parallel_state.get_data_parallel_group()
+        n = torch.tensor(local, device=collective_device(group))
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX, group=group)
+        return int(n)
+
+    def _dp_sum(self, value: float) -> float:
+        if self.dp == 1:
+            return value
+        from megatron.core import parallel_state
+
+        group = parallel_state.get_data_parallel_group()
+        t = torch.tensor(value, dtype=torch.float64, device=collective_device(group))
+        torch.distributed.all_reduce(t, group=group)
+        return float(t)
+
+    def update(self, policy: Engine, rows: dict, adv: torch.Tensor, metrics: StepMetrics) -> None:
+        """``mini_batches`` optimizer updates per epoch over whole groups; declares the actor metrics."""
+        mask = rows["response_mask"]
+        B = mask.shape[0]
+        rows["advantages"] = adv[:, None].expand_as(mask).contiguous().float()
+        if "old_logp" not in rows:
+            rows["old_logp"] = torch.zeros_like(rows["rollout_logp"])  # replaced below: on-policy
+        if self.algo.tis_cap is not None:
+            rows["tis_weight"] = truncated_is_weights(rows["old_logp"], rows["rollout_logp"], self.algo.tis_cap)
+        on_policy = self.cfg.mini_batches * self.cfg.epochs == 1 and self.algo.tis_cap is None
+        G = self.group_size
+        totals: dict[str, float] = {}
+        grad_norms = []
+        for _ in range(self.cfg.epochs):
+            for part in range(self.cfg.mini_batches):
+                # whole groups share a mini-batch, so every group's rows are updated together
+                groups = torch.arange(B // G, device=HOST)[part::self.cfg.mini_batches]
+                idx = (groups[:, None] * G + torch.arange(G, device=HOST)[None]).view(-1)
+                out = self._mini_batch(policy, {k: v[idx] for k, v in rows.items()}, on_policy)
+                if out is None:
+                    continue
+                grad_norms.append(out["grad_norm"])
+                for o in out["outputs"]:
+                    for k, v in o.items():
+                        totals[k] = totals.get(k, 0.0) + float(v)
+        tokens = totals.pop("tokens", 0.0)
+        for k, v in totals.items():  # token-weighted over every rank's tokens
+            metrics.mean_of(f"actor/{k}", v, tokens)
+        # megatron's gradient norm is global, and every rank runs the same number of updates
+        metrics.same("actor/grad_norm", sum(grad_norms) / len(grad_norms) if grad_norms else 0.0)
+        metrics.same("actor/updates", float(len(grad_norms)))
+
+    def _mini_batch(self, policy: Engine, sub: dict, on_policy: bool) -> Optional[dict]:
+        """One optimizer update over this rank's rows of a mini-batch; None when no rank has a row to learn from."""
+        n_seqs, n_tokens = self._dp_sum(float(sub["tokens"].shape[0])), self._dp_sum(float(sub["response_mask"].sum()))
+        sub["weights"] = aggregation_weights(sub["response_mask"], self.algo.loss_agg_mode,
+                                             max_len=self.max_new_tokens, num_tokens=n_tokens, num_seqs=n_seqs)
+        if self.cfg.skip_zero_advantage_groups and self.algo.beta == 0 and self.algo.entropy_coef == 0:
+            # exact: with no KL/entropy term a zero-advantage token has zero loss and gradient
+            sub["weights"] = sub["weights"] * (sub["advantages"] != 0)
+        keep = sub["weights"].sum(1) > 0
+        sub = {k: v[keep] for k, v in sub.items()}
+        n_micro = self._global_micro_count(int(keep.sum()))
+        if n_micro == 0:  # every group on every rank has zero advantage: nothing to learn
+            return None
+        micro = split_rows(sub, self.cfg.micro_batch_size, n_micro, policy.seq_multiple)
+        scale = float(n_micro * self.dp)
+        step = partial(self._loss_step, _vocab_start(policy), scale, on_policy)
+        width = max(mb["tokens"].shape[1] for mb in micro)
+        return policy.train_step(step, micro, seq_length=width, micro_batch_size=self.cfg.micro_batch_size)
+
+    def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
+        mb = next(data_iterator)
+        logits, logp_fn, loss_fn = self._forward(model, mb)
+        if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
+            with torch.no_grad():
+                sel = mb["response_mask"]
+                lp, _ = logp_fn(logits[sel].detach(), mb["targets"][sel], temperature=self.algo.temperature,
+                                tp_group=_tp_group(), vocab_start_index=vocab_start)
+                mb["old_logp"] = torch.zeros(sel.shape, device=logits.device)
+                mb["old_logp"][sel] = lp.float()
+        return logits, partial(_grpo_loss_func, mb, self.algo, vocab_start, scale, loss_fn)
