@@ -11,6 +11,7 @@ the configured aggregation mode over the whole mini-batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 from r1hpc.algo.advantages import group_advantages
 from r1hpc.algo.kl import kl_penalized_rewards
 from r1hpc.algo.logprobs import token_logp
+from r1hpc.algo.mismatch import dp_group_or_none, mismatch_metrics
 from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, truncated_is_weights
 from r1hpc.config import ConfigError
@@ -32,8 +34,10 @@ from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows, split_rows
 from r1hpc.train.engine import Engine
 from r1hpc.train.fused_output import FusedOutputLayer
+from r1hpc.train.routing import TrainerRouting
 from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
 from r1hpc.model.provider import causal_attention_mask
+from r1hpc.model.routing_replay import RoutingReplayConfig
 
 
 @dataclasses.dataclass
@@ -112,7 +116,7 @@ class GRPOTrainer:
 
     def __init__(self, policy: Engine, reference: Optional[Engine], *, tokenizer, scorer, algo: AlgoConfig,
                  rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int,
-                 monitor=None, source=None) -> None:
+                 monitor=None, source=None, routing: Optional[RoutingReplayConfig] = None) -> None:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
@@ -131,6 +135,8 @@ class GRPOTrainer:
         if needs_ref and reference is None:
             raise ConfigError("algo.beta > 0 needs a reference model")
         self.step = 0
+        # MoE routing replay (R3) and router agreement (r1hpc.train.routing); None: neither applies
+        self.routing = TrainerRouting.build(routing, policy.module, reference.module if reference else None)
 
     def state_dict(self) -> dict:
         """What exact resume needs from the trainer: the step (it seeds the rollout sampler) and the
@@ -222,10 +228,11 @@ class GRPOTrainer:
     def _forward(self, model, mb: dict):
         """(output, logp_fn, loss_fn): the logits with token_logp and grpo_loss, or with
         algo.fused_output the hidden states with the fused output layer's equivalents."""
-        if self.algo.fused_output:
-            layer = FusedOutputLayer(model, self.tok.vocab_size)
-            return layer.forward(mb["tokens"]), layer.logp, layer.loss
-        return _logits(model, mb, self.tok.vocab_size), token_logp, grpo_loss
+        with self.routing.forward(model, mb) if self.routing else contextlib.nullcontext():  # R3 replay / record
+            if self.algo.fused_output:
+                layer = FusedOutputLayer(model, self.tok.vocab_size)
+                return layer.forward(mb["tokens"]), layer.logp, layer.loss
+            return _logits(model, mb, self.tok.vocab_size), token_logp, grpo_loss
 
     # ----------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
@@ -263,9 +270,14 @@ class GRPOTrainer:
                 for mb, lp in zip(micro_all, ref):
                     mb["ref_logp"] = lp
             rows = self._merge_micro(rows, micro_all)
+            if "old_logp" in rows:  # rollout/trainer mismatch figures (r1hpc.algo.mismatch)
+                metrics.update(mismatch_metrics(rows["rollout_logp"], rows["old_logp"], rows["response_mask"],
+                                                dp_group_or_none(self.dp)))
             if self.algo.kl_in_reward and "ref_logp" in rows:
                 rewards = kl_penalized_rewards(rewards, rows.get("old_logp", rows["rollout_logp"]), rows["ref_logp"],
                                                rows["response_mask"], self.algo.beta, self.algo.kl_kind)
+        if self.routing is not None:  # router agreement (replay off), on every rank: it sums over all
+            metrics.update(self.routing.step_metrics())
         t_logp = time.perf_counter() - t1
 
         adv = group_advantages(rewards.view(n_groups, G), self.algo.advantage_estimator, self.algo.adv_eps).view(-1) \

@@ -106,6 +106,7 @@ def run_r1zero(cfg) -> dict:
                                     group_size=cfg.rollout.group_size, seed=cfg.run.seed, say=say)
         trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=scorer, algo=cfg.algo, rollout=cfg.rollout,
                               grpo=cfg.grpo, render=render, problems=problems, seed=cfg.run.seed, source=source,
+                              routing=cfg.routing,
                               monitor=Monitor(cfg.monitor, tok, policy.module, run_dir, writer=rank0, say=say)
                               if cfg.monitor.enabled else None)
         ckpt = CheckpointManager(cfg.checkpoint, ckpt_dir, policy=policy, trainer=trainer, scorer=scorer,
