@@ -13,6 +13,8 @@ a movement of about 0.4 from the updates. A real bug (a missing reduction of the
 log-softmax, a wrong vocab offset or padding, rewards differing between TP ranks) moves them by
 1e-2 relative or more. Sampled lengths and rewards are discrete and must match exactly.
 """
+import math
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_grpo_tp2_equals_tp1(tmp_path, model_kw, algo_kw, rel, atol):
                 assert got[key] == want[key], key
             for key, value in want.items():
                 if key.startswith(NOISE_FIGURES):
-                    assert 0 <= got[key] < float("inf"), (key, got[key])
+                    assert math.isfinite(got[key]), (key, got[key])  # seq_kl, a sampled estimate, may be < 0
                     continue
                 assert abs(got[key] - value) <= rel * abs(value) + 1e-7, (key, got[key], value)
         torch.testing.assert_close(r["logits"], ref["logits"], rtol=0, atol=atol)
