@@ -17,6 +17,7 @@ from r1hpc.disagg.config import DisaggConfig, check_disagg
 from r1hpc.distributed import ParallelConfig, check_layout
 from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model.config import ModelConfig
+from r1hpc.model.routing_replay import RoutingReplayConfig
 from r1hpc.monitor.monitor import MonitorConfig
 from r1hpc.pipeline.config import PipelineConfig
 from r1hpc.rewards.registry import RewardsConfig
@@ -67,6 +68,7 @@ class RunConfig:
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     rejection: RejectionConfig = dataclasses.field(default_factory=RejectionConfig)
     disagg: DisaggConfig = dataclasses.field(default_factory=DisaggConfig)
+    routing: RoutingReplayConfig = dataclasses.field(default_factory=RoutingReplayConfig)
 
     def validate(self) -> None:
         check_layout(self.parallel, self.model)

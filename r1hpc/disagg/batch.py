@@ -1,5 +1,6 @@
 """A rollout batch on disk: one order's problems, their G responses with per-token log-probs and
-entropies, the rewards, and the weight version that sampled them.
+entropies (and, for routing replay, their MoE experts), the rewards, and the weight version that
+sampled them.
 
 Saved with ``torch.save`` and read with ``weights_only=True``: plain tensors, numbers and strings,
 never pickled code, so a batch file cannot run anything in the trainer."""
@@ -41,7 +42,7 @@ def save_batch(batch: RolloutBatch, path: Path, *, crash_midway: bool = False) -
     record["samples"] = [{"prompt_ids": torch.tensor(s.prompt_ids, dtype=torch.int64),
                           "response_ids": torch.tensor(s.response_ids, dtype=torch.int64),
                           "logprobs": s.logprobs.float(), "entropies": s.entropies.float(),
-                          "truncated": bool(s.truncated)} for s in batch.samples]
+                          "truncated": bool(s.truncated), "routing": s.routing} for s in batch.samples]
     with open(path, "wb") as f:
         torch.save(record, f)
         if crash_midway:
@@ -53,7 +54,8 @@ def save_batch(batch: RolloutBatch, path: Path, *, crash_midway: bool = False) -
 def load_batch(path: Path) -> RolloutBatch:
     rec = torch.load(path, map_location="cpu", weights_only=True)
     samples = [Sample(prompt_ids=s["prompt_ids"].tolist(), response_ids=s["response_ids"].tolist(),
-                      logprobs=s["logprobs"], entropies=s["entropies"], truncated=s["truncated"])
+                      logprobs=s["logprobs"], entropies=s["entropies"], truncated=s["truncated"],
+                      routing=s.get("routing"))
                for s in rec.pop("samples")]
     problems = [Problem(**p) for p in rec.pop("problems")]
     return RolloutBatch(problems=problems, samples=samples, **rec)

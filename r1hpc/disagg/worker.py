@@ -74,6 +74,7 @@ class RolloutWorker:
         from r1hpc.data.prompts import run_data_sources
         from r1hpc.data.templates import render_prompt
         from r1hpc.distributed import init_distributed
+        from r1hpc.model.routing_replay import attach_for_rollout
         from r1hpc.rewards.judge_model import build_judges
         from r1hpc.rewards.registry import RewardScorer
         from r1hpc.train.policy import load_policy
@@ -88,6 +89,7 @@ class RolloutWorker:
         # no weights yet: the newest published ones are loaded before the first order
         self.engine, self.tok, model_cfg = load_policy(self.cfg, None, trainable=False, parallel=single)
         self.max_seq_length = model_cfg.max_seq_length
+        attach_for_rollout(self.engine.module, self.cfg.routing)  # the samples carry their MoE routing (R3)
         self.scorer = RewardScorer(self.cfg.rewards, models=build_judges(self.cfg, run_data_sources(self.cfg.data)))
         self.render = partial(render_prompt, cfg=self.cfg.data.template, chat_template=self.tok.chat_template)
 

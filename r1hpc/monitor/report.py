@@ -33,6 +33,10 @@ CURVES = [
     ("attention", "Attention after markers", [("monitor/attn_distant_before", "distant mass before marker"),
                                               ("monitor/attn_distant_after", "distant mass after marker")],
      "attention mass"),
+    ("mismatch", "Rollout / trainer mismatch", [("sampling/sampling_logp_difference/mean", "mean |log-prob gap|"),
+                                               ("rollout_corr/ratio_out_of_band_frac", "ratio outside [1/2, 2]"),
+                                               ("rollout_corr/router_agreement", "MoE router agreement")],
+     "nats / share"),
 ]
 TRAJECTORY_EXAMPLES = 4
 

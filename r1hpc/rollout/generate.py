@@ -17,6 +17,7 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.device import HOST
+from r1hpc.model.routing_replay import RoutingRecorder
 from r1hpc.rollout.native import local_device_type, resolve_sampler, sample_tokens_native, seed_from
 from r1hpc.rollout.sampling import sample_tokens
 
@@ -68,6 +69,9 @@ class Sample:
     logprobs: torch.Tensor
     entropies: torch.Tensor
     truncated: bool  # hit max_new_tokens without a stop token
+    # MoE experts per fed position (prompt + response[:-1]), layer and top-k slot: [P + R - 1, layers, k]
+    # int16, recorded when the routers carry replay instances (r1hpc.model.routing_replay)
+    routing: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
@@ -148,7 +152,10 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     prefill_mask = prefill_mask | pad_keys[:, None, None, :length]
     positions = (torch.arange(length, device=device)[None] - pads[:, None]).clamp(min=0)
     ctx = StaticInferenceContext(batch, length + max_new_tokens)
+    recorder = RoutingRecorder.start(model, batch, length + max_new_tokens)  # routing replay (R3)
     logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
+    if recorder:
+        recorder.prefill(length)
     ctx.sequence_len_offset += length
     stop = torch.tensor(list(stop_ids), device=device)
     # the samples' tokens, log-probs and entropies are collected on the host, as Sample holds them
@@ -171,14 +178,25 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
         rows = active.to(device)
         logits = model(tok[:, None], positions[rows, -1:] + step + 1, pad_keys[rows, None, None, :length + step + 1],
                        inference_context=ctx, runtime_gather_output=True)[:, -1]
+        if recorder:
+            recorder.decode(active, length + step)
         ctx.sequence_len_offset += 1
-    stop_cpu = stop.cpu()
+    samples = _samples(prompts, toks[:, :step + 1], logps, ents, stop.cpu(), recorder, pads.tolist(), length)
+    if recorder:
+        recorder.stop()
+    return samples
+
+
+def _samples(prompts, toks: torch.Tensor, logps, ents, stop: torch.Tensor, recorder: Optional[RoutingRecorder],
+             pads: list[int], length: int) -> list[Sample]:
+    """Each row cut after its first stop token (or at the last decoded step: truncated)."""
     samples = []
-    for b in range(batch):
-        hits = torch.isin(toks[b, :step + 1], stop_cpu).nonzero()
-        n = int(hits[0]) + 1 if len(hits) else step + 1
+    for b in range(len(prompts)):
+        hits = torch.isin(toks[b], stop).nonzero()
+        n = int(hits[0]) + 1 if len(hits) else toks.shape[1]
         samples.append(Sample(list(prompts[b]), toks[b, :n].tolist(), logps[b, :n].clone(), ents[b, :n].clone(),
-                              truncated=not len(hits)))
+                              truncated=not len(hits),
+                              routing=recorder.take(b, pads[b], length + n - 1) if recorder else None))
     return samples
 
 

@@ -32,7 +32,21 @@ def pack_rows(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]
         targets[i, :n] = seq[1:]
         mask[i, p - 1:n] = True
         rollout_logp[i, p - 1:n] = s.logprobs
-    return {"tokens": tokens, "targets": targets, "response_mask": mask, "rollout_logp": rollout_logp}
+    rows = {"tokens": tokens, "targets": targets, "response_mask": mask, "rollout_logp": rollout_logp}
+    if samples and samples[0].routing is not None:  # routing replay: the rollout's experts per fed position
+        rows["routing"] = pack_routing(samples, width)
+    return rows
+
+
+def pack_routing(samples: Sequence[Sample], width: int) -> torch.Tensor:
+    """[B, width, layers, topk] routing aligned with ``tokens``; -1 past each row's end."""
+    first = samples[0].routing
+    out = torch.full((len(samples), width, *first.shape[1:]), -1, dtype=first.dtype, device=HOST)
+    for i, s in enumerate(samples):
+        if s.routing is None or s.routing.shape[1:] != first.shape[1:]:
+            raise ValueError(f"sample {i} carries no routing of shape [*, {', '.join(map(str, first.shape[1:]))}]")
+        out[i, :len(s.routing)] = s.routing
+    return out
 
 
 def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro: int,
@@ -46,11 +60,12 @@ def split_rows(batch: dict[str, torch.Tensor], micro_batch_size: int, num_micro:
     for m in range(num_micro):
         lo, hi = m * micro_batch_size, min((m + 1) * micro_batch_size, rows)
         if lo >= hi:
-            out.append({k: torch.zeros((1, width_multiple), dtype=v.dtype, device=v.device) for k, v in batch.items()})
+            out.append({k: torch.zeros((1, width_multiple, *v.shape[2:]), dtype=v.dtype, device=v.device)
+                        for k, v in batch.items()})
             continue
         mb = {k: v[lo:hi] for k, v in batch.items()}
         used = int(mb["response_mask"].any(0).nonzero().max()) + 1 if mb["response_mask"].any() else 1
-        out.append({k: (pad_width(v[:, :used], round_up(used, width_multiple)) if v.dim() == 2 else v)
+        out.append({k: (pad_width(v[:, :used], round_up(used, width_multiple)) if v.dim() >= 2 else v)
                     for k, v in mb.items()})
     return out
 
@@ -60,5 +75,7 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def pad_width(t: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
-    """``t`` [B, L] right-padded with ``value`` to [B, width] (unchanged when already that wide)."""
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if width > t.shape[1] else t
+    """``t`` [B, L, ...] right-padded along L with ``value`` to [B, width, ...] (unchanged when already that wide)."""
+    if width <= t.shape[1]:
+        return t
+    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value)

@@ -19,6 +19,7 @@ import torch
 
 from r1hpc.algo.advantages import group_advantages
 from r1hpc.algo.kl import kl_penalized_rewards
+from r1hpc.algo.mismatch import dp_group_or_none, mismatch_metrics
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty
 from r1hpc.config import ConfigError
@@ -30,6 +31,8 @@ from r1hpc.rollout.groups import rollout_groups
 from r1hpc.train.batching import pack_rows
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.grpo_update import GRPOUpdate, _tp_group
+from r1hpc.train.routing import TrainerRouting
+from r1hpc.model.routing_replay import RoutingReplayConfig
 
 
 @dataclasses.dataclass
@@ -89,7 +92,7 @@ class GRPOTrainer:
 
     def __init__(self, policy: Engine, reference: Optional[Engine], *, tokenizer, scorer, algo: AlgoConfig,
                  rollout: RolloutConfig, grpo: GRPOConfig, render, problems: Iterator[Problem], seed: int,
-                 monitor=None, source=None) -> None:
+                 monitor=None, source=None, routing: Optional[RoutingReplayConfig] = None) -> None:
         from megatron.core import parallel_state
 
         self.policy, self.reference, self.tok, self.scorer = policy, reference, tokenizer, scorer
@@ -108,8 +111,10 @@ class GRPOTrainer:
         needs_ref = algo.beta > 0
         if needs_ref and reference is None:
             raise ConfigError("algo.beta > 0 needs a reference model")
+        # MoE routing replay (R3) and router agreement (r1hpc.train.routing); None: neither applies
+        self.routing = TrainerRouting.build(routing, policy.module, reference.module if reference else None)
         self.updater = GRPOUpdate(self.algo, grpo, vocab_size=tokenizer.vocab_size, group_size=rollout.group_size,
-                                  max_new_tokens=rollout.max_new_tokens, dp=self.dp)
+                                  max_new_tokens=rollout.max_new_tokens, dp=self.dp, routing=self.routing)
         self.step = 0
 
     def state_dict(self) -> dict:
@@ -142,6 +147,8 @@ class GRPOTrainer:
         clock.lap("logprob")
         adv = self.advantages(batch, rewards)
         metrics = self.rollout_metrics(batch, rewards)
+        for k, v in self.mismatch(rows).items():
+            metrics.same(k, v)
         if rows is not None:
             self.updater.update(self.policy, rows, adv, metrics)
         clock.lap("train")
@@ -173,6 +180,17 @@ class GRPOTrainer:
             rewards = kl_penalized_rewards(rewards, rows.get("old_logp", rows["rollout_logp"]), rows["ref_logp"],
                                            rows["response_mask"], self.algo.beta, self.algo.kl_kind)
         return rewards
+
+    def mismatch(self, rows: Optional[dict]) -> dict[str, float]:
+        """Rollout/trainer mismatch (r1hpc.algo.mismatch) where the old policy was recomputed, and a MoE
+        policy's router agreement; both already global (each is a collective: every rank calls it)."""
+        out = {}
+        if rows is not None and "old_logp" in rows:
+            out.update(mismatch_metrics(rows["rollout_logp"], rows["old_logp"], rows["response_mask"],
+                                        dp_group_or_none(self.dp)))
+        if self.routing is not None:
+            out.update(self.routing.step_metrics())
+        return out
 
     def advantages(self, batch: StepBatch, rewards: torch.Tensor) -> torch.Tensor:
         """Group-relative advantages, one per sample."""

@@ -7,6 +7,7 @@ configured aggregation mode over the whole mini-batch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
 from typing import Optional
@@ -80,9 +81,10 @@ class GRPOUpdate:
     """Log-prob passes and optimizer updates over one step's packed rows (``pack_rows``)."""
 
     def __init__(self, algo: AlgoConfig, grpo, *, vocab_size: int, group_size: int, max_new_tokens: int,
-                 dp: int) -> None:
-        """``grpo``: the GRPOConfig; ``algo`` is shared with the trainer (one object)."""
-        self.algo, self.cfg = algo, grpo
+                 dp: int, routing=None) -> None:
+        """``grpo``: the GRPOConfig; ``algo`` is shared with the trainer (one object); ``routing``: the
+        trainer's r1hpc.train.routing.TrainerRouting (MoE routing replay / record), or None."""
+        self.algo, self.cfg, self.routing = algo, grpo, routing
         self.vocab_size, self.group_size, self.max_new_tokens, self.dp = vocab_size, group_size, max_new_tokens, dp
 
     def logprobs(self, policy: Engine, reference: Optional[Engine], rows: dict) -> dict:
@@ -113,10 +115,11 @@ class GRPOUpdate:
     def _forward(self, model, mb: dict):
         """(output, logp_fn, loss_fn): the logits with token_logp and grpo_loss, or with
         algo.fused_output the hidden states with the fused output layer's equivalents."""
-        if self.algo.fused_output:
-            layer = FusedOutputLayer(model, self.vocab_size)
-            return layer.forward(mb["tokens"]), layer.logp, layer.loss
-        return _logits(model, mb, self.vocab_size), token_logp, grpo_loss
+        with self.routing.forward(model, mb) if self.routing else contextlib.nullcontext():  # R3 replay / record
+            if self.algo.fused_output:
+                layer = FusedOutputLayer(model, self.vocab_size)
+                return layer.forward(mb["tokens"]), layer.logp, layer.loss
+            return _logits(model, mb, self.vocab_size), token_logp, grpo_loss
 
     def _merge_micro(self, rows: dict, micro: list[dict]) -> dict:
         """Write per-micro-batch log-probs back into row-aligned [B, L] tensors."""

@@ -134,7 +134,7 @@ class Trainer:
             if cfg.monitor.enabled else None
         self.grpo = GRPOTrainer(self.policy, reference, tokenizer=self.tok, scorer=self.scorer, algo=cfg.algo,
                                 rollout=cfg.rollout, grpo=cfg.grpo, render=self.render, problems=self.problems,
-                                seed=cfg.run.seed, source=self.source, monitor=monitor)
+                                seed=cfg.run.seed, source=self.source, monitor=monitor, routing=cfg.routing)
         self.ckpt = CheckpointManager(cfg.checkpoint, self.ckpt_dir, policy=self.policy, trainer=self.grpo,
                                       scorer=self.scorer, config=to_dict(cfg),
                                       tokenizer_path=base_dir / "tokenizer.json")

@@ -38,6 +38,20 @@ def test_batch_round_trip(tmp_path):
     for x, y in zip(got.samples, b.samples):
         assert x.prompt_ids == y.prompt_ids and x.response_ids == y.response_ids and x.truncated == y.truncated
         assert torch.equal(x.logprobs, y.logprobs) and torch.equal(x.entropies, y.entropies)
+        assert x.routing is None and y.routing is None
+
+
+def test_batch_carries_routing(tmp_path):
+    """Routing replay: each sample's MoE experts per fed position and layer survive the batch file."""
+    b = _batch(order_name(0, 1, 0))
+    gen = torch.Generator().manual_seed(0)
+    for s in b.samples:
+        s.routing = torch.randint(0, 8, (len(s.prompt_ids) + len(s.response_ids) - 1, 3, 2), generator=gen,
+                                  dtype=torch.int16)
+    save_batch(b, tmp_path / "b.pt")
+    got = load_batch(tmp_path / "b.pt")
+    for x, y in zip(got.samples, b.samples):
+        assert x.routing.dtype == torch.int16 and torch.equal(x.routing, y.routing)
 
 
 def test_batch_file_cannot_carry_code(tmp_path):

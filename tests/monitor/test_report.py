@@ -34,7 +34,8 @@ def run_dir(tmp_path_factory) -> Path:
         for s in samples:
             s.entropies *= 1.0 if step < 8 else 0.05  # collapse from step 8
         metrics = {"reward/mean": 0.5 + 0.02 * step, "reward/accuracy": 0.4 + 0.02 * step, "reward/format": 0.9,
-                   "response_length/mean": 20.0 + step, "response_length/max": 40.0, "timing/step_s": 2.0}
+                   "response_length/mean": 20.0 + step, "response_length/max": 40.0, "timing/step_s": 2.0,
+                   "sampling/sampling_logp_difference/mean": 0.01 / step, "rollout_corr/router_agreement": 0.9}
         metrics.update(monitor.observe(step, samples, scores, problems, metrics))
         logger.log(step, metrics)
     logger.log(12, {"eval/pass@1": 0.5})

@@ -39,3 +39,20 @@ def test_split_rounds_widths_up_for_sequence_parallelism():
     assert micro[1]["response_mask"].dtype == torch.bool
     assert micro[1]["response_mask"].sum() == rows["response_mask"][2].sum()  # padding is never trained on
     assert micro[1]["targets"][0, :6].tolist() == rows["targets"][2].tolist()
+
+
+def test_routing_rows_line_up_with_tokens_and_split_like_them():
+    """Routing replay: each fed position's experts [layers, topk] sit at its token's column; past a
+    row's end -1; micro-batches trim, pad (to the width multiple) and fill it like the 2-D tensors."""
+    samples = [_sample([1], [2]), _sample([1], [2]), _sample([1, 2, 3, 4], [5, 6, 7])]
+    for i, s in enumerate(samples):
+        n = len(s.prompt_ids) + len(s.response_ids) - 1
+        s.routing = (torch.arange(n * 3 * 2, dtype=torch.int16).view(n, 3, 2) + 100 * i)
+    rows = pack_rows(samples, pad_id=0)
+    assert rows["routing"].shape == (3, 6, 3, 2) and rows["routing"].dtype == torch.int16
+    assert torch.equal(rows["routing"][2], samples[2].routing)
+    assert torch.equal(rows["routing"][0, :1], samples[0].routing) and (rows["routing"][0, 1:] == -1).all()
+    micro = split_rows(rows, micro_batch_size=2, num_micro=3, width_multiple=4)
+    assert micro[0]["routing"].shape == (2, 4, 3, 2) and micro[0]["tokens"].shape == (2, 4)
+    assert torch.equal(micro[1]["routing"][0, :6], samples[2].routing) and (micro[1]["routing"][0, 6:] == 0).all()
+    assert micro[2]["routing"].shape == (1, 4, 3, 2)  # the filler

@@ -11,6 +11,7 @@ from r1hpc.data.tokenizer import TokenizerConfig, build_tokenizer
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import causal_attention_mask, sequence_parallel_off
+from r1hpc.model.routing_replay import RoutingReplayConfig
 from r1hpc.model.weights import load_model_weights, save_model_weights
 from r1hpc.rewards.shape import ResponseShapeScorer
 from r1hpc.rollout.generate import RolloutConfig
@@ -24,9 +25,11 @@ MIX = TaskMixConfig(tasks=["arithmetic"], difficulty={"arithmetic": 2}, seed=0)
 TEMPLATE = TemplateConfig(kind="short")
 
 
-def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_kw: dict, steps: int = 2) -> dict:
+def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_kw: dict, steps: int = 2,
+             routing_kw: dict | None = None) -> dict:
     """Two GRPO steps (rollout with TP-identical sampling, old and reference log-probs, two mini-batch
     updates) from weights saved by the single-process run ('save') or resharded from it ('load').
+    ``routing_kw``: a RoutingReplayConfig's keys (None: no routing replay or agreement).
     Returns every non-timing metric per step and the logits of a fixed sequence afterwards."""
     corpus = build_corpus(MIX, CorpusConfig(size=200), TEMPLATE)
     tok = build_tokenizer(TokenizerConfig(vocab_size=300, train_examples=200), corpus)
@@ -44,7 +47,8 @@ def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_k
     trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=ResponseShapeScorer(), algo=algo,
                           rollout=RolloutConfig(group_size=4, prompts_per_step=4, max_new_tokens=16),
                           grpo=GRPOConfig(mini_batches=2, micro_batch_size=4),
-                          render=lambda q: render_prompt(q, TEMPLATE), problems=stream(MIX, "train", seed=0), seed=5)
+                          render=lambda q: render_prompt(q, TEMPLATE), problems=stream(MIX, "train", seed=0), seed=5,
+                          routing=RoutingReplayConfig(**routing_kw) if routing_kw is not None else None)
     before = _probe_logits(policy.module, tok)
     metrics = []
     for _ in range(steps):

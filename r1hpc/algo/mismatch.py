@@ -1,0 +1,66 @@
+"""How far the trainer's policy is from the one that sampled: rollout log-probs against the trainer's
+recompute of the same tokens (its old-policy log-probs), every step.
+
+The rollout engine and the trainer run different kernels (a KV-cached decode against a full
+forward), batch shapes and, for a MoE, possibly different experts for a token; the figures say
+how large that gap is, and for a MoE whether routing replay closes it (docs/algorithms.md,
+section 7). Names follow TRL (``sampling/...``) and verl (``rollout_corr/...``) where they exist.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from r1hpc.device import collective_device
+
+# a token is "far off" when its trainer/rollout ratio leaves [1/BAND, BAND]
+BAND = 2.0
+
+
+def mismatch_sums(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(sums, maximum) over the response tokens (``mask`` [B, L]) of rows [B, L]: ``sums`` is fp64
+    [5] = (sum |log p_rollout - log p_trainer|, tokens, sum over sequences of the sequence's
+    sum of (log p_rollout - log p_trainer), sequences, tokens with ratio outside [1/2, 2]) and
+    ``maximum`` the largest |difference| (0 without tokens). Sums so data-parallel ranks can add them."""
+    m = mask.bool()
+    diff = (rollout_logp.double() - trainer_logp.double()) * m
+    absdiff = diff.abs()
+    far = (absdiff > torch.log(torch.tensor(BAND, dtype=torch.float64))) & m
+    seqs = m.any(dim=1)
+    sums = torch.stack([absdiff.sum(), m.sum().double(), diff.sum(dim=1)[seqs].sum(), seqs.sum().double(),
+                        far.sum().double()])
+    return sums, absdiff.max() if absdiff.numel() else torch.zeros((), dtype=torch.float64)
+
+
+def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, group=None) -> dict[str, float]:
+    """The step's mismatch figures over every data-parallel rank of ``group`` (None: this rank alone).
+
+    - ``sampling/sampling_logp_difference/mean`` and ``/max`` (TRL): |log p_rollout - log p_trainer|
+      per response token;
+    - ``rollout_corr/seq_kl``: mean over sequences of sum_t (log p_rollout - log p_trainer), the
+      sampled (k1) estimate of KL(pi_rollout || pi_trainer) of whole responses (tokens were drawn
+      from the rollout policy);
+    - ``rollout_corr/ratio_out_of_band_frac``: share of tokens whose ratio p_trainer / p_rollout
+      leaves [1/2, 2]."""
+    sums, maximum = mismatch_sums(rollout_logp, trainer_logp, mask)
+    if group is not None:
+        device = collective_device(group)
+        sums, maximum = sums.to(device), maximum.to(device)
+        torch.distributed.all_reduce(sums, group=group)
+        torch.distributed.all_reduce(maximum, op=torch.distributed.ReduceOp.MAX, group=group)
+    absdiff, tokens, seq_kl, seqs, far = sums.tolist()
+    return {"sampling/sampling_logp_difference/mean": absdiff / max(tokens, 1.0),
+            "sampling/sampling_logp_difference/max": float(maximum),
+            "rollout_corr/seq_kl": seq_kl / max(seqs, 1.0),
+            "rollout_corr/ratio_out_of_band_frac": far / max(tokens, 1.0)}
+
+
+def dp_group_or_none(dp_size: int) -> Optional[object]:
+    """The data-parallel group when there is more than one rank in it (the metrics then sum over it)."""
+    if dp_size == 1:
+        return None
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_group()
