@@ -8,6 +8,7 @@ section 7). Names follow TRL (``sampling/...``) and verl (``rollout_corr/...``) 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -27,11 +28,11 @@ def mismatch_sums(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> t
     m = mask.bool()
     diff = (rollout_logp.double() - trainer_logp.double()) * m
     absdiff = diff.abs()
-    far = (absdiff > torch.log(torch.tensor(BAND, dtype=torch.float64))) & m
+    far = (absdiff > math.log(BAND)) & m
     seqs = m.any(dim=1)
     sums = torch.stack([absdiff.sum(), m.sum().double(), diff.sum(dim=1)[seqs].sum(), seqs.sum().double(),
                         far.sum().double()])
-    return sums, absdiff.max() if absdiff.numel() else torch.zeros((), dtype=torch.float64)
+    return sums, absdiff.max() if absdiff.numel() else torch.zeros((), dtype=torch.float64, device=absdiff.device)
 
 
 def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, group=None) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Literal, Optional
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.device import HOST
 
 ROUTING_DTYPE = torch.int16  # expert ids; megatron's largest MoEs have 256 experts
 
@@ -142,9 +143,10 @@ class RoutingRecorder:
         idx = [inst.get_recorded_indices() for inst in self.instances]
         if any(i is None or i.shape[0] != tokens for i in idx):
             raise RuntimeError("a MoE router recorded no routing for the last forward (is the router fused?)")
-        out = torch.stack(idx).to("cpu", ROUTING_DTYPE)
+        out = torch.stack(idx).to(HOST, ROUTING_DTYPE)
         if self.buf is None:
-            self.buf = torch.full((self.batch, self.width, len(idx), out.shape[-1]), -1, dtype=ROUTING_DTYPE)
+            self.buf = torch.full((self.batch, self.width, len(idx), out.shape[-1]), -1, dtype=ROUTING_DTYPE,
+                                  device=HOST)
         return out
 
     def prefill(self, length: int) -> None:

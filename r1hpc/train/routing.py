@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from r1hpc.device import collective_device
+from r1hpc.device import HOST, collective_device
 from r1hpc.model.routing_replay import (RoutingReplayConfig, attach, attach_for_rollout, check_replayable,
                                         replay_instances, set_action, unwrap, valid_sets)
 
@@ -29,7 +29,7 @@ class TrainerRouting:
     def __init__(self, cfg: RoutingReplayConfig, policy_instances: list, reference_instances: list) -> None:
         self.cfg = cfg
         self.policy, self.reference = policy_instances, reference_instances
-        self.counts = torch.zeros(2, dtype=torch.float64)  # (equal top-k sets, compared) this step
+        self.counts = torch.zeros(2, dtype=torch.float64, device=HOST)  # (equal top-k sets, compared) this step
 
     @classmethod
     def build(cls, cfg: Optional[RoutingReplayConfig], policy_module, reference_module) -> Optional["TrainerRouting"]:
@@ -100,12 +100,12 @@ class TrainerRouting:
             got = inst.get_recorded_indices().view(s, b, -1).transpose(0, 1).sort(dim=-1).values
             want = routing[:, :, layer].long().sort(dim=-1).values
             same = (got == want.to(got.device)).all(dim=-1) & mask.to(got.device)
-            self.counts += torch.tensor([float(same.sum()), float(mask.sum())], dtype=torch.float64)
+            self.counts += torch.tensor([float(same.sum()), float(mask.sum())], dtype=torch.float64, device=HOST)
 
     def step_metrics(self) -> dict[str, float]:
         """The step's router agreement over every rank (measured with replay off only); resets the counts.
         Every rank calls it: the counts are summed over the whole world (TP ranks hold shards or copies)."""
-        counts, self.counts = self.counts, torch.zeros(2, dtype=torch.float64)
+        counts, self.counts = self.counts, torch.zeros(2, dtype=torch.float64, device=HOST)
         if self.cfg.replay == "rollout":
             return {}
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:

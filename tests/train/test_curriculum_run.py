@@ -14,12 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 TASKS = ("arithmetic", "linear_equation")
+# A base of 150 steps must solve some of its prompts, or every group scores alike and there is no
+# learnability to weigh: at arithmetic difficulty 2 one such base solved none in 4 steps.
 
 
 def _train(out: Path, name: str, *extra: str) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "MASTER_"))}
     args = [f"run.output_dir={out}", f"run.name={name}", f"pretrain.base_dir={out}/base", "pretrain.steps=150",
-            "data.mix.tasks=[arithmetic,linear_equation]", "data.mix.difficulty={arithmetic: 2, linear_equation: 1}",
+            "data.mix.tasks=[arithmetic,linear_equation]", "data.mix.difficulty={arithmetic: 1, linear_equation: 1}",
             "data.curriculum.kind=learnability", "data.curriculum.warmup_steps=1", "data.curriculum.floor=0.2",
             "data.curriculum.ema=0.5", "grpo.steps=4", "eval.num_problems=4", "eval.samples_per_problem=1",
             *extra]
