@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from r1hpc.config import ConfigError
-from r1hpc.rollout.engines import generate_with
+from r1hpc.model import mcore_compat
+from r1hpc.rollout.engines import check_dynamic_supported, generate_with
 from r1hpc.rollout.generate import RolloutConfig
 from tests.multiproc import run_workers
 from tests.rollout.dynamic_workers import DENSE, MAX_NEW, MOE, VARIANTS, engines_compared
 
 pytestmark = pytest.mark.multiproc
+DYNAMIC_ON_CPU = torch.cuda.is_available() or mcore_compat.features().dynamic_engine_cpu
+needs_dynamic = pytest.mark.skipif(not DYNAMIC_ON_CPU, reason="this megatron-core series' dynamic engine has no CPU "
+                                   "patches (the refusal is tested below)")
 
 
 def _assert_same_samples(got: dict, want: dict, where: str) -> None:
@@ -48,11 +52,13 @@ def _check_engines(out: dict) -> None:
     assert out["training_mode_kept"]
 
 
+@needs_dynamic
 def test_dense_dynamic_equals_static(tmp_path):
     (out,) = run_workers(engines_compared, 1, DENSE, {}, str(tmp_path / "w"), "save")
     _check_engines(out)
 
 
+@needs_dynamic
 def test_moe_dynamic_equals_static_at_tp1_and_tp2(tmp_path):
     """TP=2: the gathered logits give every rank the same draw, equal to the single-process samples."""
     ckpt = str(tmp_path / "w")
@@ -72,3 +78,9 @@ def test_engine_key_is_checked():
         RolloutConfig(kv_cache_gb=0.0).validate()
     with pytest.raises(ConfigError, match="rollout.engine"):
         generate_with("paged", None, [[1]])
+
+
+@pytest.mark.skipif(DYNAMIC_ON_CPU, reason="the dynamic engine runs here")
+def test_an_unsupported_series_refuses_the_dynamic_engine_clearly():
+    with pytest.raises(ConfigError, match="rollout.engine=dynamic on a CPU needs megatron-core 0.16"):
+        check_dynamic_supported()
