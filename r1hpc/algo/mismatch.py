@@ -9,12 +9,11 @@ section 7). Names follow TRL (``sampling/...``) and verl (``rollout_corr/...``) 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
 
-from r1hpc.device import collective_device
+from r1hpc.monitor.reduce import StepMetrics
 
 # a token is "far off" when its trainer/rollout ratio leaves [1/BAND, BAND]
 BAND = 2.0
@@ -35,8 +34,8 @@ def mismatch_sums(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> t
     return sums, absdiff.max() if absdiff.numel() else torch.zeros((), dtype=torch.float64, device=absdiff.device)
 
 
-def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, group=None) -> dict[str, float]:
-    """The step's mismatch figures over every data-parallel rank of ``group`` (None: this rank alone).
+def add_mismatch_metrics(metrics: StepMetrics, rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> None:
+    """Declares the step's mismatch figures in ``metrics`` (global once it reduces over the DP ranks):
 
     - ``sampling/sampling_logp_difference/mean`` and ``/max`` (TRL): |log p_rollout - log p_trainer|
       per response token;
@@ -46,22 +45,15 @@ def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, g
     - ``rollout_corr/ratio_out_of_band_frac``: share of tokens whose ratio p_trainer / p_rollout
       leaves [1/2, 2]."""
     sums, maximum = mismatch_sums(rollout_logp, trainer_logp, mask)
-    if group is not None:
-        device = collective_device(group)
-        sums, maximum = sums.to(device), maximum.to(device)
-        torch.distributed.all_reduce(sums, group=group)
-        torch.distributed.all_reduce(maximum, op=torch.distributed.ReduceOp.MAX, group=group)
     absdiff, tokens, seq_kl, seqs, far = sums.tolist()
-    return {"sampling/sampling_logp_difference/mean": absdiff / max(tokens, 1.0),
-            "sampling/sampling_logp_difference/max": float(maximum),
-            "rollout_corr/seq_kl": seq_kl / max(seqs, 1.0),
-            "rollout_corr/ratio_out_of_band_frac": far / max(tokens, 1.0)}
+    metrics.mean_of("sampling/sampling_logp_difference/mean", absdiff, tokens)
+    metrics.max("sampling/sampling_logp_difference/max", float(maximum))
+    metrics.mean_of("rollout_corr/seq_kl", seq_kl, seqs)
+    metrics.mean_of("rollout_corr/ratio_out_of_band_frac", far, tokens)
 
 
-def dp_group_or_none(dp_size: int) -> Optional[object]:
-    """The data-parallel group when there is more than one rank in it (the metrics then sum over it)."""
-    if dp_size == 1:
-        return None
-    from megatron.core import parallel_state
-
-    return parallel_state.get_data_parallel_group()
+def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, group=None) -> dict[str, float]:
+    """The figures of :func:`add_mismatch_metrics` over every data-parallel rank of ``group`` (None: this rank alone)."""
+    metrics = StepMetrics(group)
+    add_mismatch_metrics(metrics, rollout_logp, trainer_logp, mask)
+    return metrics.reduce()

@@ -19,7 +19,7 @@ import torch
 
 from r1hpc.algo.advantages import group_advantages
 from r1hpc.algo.kl import kl_penalized_rewards
-from r1hpc.algo.mismatch import dp_group_or_none, mismatch_metrics
+from r1hpc.algo.mismatch import add_mismatch_metrics
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty
 from r1hpc.config import ConfigError
@@ -147,8 +147,7 @@ class GRPOTrainer:
         clock.lap("logprob")
         adv = self.advantages(batch, rewards)
         metrics = self.rollout_metrics(batch, rewards)
-        for k, v in self.mismatch(rows).items():
-            metrics.same(k, v)
+        self.mismatch(rows, metrics)
         if rows is not None:
             self.updater.update(self.policy, rows, adv, metrics)
         clock.lap("train")
@@ -181,16 +180,14 @@ class GRPOTrainer:
                                            rows["response_mask"], self.algo.beta, self.algo.kl_kind)
         return rewards
 
-    def mismatch(self, rows: Optional[dict]) -> dict[str, float]:
+    def mismatch(self, rows: Optional[dict], metrics: StepMetrics) -> None:
         """Rollout/trainer mismatch (r1hpc.algo.mismatch) where the old policy was recomputed, and a MoE
-        policy's router agreement; both already global (each is a collective: every rank calls it)."""
-        out = {}
+        policy's router agreement (already global: a collective every rank calls)."""
         if rows is not None and "old_logp" in rows:
-            out.update(mismatch_metrics(rows["rollout_logp"], rows["old_logp"], rows["response_mask"],
-                                        dp_group_or_none(self.dp)))
+            add_mismatch_metrics(metrics, rows["rollout_logp"], rows["old_logp"], rows["response_mask"])
         if self.routing is not None:
-            out.update(self.routing.step_metrics())
-        return out
+            for k, v in self.routing.step_metrics().items():
+                metrics.same(k, v)
 
     def advantages(self, batch: StepBatch, rewards: torch.Tensor) -> torch.Tensor:
         """Group-relative advantages, one per sample."""
