@@ -7,7 +7,7 @@ from r1hpc.algo.kl import kl_penalized_rewards, kl_penalty
 from r1hpc.algo.logprobs import token_logp
 from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss, grpo_token_loss_reference
 from r1hpc.algo.params import GRPOLossParams
-from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, truncated_is_weights
+from r1hpc.algo.sampling_utils import informative_groups, overlong_penalty, rollout_is_weights
 
 __all__ = [
     "AlgoConfig",
@@ -22,6 +22,6 @@ __all__ = [
     "kl_penalized_rewards",
     "kl_penalty",
     "overlong_penalty",
+    "rollout_is_weights",
     "token_logp",
-    "truncated_is_weights",
 ]

@@ -41,7 +41,13 @@ class AlgoConfig:
     # of the trainer's log-probs; None: the sampler's (rollout.temperature), so that the trainer
     # scores the policy that sampled. Another value needs tis_cap to correct the gap.
     temperature: Optional[float] = None
+    # importance sampling of the rollout policy's tokens (docs/algorithms.md section 7): per token or
+    # per response (geometric mean of its token ratios), truncated at tis_cap and/or masked to 0
+    # outside [mis_low, mis_high]; any of the three turns the old-policy pass on
+    is_level: Literal["token", "sequence"] = "token"
     tis_cap: Optional[float] = None
+    mis_low: Optional[float] = None
+    mis_high: Optional[float] = None
     dynamic_sampling: bool = False
     max_response_len: int = 1024
     overlong_buffer_len: int = 0
@@ -62,6 +68,13 @@ class AlgoConfig:
             (self.entropy_coef >= 0.0, "entropy_coef must be >= 0 (it is a bonus)"),
             (self.temperature is None or self.temperature > 0.0, "temperature must be > 0 (or null)"),
             (self.tis_cap is None or self.tis_cap > 0.0, "tis_cap must be > 0 (or null)"),
+            (self.is_level in ("token", "sequence"), f"is_level must be token or sequence, not {self.is_level!r}"),
+            (self.mis_low is None or 0.0 <= self.mis_low <= 1.0, "mis_low must be in [0, 1] (or null)"),
+            (self.mis_high is None or self.mis_high >= 1.0, "mis_high must be >= 1 (or null)"),
+            (self.mis_low is None or self.tis_cap is not None or self.mis_high is not None,
+             "mis_low alone leaves the importance weights unbounded above: set algo.mis_high or algo.tis_cap"),
+            (self.is_level == "token" or self.corrects_rollout,
+             "is_level: sequence has nothing to apply to: set algo.tis_cap or algo.mis_low / algo.mis_high"),
             (self.max_response_len > 0, "max_response_len must be > 0"),
             (0 <= self.overlong_buffer_len < self.max_response_len,
              "overlong_buffer_len must be in [0, max_response_len)"),
@@ -70,6 +83,11 @@ class AlgoConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def corrects_rollout(self) -> bool:
+        """Whether the update weights tokens by rollout importance ratios (truncated and/or masked)."""
+        return self.tis_cap is not None or self.mis_low is not None or self.mis_high is not None
 
     def with_sampling_temperature(self, rollout_temperature: float) -> "AlgoConfig":
         """This config with ``temperature`` resolved: an unset one follows the sampler (a greedy

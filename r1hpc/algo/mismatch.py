@@ -57,3 +57,18 @@ def mismatch_metrics(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor, g
     metrics = StepMetrics(group)
     add_mismatch_metrics(metrics, rollout_logp, trainer_logp, mask)
     return metrics.reduce()
+
+
+def add_correction_metrics(metrics: StepMetrics, weights: Tensor, kept: Tensor, mask: Tensor,
+                           cap: float | None) -> None:
+    """Declares what the importance-sampling correction did to the step's response tokens:
+
+    - ``rollout_corr/is_weight_mean``: mean weight over the tokens the band keeps;
+    - ``rollout_corr/masked_frac``: share of response tokens masked out (weight 0) by ``algo.mis_low/high``;
+    - ``rollout_corr/truncated_frac``: share of kept tokens whose weight sits at ``algo.tis_cap``."""
+    m, k = mask.bool(), kept.bool() & mask.bool()
+    tokens, kept_tokens = float(m.sum()), float(k.sum())
+    metrics.mean_of("rollout_corr/is_weight_mean", float(weights.double()[k].sum()), kept_tokens)
+    metrics.mean_of("rollout_corr/masked_frac", tokens - kept_tokens, tokens)
+    truncated = float((k & (weights >= cap)).sum()) if cap is not None else 0.0
+    metrics.mean_of("rollout_corr/truncated_frac", truncated, kept_tokens)

@@ -1,6 +1,9 @@
 """Batch shaping around the loss: DAPO dynamic sampling, DAPO overlong reward shaping, and
-truncated importance sampling for the rollout-engine vs trainer log-prob mismatch."""
+importance sampling (truncated and masked, token or sequence level) for the rollout-engine vs
+trainer log-prob mismatch."""
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -30,11 +33,37 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, penalty: fl
     return -penalty * ((lengths - start) / buffer_len).clamp(0.0, 1.0)
 
 
-def truncated_is_weights(trainer_logp: Tensor, rollout_logp: Tensor, cap: float) -> Tensor:
-    """``min(exp(trainer_old_logp - rollout_logp), cap)`` per token, detached, fp32.
+def rollout_is_weights(
+    trainer_logp: Tensor,
+    rollout_logp: Tensor,
+    mask: Tensor,
+    *,
+    level: Literal["token", "sequence"] = "token",
+    cap: Optional[float] = None,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+) -> tuple[Tensor, Tensor]:
+    """(weights, kept), both [B, L] like ``mask``: importance weights of the rollout policy's tokens
+    under the trainer's old policy, detached fp32, and which tokens the band keeps (bool).
 
-    The rollout engine (different kernels, precision, or a stale policy) samples from a slightly
-    different distribution than the trainer scores; reweighting the policy-gradient term by this
-    ratio corrects it, and the cap bounds the variance (truncated IS, as in verl/TIS)."""
+    The ratio is ``exp(trainer_old_logp - rollout_logp)`` per token (``level='token'``) or, for
+    ``level='sequence'``, the geometric mean of a response's token ratios, given to each of its
+    tokens. Truncation (TIS, ``cap``): ``min(ratio, cap)``. Masking (MIS, ``low``/``high``): a token
+    (or whole response) whose ratio leaves ``[low, high]`` gets weight 0 and ``kept`` False, so the
+    trainer leaves it out of the loss and its normaliser. Both compose; weights outside ``mask`` are 0."""
+    m = mask.bool()
     log_ratio = (trainer_logp.detach().float() - rollout_logp.float()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return torch.exp(log_ratio).clamp(max=cap)
+    log_ratio = log_ratio * m
+    if level == "sequence":
+        per_seq = log_ratio.sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp(min=1)
+        log_ratio = per_seq.expand_as(log_ratio)
+    elif level != "token":
+        raise ValueError(f"unknown importance-sampling level {level!r} (token | sequence)")
+    ratio = torch.exp(log_ratio)
+    kept = m.clone()
+    if low is not None:
+        kept &= ratio >= low
+    if high is not None:
+        kept &= ratio <= high
+    weights = ratio.clamp(max=cap) if cap is not None else ratio
+    return weights * kept, kept

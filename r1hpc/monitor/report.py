@@ -35,6 +35,7 @@ CURVES = [
      "attention mass"),
     ("mismatch", "Rollout / trainer mismatch", [("sampling/sampling_logp_difference/mean", "mean |log-prob gap|"),
                                                ("rollout_corr/ratio_out_of_band_frac", "ratio outside [1/2, 2]"),
+                                               ("rollout_corr/masked_frac", "masked by algo.mis_low/high"),
                                                ("rollout_corr/router_agreement", "MoE router agreement")],
      "nats / share"),
 ]

@@ -16,7 +16,8 @@ import torch
 
 from r1hpc.algo.logprobs import token_logp
 from r1hpc.algo.loss import AlgoConfig, aggregation_weights, grpo_loss
-from r1hpc.algo.sampling_utils import truncated_is_weights
+from r1hpc.algo.mismatch import add_correction_metrics
+from r1hpc.algo.sampling_utils import rollout_is_weights
 from r1hpc.device import HOST, collective_device
 from r1hpc.model.provider import causal_attention_mask
 from r1hpc.monitor.reduce import StepMetrics
@@ -92,7 +93,7 @@ class GRPOUpdate:
         IS needs them) and reference log-probs (when the loss has a KL term), row-aligned."""
         micro = split_rows(rows, self.cfg.micro_batch_size, max(1, self._global_micro_count(rows["tokens"].shape[0])),
                            policy.seq_multiple)
-        if self.cfg.mini_batches * self.cfg.epochs > 1 or self.algo.tis_cap is not None:
+        if self.cfg.mini_batches * self.cfg.epochs > 1 or self.algo.corrects_rollout:
             for mb, lp in zip(micro, self.forward_logp(policy, micro)):
                 mb["old_logp"] = lp
         if reference is not None and self.algo.beta > 0:
@@ -166,9 +167,13 @@ class GRPOUpdate:
         rows["advantages"] = adv[:, None].expand_as(mask).contiguous().float()
         if "old_logp" not in rows:
             rows["old_logp"] = torch.zeros_like(rows["rollout_logp"])  # replaced below: on-policy
-        if self.algo.tis_cap is not None:
-            rows["tis_weight"] = truncated_is_weights(rows["old_logp"], rows["rollout_logp"], self.algo.tis_cap)
-        on_policy = self.cfg.mini_batches * self.cfg.epochs == 1 and self.algo.tis_cap is None
+        if self.algo.corrects_rollout:
+            a = self.algo
+            rows["tis_weight"], rows["is_kept"] = rollout_is_weights(
+                rows["old_logp"], rows["rollout_logp"], mask, level=a.is_level, cap=a.tis_cap, low=a.mis_low,
+                high=a.mis_high)
+            add_correction_metrics(metrics, rows["tis_weight"], rows["is_kept"], mask, cap=a.tis_cap)
+        on_policy = self.cfg.mini_batches * self.cfg.epochs == 1 and not self.algo.corrects_rollout
         G = self.group_size
         totals: dict[str, float] = {}
         grad_norms = []
@@ -193,9 +198,16 @@ class GRPOUpdate:
 
     def _mini_batch(self, policy: Engine, sub: dict, on_policy: bool) -> Optional[dict]:
         """One optimizer update over this rank's rows of a mini-batch; None when no rank has a row to learn from."""
-        n_seqs, n_tokens = self._dp_sum(float(sub["tokens"].shape[0])), self._dp_sum(float(sub["response_mask"].sum()))
-        sub["weights"] = aggregation_weights(sub["response_mask"], self.algo.loss_agg_mode,
-                                             max_len=self.max_new_tokens, num_tokens=n_tokens, num_seqs=n_seqs)
+        mask = sub["response_mask"]
+        if "is_kept" in sub:  # masked IS: rejected tokens (and responses) leave the loss and its normaliser
+            rejected_rows = float((mask.any(dim=1) & ~sub["is_kept"].any(dim=1)).sum())
+            mask = sub["is_kept"]
+        else:
+            rejected_rows = 0.0
+        n_seqs = self._dp_sum(float(sub["tokens"].shape[0]) - rejected_rows)
+        n_tokens = self._dp_sum(float(mask.sum()))
+        sub["weights"] = aggregation_weights(mask, self.algo.loss_agg_mode, max_len=self.max_new_tokens,
+                                             num_tokens=max(n_tokens, 1.0), num_seqs=max(n_seqs, 1.0))
         if self.cfg.skip_zero_advantage_groups and self.algo.beta == 0 and self.algo.entropy_coef == 0:
             # exact: with no KL/entropy term a zero-advantage token has zero loss and gradient
             sub["weights"] = sub["weights"] * (sub["advantages"] != 0)

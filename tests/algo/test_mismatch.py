@@ -55,3 +55,18 @@ def test_two_data_parallel_ranks_give_the_whole_batch_figures():
     want = mismatch_metrics(ROLLOUT, TRAINER, MASK)
     for got in out:
         assert got == pytest.approx(want)
+
+
+def test_correction_metrics_hand_computed():
+    from r1hpc.algo.mismatch import add_correction_metrics
+    from r1hpc.monitor.reduce import StepMetrics
+
+    weights = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
+    kept = torch.tensor([[False, True, True, False], [False, True, False, False]])
+    metrics = StepMetrics(None)
+    add_correction_metrics(metrics, weights, kept, MASK, cap=2.0)
+    m = metrics.reduce()
+    # 5 response tokens, 3 kept with weights 1, 2 (at the cap), 0.5
+    assert m["rollout_corr/masked_frac"] == pytest.approx(2 / 5)
+    assert m["rollout_corr/is_weight_mean"] == pytest.approx(3.5 / 3)
+    assert m["rollout_corr/truncated_frac"] == pytest.approx(1 / 3)
