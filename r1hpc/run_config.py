@@ -75,11 +75,11 @@ class RunConfig:
         if self.algo.max_response_len != self.rollout.max_new_tokens and self.algo.overlong_buffer_len:
             raise ConfigError("algo.max_response_len must equal rollout.max_new_tokens when overlong shaping is on")
         self.algo = self.algo.with_sampling_temperature(self.rollout.temperature)
-        if self.algo.temperature != self.rollout.temperature and self.rollout.temperature > 0 and self.algo.tis_cap is None:
+        if self.algo.temperature != self.rollout.temperature and self.rollout.temperature > 0 and not self.algo.corrects_rollout:
             raise ConfigError(f"algo.temperature ({self.algo.temperature}) differs from rollout.temperature "
                               f"({self.rollout.temperature}): the trainer would score another policy than the one "
                               "that sampled. Leave algo.temperature unset (it follows the rollout), or set "
-                              "algo.tis_cap to correct the gap with truncated importance weights")
+                              "algo.tis_cap (or algo.mis_low / mis_high) to correct the gap with importance weights")
         if self.disagg.enabled:
             check_disagg(self)
 

@@ -345,6 +345,16 @@ def test_trainer_temperature_follows_the_sampler_unless_corrected():
     assert "algo.temperature (1.0) differs from rollout.temperature (0.7)" in msg and "algo.tis_cap" in msg
     cfg = load_run_config(None, ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.tis_cap=2.0"])
     assert (cfg.algo.temperature, cfg.rollout.temperature) == (1.0, 0.7)
+    masked = ["rollout.temperature=0.7", "algo.temperature=1.0", "algo.mis_low=0.5", "algo.mis_high=2.0"]
+    assert load_run_config(None, masked).algo.temperature == 1.0  # masked IS corrects it too
+
+
+def test_stale_disaggregated_batches_need_an_importance_correction():
+    stale = ["disagg.enabled=true", "disagg.max_staleness=1"]
+    msg = str(pytest.raises(ConfigError, load_run_config, "configs/ci_r1zero.yaml", stale).value)
+    assert "disagg.max_staleness=1 needs algo.tis_cap" in msg
+    for correction in (["algo.tis_cap=2.0"], ["algo.mis_low=0.5", "algo.mis_high=2.0"]):
+        assert load_run_config("configs/ci_r1zero.yaml", stale + correction).disagg.max_staleness == 1
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/../..", "..\\x", "a\0b", ""])

@@ -64,9 +64,9 @@ def check_disagg(cfg) -> None:
     if cfg.data.curriculum.kind != "none":
         raise ConfigError("data.curriculum is not supported with disagg.enabled: orders are posted before the "
                           "rewards that would re-weight them")
-    if d.max_staleness > 0 and cfg.algo.tis_cap is None:
-        raise ConfigError(f"disagg.max_staleness={d.max_staleness} needs algo.tis_cap: samples from older weights "
-                          "must be corrected with the truncated importance ratio")
+    if d.max_staleness > 0 and not cfg.algo.corrects_rollout:
+        raise ConfigError(f"disagg.max_staleness={d.max_staleness} needs algo.tis_cap (or algo.mis_low / mis_high): "
+                          "samples from older weights must be corrected with importance weights")
     if cfg.rollout.prompts_per_step % d.shards_per_step:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
                           f"disagg.shards_per_step ({d.shards_per_step})")

@@ -120,9 +120,10 @@ def valid_sets(idx: torch.Tensor) -> torch.Tensor:
 
 
 class RoutingRecorder:
-    """Routing of a static decode batch, by padded position: the prefill fills positions [0, length),
-    each decode call the position it feeds, for the rows still in the KV cache (``rows``: their
-    original indices, in cache-row order, following the cache's row compaction)."""
+    """Routing of a rollout, by (row, position). Static decode batch (positions padded on the left):
+    the prefill fills positions [0, length), each decode call the position it feeds, for the rows
+    still in the KV cache (``rows``: their original indices, in cache-row order, following the
+    cache's row compaction). Dynamic engine: :meth:`scatter` after every step."""
 
     def __init__(self, instances: list, batch: int, width: int) -> None:
         from megatron.core.transformer.moe.router_replay import RouterReplayAction
@@ -156,6 +157,13 @@ class RoutingRecorder:
     def decode(self, rows: torch.Tensor, position: int) -> None:
         rec = self._recorded(len(rows))  # [layers, b_active, topk]: a decode step feeds one token per row
         self.buf[rows.cpu(), position] = rec.permute(1, 0, 2)
+
+    def scatter(self, rows: torch.Tensor, positions: torch.Tensor, fed: int) -> None:
+        """Routing of a forward over a packed token stream (a dynamic-engine step: prefill chunks and
+        decode tokens of many requests in one sequence of ``fed`` tokens, padding last): token ``j``
+        belongs to row ``rows[j]`` at position ``positions[j]``."""
+        rec = self._recorded(fed)[:, :len(rows)]
+        self.buf[rows.to(HOST), positions.to(HOST)] = rec.permute(1, 0, 2)
 
     def take(self, row: int, start: int, end: int) -> torch.Tensor:
         """Row ``row``'s routing at padded positions [start, end), a fresh tensor."""

@@ -6,7 +6,9 @@ forward pass; a request that stops frees its KV blocks at once and a waiting one
 so a long tail of responses costs only its own tokens. Tokens are drawn by r1hpc's sampler, not
 megatron's: the same draw function as the static loop (:func:`r1hpc.rollout.generate.make_draw`),
 keyed by request id and decode step, and the same per-token log-prob and entropy, so with the
-compiled sampler both engines draw the same responses from the same logits. Under TP the logits
+compiled sampler both engines draw the same responses from the same logits. A MoE policy whose
+routers carry replay instances records each fed token's experts (routing replay, R3) as the static
+loop does. Under TP the logits
 are gathered and every rank draws the same tokens. The KV pool holds ``rollout.kv_cache_gb``
 (by default: every request of the call at its full length, so nothing waits for blocks).
 """
@@ -21,6 +23,7 @@ from megatron.core.inference.text_generation_controllers.text_generation_control
 
 from r1hpc.config import ConfigError
 from r1hpc.device import HOST
+from r1hpc.model.routing_replay import RoutingRecorder
 from r1hpc.rollout.generate import DrawFn, Sample, make_draw
 from r1hpc.rollout.native import resolve_sampler
 
@@ -51,9 +54,10 @@ class R1SamplingController(TextGenerationController):
     decode step (tokens it has drawn so far) go to ``draw``; a request that draws a stop token gets
     that token as its termination id, so the engine's own bookkeeping finishes it this step."""
 
-    def __init__(self, wrapped_model, *, draw: DrawFn, vocab_size: int, stop_ids: Sequence[int]):
+    def __init__(self, wrapped_model, *, draw: DrawFn, vocab_size: int, stop_ids: Sequence[int],
+                 recorder: Optional[RoutingRecorder] = None):
         super().__init__(wrapped_model, _NoText())
-        self.draw, self.vocab_size = draw, vocab_size
+        self.draw, self.vocab_size, self.recorder = draw, vocab_size, recorder
         self.stop = torch.tensor(list(stop_ids), dtype=torch.long, device=HOST)
         self.drawn: dict[int, list[tuple[int, float, float]]] = {}  # request id -> (token, logp, entropy) per step
 
@@ -65,6 +69,10 @@ class R1SamplingController(TextGenerationController):
 
     def _dynamic_step_sample_logits(self, logits: torch.Tensor) -> None:
         ctx = self.inference_wrapped_model.inference_context
+        if self.recorder is not None:  # routing replay (R3): the step's experts, by request and position
+            n = ctx.active_token_count
+            self.recorder.scatter(ctx.request_ids[ctx.token_to_request_idx[:n].long()].long(),
+                                  ctx.token_to_position_in_request[:n].long(), ctx.padded_active_token_count)
         rows = slice(ctx.paused_request_count, ctx.total_request_count)
         request_ids = ctx.request_ids[rows].long()
         last = logits.squeeze(0)[:, :self.vocab_size]  # [active requests, V]; drops the TP vocab padding
@@ -104,15 +112,22 @@ def generate_dynamic(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *
     model.eval()
     draw = make_draw(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
                      temperature=temperature, top_k=top_k, top_p=top_p)
+    recorder = RoutingRecorder.start(model, len(prompts), max(len(p) + n for p, n in zip(prompts, budgets)))
     try:
         with sequence_parallel_off(model), inference_mode():
             engine = _build_engine(model, prompts, budgets, draw=draw, vocab_size=vocab_size, stop_ids=stop_ids,
                                    max_seq_length=max_seq_length, max_batch_rows=max_batch_rows,
-                                   kv_cache_gb=kv_cache_gb)
+                                   kv_cache_gb=kv_cache_gb, recorder=recorder)
             drawn = _run(engine, prompts, budgets)
     finally:
         model.train(was_training)
-    return [_sample(p, drawn[i], stop_ids) for i, p in enumerate(prompts)]
+        if recorder:
+            recorder.stop()
+    samples = [_sample(p, drawn[i], stop_ids) for i, p in enumerate(prompts)]
+    if recorder:  # the positions the trainer feeds: the prompt and every response token but the last
+        for i, s in enumerate(samples):
+            s.routing = recorder.take(i, 0, len(s.prompt_ids) + len(s.response_ids) - 1)
+    return samples
 
 
 def _check_parallelism() -> None:
@@ -140,7 +155,7 @@ def _budgets(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_seq_leng
 
 
 def _build_engine(model, prompts, budgets, *, draw: DrawFn, vocab_size: int, stop_ids, max_seq_length: int,
-                  max_batch_rows: int, kv_cache_gb: Optional[float]):
+                  max_batch_rows: int, kv_cache_gb: Optional[float], recorder: Optional[RoutingRecorder]):
     from megatron.core.inference.engines import DynamicInferenceEngine
     from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper
     from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import InferenceWrapperConfig
@@ -154,7 +169,8 @@ def _build_engine(model, prompts, budgets, *, draw: DrawFn, vocab_size: int, sto
                                             padded_vocab_size=model.vocab_size, inference_max_requests=rows,
                                             inference_max_seq_length=max_seq_length)
     wrapped = GPTInferenceWrapper(model, wrapper_config, context)
-    controller = R1SamplingController(wrapped, draw=draw, vocab_size=vocab_size, stop_ids=stop_ids)
+    controller = R1SamplingController(wrapped, draw=draw, vocab_size=vocab_size, stop_ids=stop_ids,
+                                      recorder=recorder)
     return DynamicInferenceEngine(controller, context, random_seed=0, enable_chunked_prefill=False)
 
 

@@ -49,6 +49,9 @@ class GRPOConfig:
     dynamic_sampling_max_rounds: int = 3
     eval_every: int = 0
     time_limit_minutes: Optional[float] = None
+    # seeds the RL phase (prompt order, rollout sampling); null: run.seed. run.seed also seeds the
+    # base, so repeats of RL from one base vary this alone
+    seed: Optional[int] = None
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
     def validate(self) -> None:

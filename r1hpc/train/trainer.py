@@ -124,17 +124,18 @@ class Trainer:
         self.scorer = RewardScorer(cfg.rewards, models=build_judges(cfg, run_data_sources(cfg.data)))
         self.logger = MetricsLogger(self.run_dir, enabled=self.rank0,
                                     purge_step=resumed["step"] + 1 if resumed else None)
-        self.problems = training_problems(cfg.data, cfg.run.seed)
+        seed = cfg.run.seed if cfg.grpo.seed is None else cfg.grpo.seed
+        self.problems = training_problems(cfg.data, seed)
         if cfg.disagg.enabled:
             self.source = ExchangeSource(cfg.disagg, exchange_root(cfg), policy_module=self.policy.module,
-                                         make_stream=partial(training_stream, cfg.data, seed=cfg.run.seed),
+                                         make_stream=partial(training_stream, cfg.data, seed=seed),
                                          prompts_per_step=cfg.rollout.prompts_per_step,
-                                         group_size=cfg.rollout.group_size, seed=cfg.run.seed, say=say)
+                                         group_size=cfg.rollout.group_size, seed=seed, say=say)
         monitor = Monitor(cfg.monitor, self.tok, self.policy.module, self.run_dir, writer=self.rank0, say=say) \
             if cfg.monitor.enabled else None
         self.grpo = GRPOTrainer(self.policy, reference, tokenizer=self.tok, scorer=self.scorer, algo=cfg.algo,
                                 rollout=cfg.rollout, grpo=cfg.grpo, render=self.render, problems=self.problems,
-                                seed=cfg.run.seed, source=self.source, monitor=monitor, routing=cfg.routing)
+                                seed=seed, source=self.source, monitor=monitor, routing=cfg.routing)
         self.ckpt = CheckpointManager(cfg.checkpoint, self.ckpt_dir, policy=self.policy, trainer=self.grpo,
                                       scorer=self.scorer, config=to_dict(cfg),
                                       tokenizer_path=base_dir / "tokenizer.json")

@@ -69,3 +69,12 @@ def test_the_curriculum_does_not_change_the_base():
     plain = load_run_config("configs/ci_r1zero.yaml")
     curriculum = load_run_config("configs/ci_r1zero.yaml", ["data.curriculum.kind=learnability"])
     assert base_fingerprint(plain) == base_fingerprint(curriculum)
+
+
+def test_the_rl_seed_does_not_change_the_base_but_run_seed_does():
+    """grpo.seed repeats RL from one base (the base is reused); run.seed also seeds the base."""
+    from r1hpc.train.pretrain import base_fingerprint
+
+    plain = load_run_config("configs/ci_r1zero.yaml")
+    assert base_fingerprint(plain) == base_fingerprint(load_run_config("configs/ci_r1zero.yaml", ["grpo.seed=8"]))
+    assert base_fingerprint(plain) != base_fingerprint(load_run_config("configs/ci_r1zero.yaml", ["run.seed=8"]))

@@ -11,6 +11,7 @@ from r1hpc.config import ConfigError
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.provider import build_model
+from r1hpc.model.routing_replay import attach
 from r1hpc.model.weights import load_model_weights, save_model_weights
 from r1hpc.rollout.engines import generate_with
 
@@ -83,6 +84,7 @@ def _run(engine: str, model, variant: dict, *, temperature: float, seed: int = 5
                                 generator=torch.Generator().manual_seed(seed), **variant, **kw)
     return {"ids": [s.response_ids for s in samples], "truncated": [s.truncated for s in samples],
             "logps": [s.logprobs for s in samples], "ents": [s.entropies for s in samples], "seen": seen,
+            "routing": [s.routing for s in samples],
             "logp_requires_grad": any(s.logprobs.requires_grad or s.logprobs.is_inference() for s in samples)}
 
 
@@ -101,6 +103,8 @@ def engines_compared(model_kw: dict, parallel_kw: dict, ckpt: str, mode: str) ->
     init_distributed(parallel_cfg, model_cfg, seed=3)
     model = build_model(model_cfg, parallel_cfg)
     (save_model_weights if mode == "save" else load_model_weights)(model, ckpt)
+    if model_cfg.num_moe_experts:
+        attach(model)  # both engines record each fed token's experts (routing replay)
     out = {"static/greedy": _run("static", model, {}, temperature=0.0),
            "static/sampled": _run("static", model, {}, temperature=1.0, top_p=0.9, top_k=40, sampler="native")}
     for name, variant in VARIANTS.items():

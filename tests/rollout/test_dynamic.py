@@ -1,7 +1,8 @@
 """rollout.engine=dynamic (megatron's DynamicInferenceEngine, continuous batching over a paged KV cache)
 draws exactly what the static loop draws: the same greedy tokens, and with the compiled sampler (keyed
 by request and step, not batch slot) the same sampled tokens, on dense and MoE models, at TP=1 and
-TP=2, whether requests run all at once, join as others finish, or wait for KV blocks."""
+TP=2, whether requests run all at once, join as others finish, or wait for KV blocks; a MoE's
+recorded routing (routing replay) is the same in both engines."""
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,9 @@ needs_dynamic = pytest.mark.skipif(not DYNAMIC_ON_CPU, reason="this megatron-cor
 def _assert_same_samples(got: dict, want: dict, where: str) -> None:
     assert got["ids"] == want["ids"], where
     assert got["truncated"] == want["truncated"], where
+    # a MoE records each fed token's experts (routing replay): the same in both engines
+    for a, b in zip(got["routing"], want["routing"]):
+        assert (a is None and b is None) or torch.equal(a, b), where
     # fp32 sums in another order (paged SDPA vs megatron's attention, flat vs [b, s] MoE dispatch), amplified
     # by the test model's large init scale: up to ~3e-4 seen; a wrong key or position costs far more
     for a, b in zip(got["logps"], want["logps"]):

@@ -47,6 +47,18 @@ def test_replay_routes_as_recorded_tp2_sp(tmp_path):
     _check(merged)
 
 
+def test_replay_routes_as_recorded_ep2(tmp_path):
+    """EP=2: each MoE layer's experts split over two ranks (tokens dispatched by all-to-all); every
+    rank records and replays its own rows, and routes them exactly as recorded."""
+    ckpt = str(tmp_path / "w")
+    (ref,) = run_workers(replay_probe, 1, {}, ckpt, "save", "fp32")
+    out = run_workers(replay_probe, 2, {"expert_model_parallel_size": 2}, ckpt, "load", "fp32")
+    for rank in out:
+        for a, b in zip(rank["routing"], ref["routing"]):  # the rollout routed as the one-process rollout did
+            assert torch.equal(a, b)
+        _check(rank)
+
+
 def test_replay_on_dense_model_is_refused():
     (msg,) = run_workers(dense_refusal, 1)
     assert "dense" in msg and "routing.replay" in msg
