@@ -35,7 +35,8 @@ from r1hpc.eval.passk import cons_at_k, pass_at_1, pass_at_k
 from r1hpc.rewards.code import extract_code
 from r1hpc.rewards.extract import extract_answer
 from r1hpc.rewards.normalize import answer_key
-from r1hpc.rollout.generate import generate, response_text
+from r1hpc.rollout.engines import generate_with
+from r1hpc.rollout.generate import response_text
 
 
 def check_set_name(name: str) -> None:
@@ -94,9 +95,10 @@ def evaluate_set(model, tok, problems: Sequence[Problem], render: Callable[[str]
     prompts = [tok.encode(render(p.question)) for p in mine for _ in range(k)]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + dp_rank + 1_000_003 * stream)
     t0 = time.perf_counter()
-    samples = generate(model, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
-                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                       max_seq_length=max_seq_length, generator=gen, max_batch_rows=max_batch_rows) if prompts else []
+    samples = generate_with(cfg.engine, model, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
+                            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            max_seq_length=max_seq_length, generator=gen,
+                            max_batch_rows=max_batch_rows) if prompts else []
     gen_s = time.perf_counter() - t0
     texts = [response_text(tok, s) for s in samples]
     scores = scorer.score_batch(texts, [p for p in mine for _ in range(k)]) if texts else []

@@ -4,14 +4,15 @@ ranks and the counts summed."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
 from r1hpc.device import collective_device
-from r1hpc.rollout.generate import generate, response_text
+from r1hpc.rollout.engines import generate_with
+from r1hpc.rollout.generate import response_text
 
 
 @dataclasses.dataclass
@@ -24,6 +25,9 @@ class EvalConfig:
     top_p: float = 0.95
     max_new_tokens: int = 160
     seed: int = 0
+    # the decoder (r1hpc.rollout.engines), as rollout.engine; with the compiled sampler both draw
+    # the same samples, so it changes the time an evaluation takes, not its figures
+    engine: Literal["static", "dynamic"] = "static"
     # `r1hpc evaluate` (r1hpc.eval.benchmarks): sets by name (gsm8k, math500, aime24, amc23, a synthetic
     # task, a .jsonl path); empty = the run's own prompt sources
     sets: list[str] = dataclasses.field(default_factory=list)
@@ -31,6 +35,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.num_problems < 1 or self.samples_per_problem < 1:
             raise ConfigError("num_problems and samples_per_problem must be >= 1")
+        if self.engine not in ("static", "dynamic"):
+            raise ConfigError(f"key 'engine' must be static or dynamic, got {self.engine!r}")
         from r1hpc.eval.benchmarks import check_set_name
 
         for name in self.sets:
@@ -47,9 +53,9 @@ def evaluate_pass_at_1(model, tok, problems: Sequence[Problem], render: Callable
     k = cfg.samples_per_problem
     prompts = [tok.encode(render(p.question)) for p in mine for _ in range(k)]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + dp_rank)
-    samples = generate(model, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
-                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                       max_seq_length=max_seq_length, generator=gen) if prompts else []
+    samples = generate_with(cfg.engine, model, prompts, vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
+                            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            max_seq_length=max_seq_length, generator=gen) if prompts else []
     scores = scorer.score_batch([response_text(tok, s) for s in samples], [p for p in mine for _ in range(k)])
     sources = sorted({p.data_source for p in problems})
     # per source: [correct, total, well-formed]

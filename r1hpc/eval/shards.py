@@ -41,7 +41,7 @@ def _sampling(cfg, kind: Kind) -> dict:
     if kind == "eval":
         e = cfg.eval
         return dict(k=e.samples_per_problem, temperature=e.temperature, top_p=e.top_p, top_k=0,
-                    max_new_tokens=e.max_new_tokens)
+                    max_new_tokens=e.max_new_tokens, engine=e.engine)
     r = cfg.rollout
     return dict(k=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                 max_new_tokens=r.max_new_tokens)
@@ -59,7 +59,8 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
     from r1hpc.model.base import base_dir_of
     from r1hpc.rewards.judge_model import build_judges
     from r1hpc.rewards.registry import RewardScorer
-    from r1hpc.rollout.generate import generate, response_text
+    from r1hpc.rollout.engines import generate_with
+    from r1hpc.rollout.generate import response_text
     from r1hpc.train.policy import load_policy
 
     i, n = shard
@@ -82,10 +83,10 @@ def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,
             p = problems[index]
             prompt = tok.encode(render(p.question))
             gen = torch.Generator().manual_seed(cfg.eval.seed * 1_000_003 + index)
-            samples = generate(engine.module, [prompt] * s["k"], vocab_size=tok.vocab_size, stop_ids=tok.stop_token_ids,
-                               temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
-                               max_new_tokens=s["max_new_tokens"], max_seq_length=model_cfg.max_seq_length,
-                               generator=gen)
+            samples = generate_with(s["engine"], engine.module, [prompt] * s["k"], vocab_size=tok.vocab_size,
+                                    stop_ids=tok.stop_token_ids, temperature=s["temperature"], top_p=s["top_p"],
+                                    top_k=s["top_k"], max_new_tokens=s["max_new_tokens"],
+                                    max_seq_length=model_cfg.max_seq_length, generator=gen)
             texts = [response_text(tok, x) for x in samples]
             records.append({"index": index, "id": p.id, "data_source": p.data_source, "question": p.question,
                             "answer": p.answer, "responses": texts,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from r1hpc.config import ConfigError
+from r1hpc.eval.heldout import EvalConfig
 from r1hpc.model import mcore_compat
 from r1hpc.rollout.engines import check_dynamic_supported, generate_with
 from r1hpc.rollout.generate import RolloutConfig
@@ -82,6 +83,8 @@ def test_engine_key_is_checked():
         RolloutConfig(kv_cache_gb=0.0).validate()
     with pytest.raises(ConfigError, match="rollout.engine"):
         generate_with("paged", None, [[1]])
+    with pytest.raises(ConfigError, match="key 'engine' must be static or dynamic"):
+        EvalConfig(engine="vllm").validate()
 
 
 @pytest.mark.skipif(DYNAMIC_ON_CPU, reason="the dynamic engine runs here")
