@@ -140,6 +140,14 @@ def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
                               "source's tokenizer names no eos_token); set data.tokenizer.path to the model's tokenizer")
         log(f"[base] converted checkpoint {base_dir}")
         return base_dir, json.loads((base_dir / META_FILE).read_text())
+    meta_file = base_dir / "meta.json"
+    if cfg.pretrain.base_dir and meta_file.is_file():
+        # a base named by path may be shared by other runs: pretraining over it would change theirs
+        theirs, ours = json.loads(meta_file.read_text()).get("fingerprint"), base_fingerprint(cfg)
+        if theirs != ours:
+            raise ConfigError(f"pretrain.base_dir: {base_dir} holds a base pretrained from other settings (fingerprint "
+                              f"{theirs}, this run's {ours}: model, data, pretrain or run.seed differ); it is left as "
+                              "it is: run with that base's settings, or point pretrain.base_dir at an empty folder")
     log(f"[base] pretraining a weak base on the flawed synthetic corpus -> {base_dir}")
     return base_dir, pretrain(cfg, cfg.parallel, base_dir, log=log)
 

@@ -1,5 +1,6 @@
 """A converted checkpoint as the R1-Zero base (pretrain.base_dir): used as it is, never pretrained or
-overwritten; its architecture comes from its config.json and the recipe keeps only run settings."""
+overwritten; its architecture comes from its config.json and the recipe keeps only run settings. A
+base named by path that other settings built is refused, not pretrained over."""
 from __future__ import annotations
 
 import json
@@ -46,3 +47,16 @@ def test_converted_base_without_a_tokenizer_is_refused(converted, tmp_path):
     cfg = load_run_config(None, [f"pretrain.base_dir={converted}", f"run.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="has no tokenizer.json"):
         ensure_base(cfg, log=lambda *a: None)
+
+
+def test_a_named_base_from_other_settings_is_not_pretrained_over(tmp_path):
+    """pretrain.base_dir may be shared by several runs: one whose settings differ is refused, and the
+    base stays as it was."""
+    base = tmp_path / "shared_base"
+    base.mkdir()
+    (base / "meta.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "steps": 1000}))
+    before = (base / "meta.json").read_text()
+    cfg = load_run_config(None, [f"pretrain.base_dir={base}", f"run.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="pretrain.base_dir: .* holds a base pretrained from other settings"):
+        ensure_base(cfg, log=lambda *a: None)
+    assert sorted(p.name for p in base.iterdir()) == ["meta.json"] and (base / "meta.json").read_text() == before
