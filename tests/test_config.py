@@ -227,6 +227,17 @@ def test_yaml_and_overrides_merge(tmp_path):
     assert cfg.data == RunConfig().data
 
 
+def test_off_is_a_word_not_a_boolean(tmp_path):
+    """YAML 1.1 would read `off` as False, and 'off' is a value of routing.replay: only true/false are
+    booleans, in files and overrides alike; a bool key given `yes` names the key."""
+    path = write(tmp_path, "routing:\n  replay: off\nalgo:\n  fused_output: true\n")
+    assert load_run_config(path, []).routing.replay == "off"
+    cfg = load_run_config(None, ["routing.replay=off", "algo.fused_output=false"])
+    assert cfg.routing.replay == "off" and cfg.algo.fused_output is False
+    with pytest.raises(ConfigError, match=r"'algo\.fused_output': expected bool, got str 'yes'"):
+        load_run_config(None, ["algo.fused_output=yes"])
+
+
 def test_ints_widen_to_floats():
     cfg = load_run_config(None, ["grpo.optim.lr=1", "model.norm_eps=0"])
     assert type(cfg.grpo.optim.lr) is float and cfg.grpo.optim.lr == 1.0
