@@ -45,7 +45,9 @@ def _is_cuda_device(dev: Any) -> bool:
 
 
 class CudaToCpuMode(TorchFunctionMode):
-    """Rewrites ``device=cuda`` arguments (and ``.cuda()`` / ``.to("cuda")``) to the CPU.
+    """Rewrites ``device=cuda`` arguments (and ``.cuda()`` / ``.to("cuda")``) to the CPU, and names a
+    CPU tensor's type as its CUDA twin (``.type()`` -> ``'torch.cuda.BFloat16Tensor'``), the strings
+    megatron's mixed-precision optimizer sorts its parameters by.
 
     Entered only around megatron entry points that allocate on ``"cuda"`` in many places
     (pipeline schedules, optimizer methods). A schedule runs the model's forward and backward, so
@@ -59,6 +61,9 @@ class CudaToCpuMode(TorchFunctionMode):
             kwargs["device"] = "cpu"
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)

@@ -107,6 +107,15 @@ def test_cuda_to_cpu_mode_maps_devices():
     assert torch.equal(moved[0], t)
 
 
+def test_cuda_to_cpu_mode_names_cuda_types():
+    """megatron's mixed-precision optimizer accepts only parameters whose .type() is a CUDA name."""
+    bf16, fp32 = torch.zeros(2, dtype=torch.bfloat16), torch.nn.Parameter(torch.zeros(2))
+    with CudaToCpuMode():
+        inside = (bf16.type(), fp32.type(), bf16.type(torch.float32).dtype)
+    assert inside == ("torch.cuda.BFloat16Tensor", "torch.cuda.FloatTensor", torch.float32)  # a cast stays a cast
+    assert (bf16.type(), fp32.type()) == ("torch.BFloat16Tensor", "torch.FloatTensor")
+
+
 def test_cuda_to_cpu_mode_is_scoped():
     with CudaToCpuMode():
         pass
