@@ -81,7 +81,8 @@ def main() -> None:
         gaps = [r["logp_gap_mean"] for n, r in runs.items() if n.startswith(f"replay_{replay}_")]
         by_mode[replay] = {"gain_mean": statistics.fmean(gains), "gain_std": statistics.stdev(gains) if len(gains) > 1
                            else 0.0, "logp_gap_mean": statistics.fmean(g for g in gaps if g is not None)}
-    result = {"device": device, "config": args.config, "overrides": args.overrides, "seeds": args.seeds,
+    result = {"device": device, "command": shlex.join(["python", "benchmarks/exp_routing_replay.py", *sys.argv[1:]]),
+              "config": args.config, "overrides": args.overrides, "seeds": args.seeds,
               "grpo_steps": args.steps, "by_replay": by_mode, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.out}.json"
