@@ -157,13 +157,13 @@ def megatron_step(engine, prompts, new_tokens, mini_batches) -> dict[str, float]
 
         def step(data_iterator, model, mb=mb):
             batch = next(data_iterator)
-            logits = _logits(model, batch)
+            logits = _logits(model, batch, VOCAB)
             with torch.no_grad():
                 sel = batch["response_mask"]
                 lp = torch.log_softmax(logits[sel].detach().float(), -1).gather(-1, batch["targets"][sel][:, None])
                 batch["old_logp"] = torch.zeros(sel.shape)
                 batch["old_logp"][sel] = lp.squeeze(-1)
-            return logits, partial(_grpo_loss_func, batch, algo, 0, 1.0)
+            return logits, partial(_grpo_loss_func, batch, algo, 0, 1.0, grpo_loss)
 
         engine.train_step(step, [mb], seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0])
     t2 = time.perf_counter()
