@@ -44,7 +44,7 @@ def _sampling(cfg, kind: Kind) -> dict:
                     max_new_tokens=e.max_new_tokens, engine=e.engine)
     r = cfg.rollout
     return dict(k=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                max_new_tokens=r.max_new_tokens)
+                max_new_tokens=r.max_new_tokens, engine=r.engine)
 
 
 def run_shard(cfg, kind: Kind, shard: tuple[int, int], out_dir: str | Path,

@@ -127,9 +127,11 @@ def pretrain(cfg, parallel, base_dir: Path, log: Callable[[str], None] = print) 
     return meta
 
 
-def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+def ensure_base(cfg, log: Callable[[str], None] = print, *, replace_other: bool = False) -> tuple[Path, dict]:
     """The run's base model: reused when ``base_dir`` holds one built from the same settings,
-    pretrained otherwise. Returns (base_dir, its meta). Collective."""
+    pretrained otherwise. A base named by ``pretrain.base_dir`` that other settings built is
+    pretrained over only with ``replace_other`` (``r1hpc pretrain``, asked to build exactly that base);
+    a training run refuses, since other runs may share it. Returns (base_dir, its meta). Collective."""
     base_dir = base_dir_of(cfg)
     if cfg.pretrain.reuse and base_is_ready(base_dir, base_fingerprint(cfg)):
         log(f"[base] reusing {base_dir}")
@@ -141,8 +143,7 @@ def ensure_base(cfg, log: Callable[[str], None] = print) -> tuple[Path, dict]:
         log(f"[base] converted checkpoint {base_dir}")
         return base_dir, json.loads((base_dir / META_FILE).read_text())
     meta_file = base_dir / "meta.json"
-    if cfg.pretrain.base_dir and meta_file.is_file():
-        # a base named by path may be shared by other runs: pretraining over it would change theirs
+    if cfg.pretrain.base_dir and meta_file.is_file() and not replace_other:
         theirs, ours = json.loads(meta_file.read_text()).get("fingerprint"), base_fingerprint(cfg)
         if theirs != ours:
             raise ConfigError(f"pretrain.base_dir: {base_dir} holds a base pretrained from other settings (fingerprint "
@@ -158,7 +159,7 @@ def run_pretrain(cfg) -> dict:
 
     env = init_distributed(cfg.parallel, cfg.model, seed=cfg.run.seed)
     try:
-        base_dir, meta = ensure_base(cfg, log=print if env.rank == 0 else (lambda *a, **k: None))
+        base_dir, meta = ensure_base(cfg, log=print if env.rank == 0 else (lambda *a, **k: None), replace_other=True)
         if env.rank == 0:
             print(f"[base] {base_dir}: {meta['params']:,} parameters, final loss {meta['final_loss']:.4f}, "
                   f"{meta['wall_s']:.0f} s")
