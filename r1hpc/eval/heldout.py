@@ -12,7 +12,7 @@ from r1hpc.config import ConfigError
 from r1hpc.data.problem import Problem
 from r1hpc.device import collective_device
 from r1hpc.rollout.engines import generate_with
-from r1hpc.rollout.generate import response_text
+from r1hpc.rollout.generate import check_engine, response_text
 
 
 @dataclasses.dataclass
@@ -35,8 +35,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.num_problems < 1 or self.samples_per_problem < 1:
             raise ConfigError("num_problems and samples_per_problem must be >= 1")
-        if self.engine not in ("static", "dynamic"):
-            raise ConfigError(f"key 'engine' must be static or dynamic, got {self.engine!r}")
+        check_engine(self.engine)
         from r1hpc.eval.benchmarks import check_set_name
 
         for name in self.sets:

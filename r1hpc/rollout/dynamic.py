@@ -8,8 +8,7 @@ megatron's: the same draw function as the static loop (:func:`r1hpc.rollout.gene
 keyed by request id and decode step, and the same per-token log-prob and entropy, so with the
 compiled sampler both engines draw the same responses from the same logits. A MoE policy whose
 routers carry replay instances records each fed token's experts (routing replay, R3) as the static
-loop does. Under TP the logits
-are gathered and every rank draws the same tokens. The KV pool holds ``rollout.kv_cache_gb``
+loop does. Under TP the logits are gathered and every rank draws the same tokens. The KV pool holds ``rollout.kv_cache_gb``
 (by default: every request of the call at its full length, so nothing waits for blocks).
 """
 from __future__ import annotations

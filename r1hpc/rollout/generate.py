@@ -54,8 +54,7 @@ class RolloutConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         resolve_sampler(self.sampler, local_device_type())  # 'native' without the extension: say so now
-        if self.engine not in ("static", "dynamic"):
-            raise ConfigError(f"key 'engine' must be static or dynamic, got {self.engine!r}")
+        check_engine(self.engine)
         if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
             raise ConfigError(f"key 'kv_cache_gb' must be positive or null, got {self.kv_cache_gb}")
 
@@ -75,6 +74,12 @@ class Sample:
 
 
 @torch.no_grad()
+def check_engine(engine: str) -> None:
+    """A config's ``engine`` key (rollout.engine, eval.engine) names one of the two decoders."""
+    if engine not in ("static", "dynamic"):
+        raise ConfigError(f"key 'engine' must be static or dynamic, got {engine!r}")
+
+
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_size: int, stop_ids: Sequence[int],
              temperature: float, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int,
              max_seq_length: int, generator: torch.Generator | None = None, max_batch_rows: int = 512,
