@@ -73,13 +73,13 @@ class Sample:
     routing: Optional[torch.Tensor] = None
 
 
-@torch.no_grad()
 def check_engine(engine: str) -> None:
     """A config's ``engine`` key (rollout.engine, eval.engine) names one of the two decoders."""
     if engine not in ("static", "dynamic"):
         raise ConfigError(f"key 'engine' must be static or dynamic, got {engine!r}")
 
 
+@torch.no_grad()
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_size: int, stop_ids: Sequence[int],
              temperature: float, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int,
              max_seq_length: int, generator: torch.Generator | None = None, max_batch_rows: int = 512,

@@ -78,14 +78,20 @@ def _run(engine: str, model, variant: dict, *, temperature: float, seed: int = 5
     if engine == "static":
         variant = {}
     seen = {"mixed": False, "paused": False, "evicted": False}
-    with _observed_steps(seen):
-        samples = generate_with(engine, model, prompts(), vocab_size=97, stop_ids=STOP, temperature=temperature,
-                                max_new_tokens=MAX_NEW, max_seq_length=64,
-                                generator=torch.Generator().manual_seed(seed), **variant, **kw)
+    grad_modes: list[bool] = []  # autograd on in a decode forward keeps every step's graph alive
+    hook = model.register_forward_pre_hook(lambda module, args: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        with _observed_steps(seen):
+            samples = generate_with(engine, model, prompts(), vocab_size=97, stop_ids=STOP, temperature=temperature,
+                                    max_new_tokens=MAX_NEW, max_seq_length=64,
+                                    generator=torch.Generator().manual_seed(seed), **variant, **kw)
+    finally:
+        hook.remove()
     return {"ids": [s.response_ids for s in samples], "truncated": [s.truncated for s in samples],
             "logps": [s.logprobs for s in samples], "ents": [s.entropies for s in samples], "seen": seen,
             "routing": [s.routing for s in samples],
-            "logp_requires_grad": any(s.logprobs.requires_grad or s.logprobs.is_inference() for s in samples)}
+            "logp_requires_grad": any(s.logprobs.requires_grad or s.logprobs.is_inference() for s in samples),
+            "forwards": len(grad_modes), "forwards_with_grad": sum(grad_modes)}
 
 
 def _kv_pool_error(model) -> str:
