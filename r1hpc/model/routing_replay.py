@@ -150,9 +150,12 @@ class RoutingRecorder:
                                   device=HOST)
         return out
 
-    def prefill(self, length: int) -> None:
-        rec = self._recorded(length * self.batch).view(len(self.instances), length, self.batch, -1)
-        self.buf[:, :length] = rec.permute(2, 1, 0, 3)
+    def prefill(self, length: int, prefilled_row: torch.Tensor) -> None:
+        """The prefill's routing; row ``i`` takes the routing of prefilled row ``prefilled_row[i]``
+        (rows with the same prompt share one prefill)."""
+        prefilled = int(prefilled_row.max()) + 1
+        rec = self._recorded(length * prefilled).view(len(self.instances), length, prefilled, -1)
+        self.buf[:, :length] = rec.permute(2, 1, 0, 3)[prefilled_row.to(HOST)]
 
     def decode(self, rows: torch.Tensor, position: int) -> None:
         rec = self._recorded(len(rows))  # [layers, b_active, topk]: a decode step feeds one token per row

@@ -140,7 +140,8 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     ``request_ids`` are the prompts' indices in the caller's list (the native sampler's counters).
 
     RoPE depends only on the distance between query and key, and every real token of a row is
-    shifted by the same pad count, so the padded batch computes what each prompt alone would."""
+    shifted by the same pad count, so the padded batch computes what each prompt alone would. Rows
+    with the same prompt (a GRPO group) share its prefill: G times fewer prefill FLOPs."""
     from megatron.core.inference.contexts import StaticInferenceContext
 
     device = next(model.parameters()).device
@@ -158,9 +159,17 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     positions = (torch.arange(length, device=device)[None] - pads[:, None]).clamp(min=0)
     ctx = StaticInferenceContext(batch, length + max_new_tokens)
     recorder = RoutingRecorder.start(model, batch, length + max_new_tokens)  # routing replay (R3)
-    logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
+    distinct, copy_of = _distinct_prompts(prompts)
+    if len(distinct) == batch:
+        logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
+    else:  # a group's G rows share its prompt: prefill each prompt once, then copy its KV-cache row
+        rows = torch.tensor(distinct, device=device)
+        logits = model(tokens[rows], positions[rows], prefill_mask[rows], inference_context=ctx,
+                       runtime_gather_output=True)[:, -1]
+        _copy_kv_cache_rows(ctx, copy_of.to(device))
+        logits = logits[copy_of.to(device)]
     if recorder:
-        recorder.prefill(length)
+        recorder.prefill(length, copy_of)
     ctx.sequence_len_offset += length
     stop = torch.tensor(list(stop_ids), device=device)
     # the samples' tokens, log-probs and entropies are collected on the host, as Sample holds them
@@ -178,7 +187,7 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
             break
         if int(running.sum()) <= 0.75 * len(active):  # long tail: drop finished rows from the batch
             keep = running.nonzero().squeeze(1)
-            _compact_kv_cache(ctx, keep.to(device))
+            _copy_kv_cache_rows(ctx, keep.to(device))
             active, tok = active[keep], tok[keep.to(device)]
         rows = active.to(device)
         logits = model(tok[:, None], positions[rows, -1:] + step + 1, pad_keys[rows, None, None, :length + step + 1],
@@ -205,13 +214,26 @@ def _samples(prompts, toks: torch.Tensor, logps, ents, stop: torch.Tensor, recor
     return samples
 
 
-def _compact_kv_cache(ctx, keep: torch.Tensor) -> None:
-    """Move the KV-cache rows ``keep`` to the front: megatron's static context serves a decode batch
-    of b rows from the first b rows of each layer's [seq, batch, heads, dim] memory."""
-    n = len(keep)
+def _distinct_prompts(prompts) -> tuple[list[int], torch.Tensor]:
+    """The first row of each distinct prompt, and for every row the position of its prompt among
+    those (a host tensor): what a prefill of the distinct prompts alone gives each row."""
+    first: dict[tuple[int, ...], int] = {}
+    copy_of = [first.setdefault(tuple(p), len(first)) for p in prompts]
+    distinct = [0] * len(first)
+    for row, d in reversed(list(enumerate(copy_of))):
+        distinct[d] = row
+    return distinct, torch.tensor(copy_of, dtype=torch.long, device=HOST)
+
+
+def _copy_kv_cache_rows(ctx, source: torch.Tensor) -> None:
+    """Row ``i`` of each layer's KV cache becomes (a copy of) row ``source[i]``: with ``keep``, the rows
+    still decoding move to the front (megatron's static context serves a decode batch of b rows from
+    the first b rows of its [seq, batch, heads, dim] memory); with a prompt's row per request, the
+    prefill of the distinct prompts fans out to every row."""
+    n = len(source)
     for layer, (k_mem, v_mem) in ctx.key_value_memory_dict.items():
-        k_mem[:, :n] = k_mem[:, keep]
-        v_mem[:, :n] = v_mem[:, keep]
+        k_mem[:, :n] = k_mem[:, source]
+        v_mem[:, :n] = v_mem[:, source]
 
 
 def response_text(tok, sample: Sample) -> str:

@@ -1,6 +1,7 @@
 """KV-cached rollout on the megatron model equals recomputing the whole prefix each step, and
 tensor parallelism (gathered vocab-parallel logits) changes nothing."""
 import pytest
+import torch
 
 from tests.multiproc import run_workers
 from tests.rollout.workers import greedy_both_ways
@@ -37,3 +38,19 @@ def test_native_sampler_draws_do_not_depend_on_how_prompts_are_batched():
     assert out["native/64"] == out["native/3"]
     assert out["native/64"][0] != out["native/64"][1]  # same prompt, different request: different draws
     assert out["torch/64"] != out["torch/3"]
+
+
+def test_a_group_prefills_its_prompt_once_and_samples_as_if_every_row_had():
+    """Rows with the same prompt share one prefill (KV-cache rows copied): the same tokens, log-probs
+    (1e-5) and recorded MoE routing as prefilling every row, with a quarter of the prefill rows."""
+    from tests.rollout.workers import shared_prefill_or_not
+
+    (out,) = run_workers(shared_prefill_or_not, 1)
+    shared, every = out["shared"], out["every-row"]
+    assert (shared["prefill_rows"], every["prefill_rows"]) == (4, 16)
+    assert shared["tokens"] == every["tokens"]
+    assert len(set(map(tuple, shared["tokens"]))) > 4  # a group's rows drew different responses
+    for a, b in zip(shared["logprobs"], every["logprobs"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(shared["routing"], every["routing"]):
+        assert a is not None and torch.equal(a, b)

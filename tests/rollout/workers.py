@@ -56,3 +56,37 @@ def sample_in_chunks() -> dict:
             out[f"{sampler}/{rows}"] = [s.response_ids for s in samples]
     destroy_distributed()
     return out
+
+
+def shared_prefill_or_not() -> dict:
+    """A GRPO-shaped rollout (each prompt 4 times, mixed lengths) on the MoE model with routing
+    recorded, sampled by the compiled sampler: once with each group prefilling its prompt once (the
+    default), once with every row prefilled (``_distinct_prompts`` made to see every row as distinct);
+    and the number of rows each way's prefill fed."""
+    from r1hpc.model.routing_replay import attach
+    from r1hpc.rollout import generate as generate_module
+
+    model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig()
+    init_distributed(parallel_cfg, model_cfg, seed=3)
+    model = build_model(model_cfg, parallel_cfg)
+    attach(model)
+    prompts = [p for p in PROMPTS[2:6] for _ in range(4)]
+    fed_rows: list[int] = []
+    hook = model.embedding.register_forward_pre_hook(
+        lambda m, args, kwargs: fed_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    out = {}
+    distinct = generate_module._distinct_prompts
+    for way in ("shared", "every-row"):
+        if way == "every-row":
+            generate_module._distinct_prompts = lambda ps: (list(range(len(ps))),
+                                                             torch.arange(len(ps), dtype=torch.long))
+        fed_rows.clear()
+        samples = generate(model, prompts, vocab_size=97, stop_ids=list(range(0, 97, 5)), temperature=1.0,
+                           max_new_tokens=10, max_seq_length=64, generator=torch.Generator().manual_seed(5),
+                           sampler="native")
+        out[way] = {"tokens": [s.response_ids for s in samples], "logprobs": [s.logprobs for s in samples],
+                    "routing": [s.routing for s in samples], "prefill_rows": fed_rows[0]}
+    generate_module._distinct_prompts = distinct
+    hook.remove()
+    destroy_distributed()
+    return out
