@@ -3,8 +3,10 @@ weight-major ``(W @ x.T).T`` of ``r1hpc.model.cpu_linear``, on SmolLM2-135M's we
 Each timing runs a list of distinct weights (30 per layer shape, as many as the model has layers; 2
 for the output layer) so every weight comes cold from memory, as in a decode step. Roofline: a
 product of a few rows must at least read its weight once, so GB/s is weight bytes over time.
+Which layout wins depends on the CPU (MKL takes other kernels on AMD than on Intel): name the vendor
+in the output file.
 
-    python benchmarks/bench_cpu_linear.py --out benchmarks/results/cpu_linear_smollm2_cpu.json
+    python benchmarks/bench_cpu_linear.py --out benchmarks/results/cpu_linear_smollm2_amd_cpu.json
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def main() -> None:
                                              "speedup": round(plain / major, 2)}
             print(name, rows, results[f"{name}/rows{rows}"], flush=True)
     out = {"what": "few-row fp32 linear layers on SmolLM2-135M's shapes, weights cold: x @ W.T vs (W @ x.T).T "
-                   f"(r1hpc.model.cpu_linear uses the latter for 2-{SKINNY_ROWS} rows without autograd)",
+                   f"(r1hpc.model.cpu_linear uses the latter for 2-{SKINNY_ROWS} rows without autograd, on AMD CPUs)",
            **describe_device(), "threads": args.threads, "results": results}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

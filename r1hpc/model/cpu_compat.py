@@ -293,11 +293,13 @@ def _patch_optimizer_classes() -> None:
 def _patch_skinny_linears() -> None:
     from megatron.core.tensor_parallel import layers
 
-    from r1hpc.model.cpu_linear import weight_major_when_skinny
+    from r1hpc.model.cpu_linear import weight_major_pays_off, weight_major_when_skinny
 
+    if not weight_major_pays_off():
+        return  # an Intel (or unknown) CPU: MKL's own x @ W.T is the faster one there
     for fname in ("linear_with_frozen_weight", "linear_with_grad_accumulation_and_async_allreduce"):
         _patch(layers, fname, weight_major_when_skinny(getattr(layers, fname)),
-               "decode steps' few-row x @ W.T runs 1.3-4.9x faster as (W @ x.T).T on the CPU BLAS "
+               "decode steps' few-row x @ W.T runs 1.3-4.9x faster as (W @ x.T).T on MKL on AMD CPUs "
                "(no-grad forwards of 2-8 rows only; r1hpc.model.cpu_linear)")
 
 

@@ -1,11 +1,13 @@
 """Decoding's skinny matrix multiplies on a CPU, in the layout the CPU BLAS runs fast.
 
 A decode step multiplies a few rows of activations by every weight: ``x @ W.T`` with ``x`` of a few
-rows. torch's CPU BLAS (MKL in the x86 wheels) runs that transposed-weight product far below the
-memory bandwidth, and the same product as ``(W @ x.T).T`` much faster: on the 2-core AMD EPYC of CI,
-SmolLM2-135M's shapes with the weights cold in cache as a decode step reads them, 1.3-4.9x at 2-8
-rows, about even from 12 rows on (``benchmarks/bench_cpu_linear.py``); a SmolLM2 decode step of 4
-rows went from 111 to 58 ms.
+rows. On AMD CPUs torch's CPU BLAS (MKL in the x86 wheels, which takes other kernels on CPUs that
+are not Intel's) runs that transposed-weight product far below the memory bandwidth, and the same
+product as ``(W @ x.T).T`` much faster: on a 2-core AMD EPYC, SmolLM2-135M's shapes with the weights
+cold in cache as a decode step reads them, 1.3-4.9x at 2-8 rows, about even from 12 rows on
+(``benchmarks/bench_cpu_linear.py``); a SmolLM2 decode step of 4 rows went from 111 to 58 ms. On a
+2-core Intel Xeon the weight-major product is the slower one (0.36-0.8x at 2-8 rows), so the path is
+taken on AMD CPUs only (:func:`weight_major_pays_off`).
 Only forwards without autograd take this path (rollouts, evaluation, the log-prob passes of frozen
 models); training's forward and backward keep megatron's own code, so gradients are unchanged.
 Applied by :func:`r1hpc.model.cpu_compat.apply` on CPU-only hosts.
@@ -19,6 +21,19 @@ import torch
 
 #: Rows (tokens of all sequences together) up to which the weight-major product is used.
 SKINNY_ROWS = 8
+
+
+def weight_major_pays_off(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU is one where the weight-major product was measured faster: an AMD one
+    (``vendor_id`` in ``/proc/cpuinfo``, or the given text). Intel CPUs and unknown ones keep ``x @ W.T``."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(4096)
+        except OSError:
+            return False
+    vendors = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("vendor_id")]
+    return vendors[:1] == ["AuthenticAMD"]
 
 
 def skinny_matmul(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

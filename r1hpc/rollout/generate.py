@@ -159,15 +159,7 @@ def _generate_batch(model, prompts, request_ids: torch.Tensor, *, vocab_size, st
     positions = (torch.arange(length, device=device)[None] - pads[:, None]).clamp(min=0)
     ctx = StaticInferenceContext(batch, length + max_new_tokens)
     recorder = RoutingRecorder.start(model, batch, length + max_new_tokens)  # routing replay (R3)
-    distinct, copy_of = _distinct_prompts(prompts)
-    if len(distinct) == batch:
-        logits = model(tokens, positions, prefill_mask, inference_context=ctx, runtime_gather_output=True)[:, -1]
-    else:  # a group's G rows share its prompt: prefill each prompt once, then copy its KV-cache row
-        rows = torch.tensor(distinct, device=device)
-        logits = model(tokens[rows], positions[rows], prefill_mask[rows], inference_context=ctx,
-                       runtime_gather_output=True)[:, -1]
-        _copy_kv_cache_rows(ctx, copy_of.to(device))
-        logits = logits[copy_of.to(device)]
+    logits, copy_of = _prefill(model, prompts, tokens, positions, prefill_mask, ctx)
     if recorder:
         recorder.prefill(length, copy_of)
     ctx.sequence_len_offset += length
@@ -212,6 +204,20 @@ def _samples(prompts, toks: torch.Tensor, logps, ents, stop: torch.Tensor, recor
                               truncated=not len(hits),
                               routing=recorder.take(b, pads[b], length + n - 1) if recorder else None))
     return samples
+
+
+def _prefill(model, prompts, tokens, positions, mask, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts' last logits [b, V] after the prefill, and per row the prefilled row it copies: a
+    group's G rows share its prompt, so each distinct prompt is prefilled once and its KV-cache row
+    copied to the others."""
+    distinct, copy_of = _distinct_prompts(prompts)
+    if len(distinct) == len(prompts):
+        return model(tokens, positions, mask, inference_context=ctx, runtime_gather_output=True)[:, -1], copy_of
+    rows = torch.tensor(distinct, device=tokens.device)
+    logits = model(tokens[rows], positions[rows], mask[rows], inference_context=ctx,
+                   runtime_gather_output=True)[:, -1]
+    _copy_kv_cache_rows(ctx, copy_of.to(tokens.device))
+    return logits[copy_of.to(tokens.device)], copy_of
 
 
 def _distinct_prompts(prompts) -> tuple[list[int], torch.Tensor]:

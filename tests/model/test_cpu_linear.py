@@ -1,4 +1,4 @@
-"""Few-row linear layers without autograd run weight-major on a CPU (r1hpc.model.cpu_linear): same
+"""Few-row linear layers without autograd run weight-major on an AMD CPU (r1hpc.model.cpu_linear): same
 product as ``x @ W.T`` at fp32 tolerance, row-major output, and only where it applies (no autograd,
 2 to SKINNY_ROWS rows, no sequence parallelism); with autograd megatron's own function runs, so
 training gradients are untouched.
@@ -81,9 +81,18 @@ def _patched_gpt_decode() -> dict:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the patches apply only without CUDA")
-def test_megatron_decode_step_runs_weight_major():
+def test_megatron_decode_step_runs_weight_major_on_amd_cpus_only():
     (out,) = run_workers(_patched_gpt_decode, 1)
-    assert len(out["patched"]) == 2, out["patched"]
-    # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
-    assert out["used"] == [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)], out["used"]
+    if cpu_linear.weight_major_pays_off():
+        assert len(out["patched"]) == 2, out["patched"]
+        # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
+        assert out["used"] == [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)], out["used"]
+    else:  # MKL's own product is the faster one here: nothing patched, nothing weight-major
+        assert (out["patched"], out["used"]) == ([], [])
     torch.testing.assert_close(out["fast"], out["reference"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vendor, pays", [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
+def test_weight_major_is_chosen_on_amd_cpus(vendor, pays):
+    cpuinfo = "processor\t: 0\n" + (f"vendor_id\t: {vendor}\n" if vendor else "") + "model name\t: x\n"
+    assert cpu_linear.weight_major_pays_off(cpuinfo) is pays
