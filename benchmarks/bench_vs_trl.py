@@ -10,7 +10,9 @@ reward (r1hpc's math reward with GSM8K's fallbacks). Each side runs as its own p
 threads; its peak RSS comes from ``wait4``. Reports per step: seconds split into generation
 (rollout + reward) and update (log-probs + optimizer step), generated tokens, tokens/s (generated
 tokens per second of the whole step, of generation, of update); the first
-step is warm-up and left out of the means; then the ratio r1hpc / TRL.
+step is warm-up and left out of the means; then the ratio r1hpc / TRL. ``r1hpc train`` runs under
+tcmalloc where it is installed (r1hpc.launch.allocator), TRL under this process's allocator: run
+the script with ``LD_PRELOAD=<libtcmalloc_minimal.so.4>`` to give TRL tcmalloc too (the JSON names both).
 
     python benchmarks/bench_vs_trl.py --steps 3 --out benchmarks/results/bench_vs_trl_smollm2_cpu.json
 
@@ -49,6 +51,17 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed with exit code {proc.returncode}")
     return time.perf_counter() - t, usage.ru_maxrss / 1024
+
+
+def allocators() -> dict:
+    """Each side's host allocator: ``r1hpc train`` re-executes under tcmalloc where installed
+    (r1hpc.launch.allocator); TRL's process keeps what this one has (``LD_PRELOAD``)."""
+    from r1hpc.launch.allocator import find_tcmalloc, tcmalloc_env
+
+    preload = os.environ.get("LD_PRELOAD", "")
+    r1hpc_env = tcmalloc_env(os.environ, find_tcmalloc())
+    return {"r1hpc": (r1hpc_env or os.environ).get("LD_PRELOAD") or "glibc malloc",
+            "trl": preload or "glibc malloc"}
 
 
 def prompt_file(work: Path, n: int) -> Path:
@@ -220,6 +233,7 @@ def main() -> None:
                      "max_new_tokens": args.max_new_tokens, "micro_batch": args.micro_batch, "temperature": 1.0,
                      "optimizer": "AdamW lr 1e-6 betas (0.9, 0.95) eps 1e-8 wd 0 clip 1.0, one step per GRPO step",
                      "loss": "token-mean (TRL dapo), beta 0", "dtype": "fp32"},
+        "allocator": allocators(),
         "note": "means over the steps after the first (warm-up); responses stop at EOS, so compare tokens/s",
         **sides,
         "ratio_r1hpc_over_trl": {

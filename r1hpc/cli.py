@@ -11,6 +11,7 @@ from typing import Callable
 from r1hpc.checkpoint.compat import ResumeError
 from r1hpc.checkpoint.layout import CheckpointWriteError
 from r1hpc.config import ConfigError
+from r1hpc.launch.allocator import reexec_under_tcmalloc
 from r1hpc.launch.cli import add_launch_parser, run_launch
 from r1hpc.model.mcore_compat import CheckpointCorruptError, CheckpointVersionError
 from r1hpc.pipeline.cli import add_pipeline_parser, add_pipeline_report_parser, run_pipeline, run_pipeline_report
@@ -274,10 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that train or decode on the host: run under tcmalloc (r1hpc.launch.allocator)
+_COMPUTE_COMMANDS = ("pretrain", "sft", "cold-start", "train", "rollout-worker", "evaluate", "eval", "rollout")
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_known_warnings()
     args = build_parser().parse_args(argv)
     try:
+        if argv is None and args.command in _COMPUTE_COMMANDS:  # a program run, not a call from Python
+            reexec_under_tcmalloc(sys.argv[1:])
         return COMMANDS[args.command][1](args)
     except tuple(_USER_ERRORS) as e:
         what = next(w for cls, w in _USER_ERRORS.items() if isinstance(e, cls))

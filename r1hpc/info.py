@@ -95,6 +95,18 @@ def _extension(module: str) -> dict:
     return {"module": module, "status": "ok"}
 
 
+def _allocator() -> str:
+    """The host memory allocator of compute commands (train, sft, evaluate, ...; r1hpc.launch.allocator)."""
+    import os
+
+    from r1hpc.launch.allocator import find_tcmalloc
+
+    if os.environ.get("R1HPC_ALLOCATOR") == "system":
+        return "glibc malloc (R1HPC_ALLOCATOR=system)"
+    library = find_tcmalloc()
+    return f"tcmalloc ({library})" if library else "glibc malloc (tcmalloc not installed: libtcmalloc-minimal4)"
+
+
 def _rollout_sampler() -> str:
     """Which sampler a rollout with the default ``rollout.sampler`` (auto) uses on this machine."""
     from r1hpc.rollout.generate import RolloutConfig
@@ -145,6 +157,7 @@ def _collect() -> dict:
         "cuda extension": _probe(lambda: _extension(CUDA_EXTENSION)),
         "cpu sampling extension": _probe(lambda: _extension(CPU_SAMPLING_EXTENSION)),
         "rollout sampler": _probe(_rollout_sampler),
+        "host allocator (compute commands)": _probe(_allocator),
         "launch": _probe(_launch),
         "transformer impl (default model)": _probe(_transformer_impl),
         "cpu compat patches": _probe(_cpu_patches),

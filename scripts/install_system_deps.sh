@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need (sandbox isolation; a headless browser for the report page; a C++
-# compiler for the csrc/ extension the install builds; a throwaway local Slurm: slurm/local_slurm.sh).
+# compiler for the csrc/ extension the install builds; a throwaway local Slurm: slurm/local_slurm.sh;
+# tcmalloc, the host allocator of r1hpc's compute commands: r1hpc/launch/allocator.py).
 # Installs only what is missing; needs root.
 set -euo pipefail
 need=()
@@ -14,6 +15,7 @@ command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || need+=(libtcmalloc-minimal4)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "[system deps] missing: ${need[*]} (install them as root; related tests will be skipped)" >&2
