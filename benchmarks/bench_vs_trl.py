@@ -56,12 +56,9 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 def allocators() -> dict:
     """Each side's host allocator: ``r1hpc train`` re-executes under tcmalloc where installed
     (r1hpc.launch.allocator); TRL's process keeps what this one has (``LD_PRELOAD``)."""
-    from r1hpc.launch.allocator import find_tcmalloc, tcmalloc_env
+    from r1hpc.launch.allocator import GLIBC, compute_allocator
 
-    preload = os.environ.get("LD_PRELOAD", "")
-    r1hpc_env = tcmalloc_env(os.environ, find_tcmalloc())
-    return {"r1hpc": (r1hpc_env or os.environ).get("LD_PRELOAD") or "glibc malloc",
-            "trl": preload or "glibc malloc"}
+    return {"r1hpc": compute_allocator(), "trl": os.environ.get("LD_PRELOAD") or GLIBC}
 
 
 def prompt_file(work: Path, n: int) -> Path:

@@ -97,14 +97,12 @@ def _extension(module: str) -> dict:
 
 def _allocator() -> str:
     """The host memory allocator of compute commands (train, sft, evaluate, ...; r1hpc.launch.allocator)."""
-    import os
+    from r1hpc.launch.allocator import GLIBC, compute_allocator
 
-    from r1hpc.launch.allocator import find_tcmalloc
-
-    if os.environ.get("R1HPC_ALLOCATOR") == "system":
-        return "glibc malloc (R1HPC_ALLOCATOR=system)"
-    library = find_tcmalloc()
-    return f"tcmalloc ({library})" if library else "glibc malloc (tcmalloc not installed: libtcmalloc-minimal4)"
+    library = compute_allocator()
+    if library == GLIBC:
+        return f"{GLIBC} (tcmalloc: Debian libtcmalloc-minimal4, unless R1HPC_ALLOCATOR=system)"
+    return f"tcmalloc ({library})" if "tcmalloc" in library else library
 
 
 def _rollout_sampler() -> str:

@@ -22,6 +22,7 @@ from r1hpc.config import ConfigError
 LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 CHOICES = ("tcmalloc", "system")
+GLIBC = "glibc malloc"
 
 
 def find_tcmalloc() -> Optional[str]:
@@ -48,6 +49,11 @@ def tcmalloc_env(environ: Mapping[str, str], library: Optional[str]) -> Optional
             # tcmalloc prints a line for every allocation above 1 GiB by default
             "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": environ.get("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD",
                                                                  str(1 << 40))}
+
+
+def compute_allocator(environ: Mapping[str, str] = os.environ) -> str:
+    """What a compute command started with ``environ`` allocates with: the preloaded library, or glibc's malloc."""
+    return (tcmalloc_env(environ, find_tcmalloc()) or environ).get("LD_PRELOAD") or GLIBC
 
 
 def reexec_under_tcmalloc(args: list[str]) -> None:

@@ -213,21 +213,23 @@ def _prefill(model, prompts, tokens, positions, mask, ctx) -> tuple[torch.Tensor
     distinct, copy_of = _distinct_prompts(prompts)
     if len(distinct) == len(prompts):
         return model(tokens, positions, mask, inference_context=ctx, runtime_gather_output=True)[:, -1], copy_of
-    rows = torch.tensor(distinct, device=tokens.device)
+    rows, fan_out = torch.tensor(distinct, device=tokens.device), copy_of.to(tokens.device)
     logits = model(tokens[rows], positions[rows], mask[rows], inference_context=ctx,
                    runtime_gather_output=True)[:, -1]
-    _copy_kv_cache_rows(ctx, copy_of.to(tokens.device))
-    return logits[copy_of.to(tokens.device)], copy_of
+    _copy_kv_cache_rows(ctx, fan_out)
+    return logits[fan_out], copy_of
 
 
 def _distinct_prompts(prompts) -> tuple[list[int], torch.Tensor]:
     """The first row of each distinct prompt, and for every row the position of its prompt among
     those (a host tensor): what a prefill of the distinct prompts alone gives each row."""
-    first: dict[tuple[int, ...], int] = {}
-    copy_of = [first.setdefault(tuple(p), len(first)) for p in prompts]
-    distinct = [0] * len(first)
-    for row, d in reversed(list(enumerate(copy_of))):
-        distinct[d] = row
+    position: dict[tuple[int, ...], int] = {}  # prompt -> its position among the distinct ones
+    distinct, copy_of = [], []
+    for row, prompt in enumerate(prompts):
+        if tuple(prompt) not in position:
+            position[tuple(prompt)] = len(distinct)
+            distinct.append(row)
+        copy_of.append(position[tuple(prompt)])
     return distinct, torch.tensor(copy_of, dtype=torch.long, device=HOST)
 
 
