@@ -40,7 +40,7 @@ def compiled_extensions() -> dict:
                          "(csrc/) is not built; install torch first, then r1hpc with --no-build-isolation\n")
         return {}
     ext = [cpp_extension.CppExtension("r1hpc._cpu_sampling", ["csrc/sampler_cpu.cpp"],
-                                      extra_compile_args=["-O3", "-ffp-contract=off"])]
+                                      extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math"])]
     if torch.version.cuda and cpp_extension.CUDA_HOME and _cuda_targets_known(torch):
         ext.append(cpp_extension.CUDAExtension(
             "r1hpc._C", ["csrc/sampler_cuda.cu", "csrc/sampler_cuda_binding.cpp"],

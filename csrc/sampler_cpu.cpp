@@ -1,9 +1,12 @@
 // The sampler's contract (sampler_common.h) on the CPU, one row after another.
 //
-// Written plainly (a sort where the GPU does a radix select) so that it is a second, independent
-// reading of the same definitions: every decision is on the same integers and the same Philox
-// words, so the CPU and the GPU draw the same token for the same seed unless a float exp/log
-// differs in its last bit right at a decision boundary. Module r1hpc._cpu_sampling.
+// Per row: the max, then the log-sum-exp and entropy sums (a vectorized float exp into double
+// lanes), then the Gumbel-max draw, which computes Philox words and logs only for tokens that can
+// still win (the contract's argmax exactly, see gumbel_argmax). Top-k by nth_element and top-p by a
+// sort, where the GPU does a radix select. Every decision is on the same integers and the same
+// Philox words as the GPU's, so both draw the same token for the same seed unless a float exp/log
+// differs in its last bit right at a decision boundary; tests/kernels/test_sampler_cpu.py checks the
+// draw token for token against a plain Python reading of the contract. Module r1hpc._cpu_sampling.
 // Light headers, not torch/extension.h (the whole C++ frontend): the install compiles in about half the time.
 
 #include <ATen/core/Tensor.h>
@@ -95,32 +98,153 @@ uint32_t top_p_threshold(const Row<T>& row, int64_t V, float x_max, const Params
   return threshold;
 }
 
+// exp(z) for z <= 0 within a few float ulps (Cody-Waite reduction, degree-7 Taylor polynomial on
+// |r| <= ln2/2, truncation 5e-9), 0 at and below -88. Branch-free, so the row loops vectorize.
+inline float exp_nonpositive(float z) {
+  constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f, kRound = 12582912.0f;
+  const float n = (z * kLog2e + kRound) - kRound;  // nearest integer (|z log2 e| < 2^22)
+  const float r = (z - n * kLn2Hi) - n * kLn2Lo;
+  const float poly =
+      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+  const int32_t biased = (static_cast<int32_t>(n) + 127) << 23;  // n >= -127: biased 0 is the float 0
+  float scale;
+  memcpy(&scale, &biased, sizeof scale);
+  return poly * scale;
+}
+
+// Row loops keep kLanes independent accumulators, combined in a fixed order at the end: the compiler
+// vectorizes them without reassociating anything, so the result does not depend on the machine.
+constexpr int kLanes = 8;
+
 template <typename T>
-void sample_row(const Row<T>& row, int64_t V, const Params& p, uint64_t request, int64_t* token, float* logp,
-                float* entropy) {
-  SoftmaxStats<double> st;
-  for (int64_t i = 0; i < V; ++i) stats_add(&st, row.value(i), p.inv_t);
-  uint64_t best = 0;
-  if (p.greedy) {
-    for (int64_t i = 0; i < V; ++i) best = std::max(best, pack_candidate(row.key(i), static_cast<uint32_t>(i)));
-  } else {
-    uint32_t threshold = 0;  // keep keys >= threshold
-    if (p.top_k > 0 && p.top_k < V) threshold = top_k_threshold(row, V, p.top_k);
-    if (p.top_p < 1.0) threshold = top_p_threshold(row, V, st.m, p, threshold);
-    for (int64_t g = 0; g * 4 < V; ++g) {
-      const Philox4 words = token_words(p.seed, request, p.step, static_cast<uint32_t>(g));
-      for (int64_t i = 4 * g; i < std::min(V, 4 * g + 4); ++i) {
-        if (row.key(i) < threshold) continue;
-        best = std::max(best, pack_candidate(score_key(row.value(i), p.inv_t, words.w[i & 3]),
-                                             static_cast<uint32_t>(i)));
+float row_max(const Row<T>& row, int64_t V) {  // -inf when every value is -inf or NaN
+  float lane_max[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane_max[j] = -INFINITY;
+  int64_t i = 0;
+  for (; i + kLanes <= V; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float v = row.value(i + j);
+      lane_max[j] = v > lane_max[j] ? v : lane_max[j];
+    }
+  }
+  float m = -INFINITY;
+  for (; i < V; ++i) m = row.value(i) > m ? row.value(i) : m;
+  for (int j = 0; j < kLanes; ++j) m = lane_max[j] > m ? lane_max[j] : m;
+  return m;
+}
+
+struct SoftmaxSums {
+  double s;  // sum exp(z), z = (x - max) / T in float
+  double w;  // sum exp(z) z
+};
+
+template <typename T>
+SoftmaxSums softmax_sums(const Row<T>& row, int64_t V, float x_max, float inv_t) {
+  constexpr int kBlock = 64;  // exps of a block in float (vectorized), then added to double lanes
+  double s[kLanes] = {}, w[kLanes] = {};
+  float e[kBlock], z[kBlock];
+  for (int64_t i = 0; i < V; i += kBlock) {
+    const int n = static_cast<int>(std::min<int64_t>(kBlock, V - i));
+    for (int j = 0; j < n; ++j) {
+      const float d = (row.value(i + j) - x_max) * inv_t;
+      z[j] = d < -88.0f ? -88.0f : d;  // also -inf -> -88: e = 0 and e z = 0, not nan
+      e[j] = exp_nonpositive(z[j]);
+    }
+    for (int j = n; j < kBlock; ++j) e[j] = z[j] = 0.0f;  // a short last block adds zeros
+    for (int k = 0; k < kBlock; k += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        s[j] += e[k + j];
+        w[j] += static_cast<double>(e[k + j]) * z[k + j];
       }
     }
   }
-  const int64_t t = candidate_index(best);
-  const double log_s = std::log(st.s);
+  SoftmaxSums out{0, 0};
+  for (int j = 0; j < kLanes; ++j) {
+    out.s += s[j];
+    out.w += w[j];
+  }
+  return out;
+}
+
+// Upper bounds of the Gumbel noise by the top kBoundBits of the Philox word: g is increasing in the
+// word, so bucket b's largest word bounds it (rounded up, plus a margin far above libm's last-bit error).
+constexpr int kBoundBits = 12;
+struct GumbelBounds {
+  float upper[1 << kBoundBits];
+  GumbelBounds() {
+    for (uint32_t b = 0; b < (1u << kBoundBits); ++b) {
+      const uint32_t last = (b << (32 - kBoundBits)) | ((1u << (32 - kBoundBits)) - 1);
+      upper[b] = std::nextafter(static_cast<float>(gumbel(last)), INFINITY) + 1e-4f;
+    }
+  }
+};
+
+// The Gumbel-max draw among keys >= threshold. Exact, but it computes the two logs only where a
+// token can still win: it starts from the row's max, skips a group of 4 (and its Philox block)
+// when no token's x/T + kGumbelMax reaches the winner's score, then a token whose noise bound for
+// its word does not. Scores are floats rounded from doubles and rounding is monotone, so a bound
+// below the winner's score proves the token loses (an equal bound is checked: ties go to the
+// smaller index).
+template <typename T>
+int64_t gumbel_argmax(const Row<T>& row, int64_t V, const Params& p, uint64_t request, uint32_t threshold,
+                      float x_max) {
+  static const GumbelBounds bounds;
+  uint64_t best = 0;
+  float best_score = -INFINITY;
+  auto consider = [&](int64_t i, uint32_t word) {
+    const uint64_t c = pack_candidate(score_key(row.value(i), p.inv_t, word), static_cast<uint32_t>(i));
+    if (c > best) {
+      best = c;
+      best_score = value_from_f32_key(static_cast<uint32_t>(c >> 32));
+    }
+  };
+  for (int64_t i = 0; i < V; ++i) {  // a strong first winner prunes most of the row
+    if (row.value(i) == x_max && row.key(i) >= threshold) {
+      consider(i, token_words(p.seed, request, p.step, static_cast<uint32_t>(i / 4)).w[i & 3]);
+      break;
+    }
+  }
+  for (int64_t i0 = 0; i0 < V; i0 += 4) {
+    const int n = static_cast<int>(std::min<int64_t>(4, V - i0));
+    bool live[4] = {false, false, false, false}, any = false;
+    for (int j = 0; j < n; ++j) {
+      const double scaled = static_cast<double>(row.value(i0 + j) * p.inv_t);
+      live[j] = row.key(i0 + j) >= threshold && !(static_cast<float>(scaled + kGumbelMax) < best_score);
+      any |= live[j];
+    }
+    if (!any) continue;
+    const Philox4 words = token_words(p.seed, request, p.step, static_cast<uint32_t>(i0 / 4));
+    for (int j = 0; j < n; ++j) {
+      if (!live[j]) continue;
+      const double scaled = static_cast<double>(row.value(i0 + j) * p.inv_t);
+      const float bound = static_cast<float>(scaled + bounds.upper[words.w[j] >> (32 - kBoundBits)]);
+      if (bound < best_score) continue;
+      consider(i0 + j, words.w[j]);
+    }
+  }
+  return candidate_index(best);
+}
+
+template <typename T>
+void sample_row(const Row<T>& row, int64_t V, const Params& p, uint64_t request, int64_t* token, float* logp,
+                float* entropy) {
+  const float x_max = row_max(row, V);
+  const SoftmaxSums sums = softmax_sums(row, V, x_max, p.inv_t);
+  int64_t t;
+  if (p.greedy) {
+    uint64_t best = 0;
+    for (int64_t i = 0; i < V; ++i) best = std::max(best, pack_candidate(row.key(i), static_cast<uint32_t>(i)));
+    t = candidate_index(best);
+  } else {
+    uint32_t threshold = 0;  // keep keys >= threshold
+    if (p.top_k > 0 && p.top_k < V) threshold = top_k_threshold(row, V, p.top_k);
+    if (p.top_p < 1.0) threshold = top_p_threshold(row, V, x_max, p, threshold);
+    t = gumbel_argmax(row, V, p, request, threshold, x_max);
+  }
+  const double log_s = std::log(sums.s);
   *token = t;
-  *logp = static_cast<float>(static_cast<double>((row.value(t) - st.m) * p.inv_t) - log_s);
-  *entropy = static_cast<float>(log_s - st.w / st.s);
+  *logp = static_cast<float>(static_cast<double>((row.value(t) - x_max) * p.inv_t) - log_s);
+  *entropy = static_cast<float>(log_s - sums.w / sums.s);
 }
 
 template <typename T>

@@ -28,6 +28,50 @@
 namespace r1sampler {
 namespace {
 
+R1_HD float exp_of(float v) { return expf(v); }
+
+// Online (max, sum exp, sum exp * z) with z relative to the running max, for log-sum-exp and
+// entropy: a few hundred tokens per thread in float, then a tree.
+template <typename Acc>
+struct SoftmaxStats {
+  float m = -INFINITY;  // running max of x (raw logits)
+  Acc s = 0;            // sum exp((x - m) * inv_t)
+  Acc w = 0;            // sum exp((x - m) * inv_t) * (x - m) * inv_t
+};
+
+template <typename Acc>
+R1_HD void stats_rescale(SoftmaxStats<Acc>* st, float new_m, float inv_t) {
+  if (st->s > Acc(0)) {
+    const Acc d = static_cast<Acc>((st->m - new_m) * inv_t);
+    const Acc r = exp_of(d);
+    st->w = r * (st->w + st->s * d);
+    st->s = st->s * r;
+  }
+  st->m = new_m;
+}
+
+template <typename Acc>
+R1_HD void stats_add(SoftmaxStats<Acc>* st, float x, float inv_t) {
+  if (x == -INFINITY) return;  // no mass; (x - m) would be nan when m is -inf too
+  if (x > st->m) stats_rescale(st, x, inv_t);
+  const Acc z = static_cast<Acc>((x - st->m) * inv_t);
+  const Acc e = exp_of(z);
+  st->s += e;
+  if (e > Acc(0)) st->w += e * z;
+}
+
+template <typename Acc>
+R1_HD void stats_merge(SoftmaxStats<Acc>* a, SoftmaxStats<Acc> b, float inv_t) {
+  if (!(b.s > Acc(0))) return;
+  if (b.m > a->m) {
+    stats_rescale(a, b.m, inv_t);
+  } else {
+    stats_rescale(&b, a->m, inv_t);
+  }
+  a->s += b.s;
+  a->w += b.w;
+}
+
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xFFFFFFFFu;

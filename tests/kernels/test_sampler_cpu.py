@@ -7,6 +7,7 @@ request id per row) against the 0.1% critical value; with fixed seeds each test 
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -81,6 +82,57 @@ def test_frequencies_follow_the_truncated_distribution(dtype, temperature, top_k
     if dof == 0:
         return  # one kept token, always drawn (chi_square checked nothing else was)
     assert stat < CHI2_999[dof], (stat, dof, probs)
+
+
+def contract_draw(row: torch.Tensor, *, temperature: float, seed: int, request: int, step: int,
+                  kept: torch.Tensor) -> int:
+    """The draw as csrc/sampler_common.h defines it, token by token in Python: argmax over kept i of
+    float(double(x_i * (1/T)) + g_i), ties to the smaller index, g from the Philox word of (i / 4,
+    step, request, seed). The kernel computes the same thing while skipping tokens that cannot win."""
+    scaled = row.float().numpy() * np.float32(1.0 / temperature)  # float products, as the kernel's
+    best, best_index = -math.inf, -1
+    for i in range(len(row)):
+        if i % 4 == 0:
+            words = ext.philox4x32_10(i // 4, step, request & 0xFFFFFFFF, request >> 32, seed & 0xFFFFFFFF, seed >> 32)
+        if not kept[i]:
+            continue
+        gumbel = -math.log(-math.log((words[i % 4] + 0.5) * (1.0 / 4294967296.0)))
+        score = float(np.float32(float(scaled[i]) + gumbel))
+        if best_index < 0 or score > best:
+            best, best_index = score, i
+    return best_index
+
+
+@pytest.mark.parametrize("temperature, top_k, dtype", [
+    (1.0, 0, torch.float32), (0.5, 0, torch.float32), (2.0, 0, torch.float32), (1.0, 40, torch.float32),
+    (0.7, 0, torch.bfloat16)])
+def test_draw_is_the_contracts_gumbel_argmax_token_for_token(temperature, top_k, dtype):
+    """Logits spread like a language model's (most tokens 20-40 below the top, where the kernel skips
+    the Philox words and logs), a few rows masked with -inf, one row all equal; the kernel must
+    draw exactly the token the contract defines, not just one from the same distribution."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(24, 1501, generator=g) * 8 + torch.randn(24, 1, generator=g) * 3
+    logits[::5, 100:900] = -math.inf
+    logits[7] = 0.25
+    logits = logits.to(dtype)
+    ids = torch.randint(0, 2**40, (24,), generator=g)
+    seed, step = 2**62 + 99, 31
+    tokens, _, _ = draw(logits, seed=seed, ids=ids, step=step, temperature=temperature, top_k=top_k)
+    kept = truncated_probs(logits, temperature=temperature, top_k=top_k) > 0  # distinct values: no ties at k
+    expected = [contract_draw(logits[r], temperature=temperature, seed=seed, request=int(ids[r]), step=step,
+                              kept=kept[r]) for r in range(len(logits))]
+    assert tokens.tolist() == expected
+
+
+@pytest.mark.parametrize("scale", [30.0, 300.0])
+def test_logprob_and_entropy_of_widely_spread_logits(scale):
+    """Most of the row underflows exp (the kernel flushes exp below e^-88 to 0) and a few tokens are -inf."""
+    logits = torch.randn(16, 4000, generator=torch.Generator().manual_seed(3)) * scale
+    logits[:, :50] = -math.inf
+    tok, logp, ent = draw(logits, temperature=1.0)
+    ref = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(logp, ref.gather(1, tok[:, None]).squeeze(1), rtol=0, atol=2e-5)
+    torch.testing.assert_close(ent, -(ref.exp() * ref).nan_to_num().sum(-1), rtol=0, atol=2e-5)
 
 
 def test_top_k_keeps_every_tie_of_the_kth_value():
