@@ -179,17 +179,22 @@ def _fp8_kwargs(model: ModelConfig) -> dict:
 
 def layer_spec(model: ModelConfig, impl: str):
     """The per-layer ModuleSpec: TE's, or the local one with SP-capable RMSNorm and SDPA core
-    attention (r1hpc.model.sdpa_attention) swapped in."""
+    attention (r1hpc.model.sdpa_attention) swapped in; either way self-attention keeps rotated keys in
+    the static KV cache (r1hpc.model.rotated_kv_cache)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
-    from r1hpc.model.sdpa_attention import SdpaDotProductAttention  # imports megatron
+    from r1hpc.model.rotated_kv_cache import RotatedKeyCacheSelfAttention  # imports megatron
+    from r1hpc.model.sdpa_attention import SdpaDotProductAttention
 
     if impl == "transformer_engine":
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False)
+        spec.submodules.self_attention.module = RotatedKeyCacheSelfAttention
+        return spec
     spec = gpt_layer_specs.get_gpt_layer_local_spec(
         num_experts=model.num_moe_experts, moe_grouped_gemm=False, qk_layernorm=False, normalization="RMSNorm")
     attention = spec.submodules.self_attention
+    attention.module = RotatedKeyCacheSelfAttention
     attention.submodules = dataclasses.replace(attention.submodules, core_attention=SdpaDotProductAttention)
     spec.submodules = dataclasses.replace(spec.submodules, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm)
     return spec

@@ -54,3 +54,20 @@ def test_a_group_prefills_its_prompt_once_and_samples_as_if_every_row_had():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     for a, b in zip(shared["routing"], every["routing"]):
         assert a is not None and torch.equal(a, b)
+
+
+def test_keys_rotated_once_as_they_enter_the_cache_decode_bit_for_bit_as_megatrons():
+    """r1hpc's self-attention rotates each key once, when it is stored in the static KV cache;
+    megatron's rotates the whole cached history at every step. Same tokens, same log-probs to the
+    bit (RoPE is per position), one key position rotated per decode step instead of all of them."""
+    from tests.rollout.workers import rotated_key_cache_or_megatrons
+
+    (out,) = run_workers(rotated_key_cache_or_megatrons, 1)
+    ours, megatrons = out["rotated-cache"], out["megatron"]
+    assert out["layers"] == 2
+    assert ours["tokens"] == megatrons["tokens"]
+    assert len(set(map(len, ours["tokens"]))) > 1  # rows stopped at different steps
+    for a, b in zip(ours["logprobs"], megatrons["logprobs"]):
+        assert torch.equal(a, b)
+    assert ours["decode_key_positions"] == 1
+    assert megatrons["decode_key_positions"] > 10
