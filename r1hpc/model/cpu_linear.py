@@ -1,39 +1,57 @@
-"""Decoding's skinny matrix multiplies on a CPU, in the layout the CPU BLAS runs fast.
+"""Decoding's skinny matrix multiplies on a CPU, in the layout the CPU runs fast.
 
 A decode step multiplies a few rows of activations by every weight: ``x @ W.T`` with ``x`` of a few
-rows. On AMD CPUs torch's CPU BLAS (MKL in the x86 wheels, which takes other kernels on CPUs that
-are not Intel's) runs that transposed-weight product far below the memory bandwidth, and the same
-product as ``(W @ x.T).T`` much faster: on a 2-core AMD EPYC, SmolLM2-135M's shapes with the weights
-cold in cache as a decode step reads them, 1.3-4.9x at 2-8 rows, about even from 12 rows on
-(``benchmarks/bench_cpu_linear.py``); a SmolLM2 decode step of 4 rows went from 111 to 58 ms. On a
-2-core Intel Xeon the weight-major product is the slower one (0.36-0.8x at 2-8 rows), so the path is
-taken on AMD CPUs only (:func:`weight_major_pays_off`).
-Only forwards without autograd take this path (rollouts, evaluation, the log-prob passes of frozen
-models); training's forward and backward keep megatron's own code, so gradients are unchanged.
-Applied by :func:`r1hpc.model.cpu_compat.apply` on CPU-only hosts.
+rows, a product that should run at the memory bandwidth (it reads each weight once). torch's CPU
+BLAS (MKL in the x86 wheels) runs it far below that for 3 to a few dozen rows, differently by CPU
+vendor, so the fix depends on the vendor (``vendor_id`` in ``/proc/cpuinfo``):
+
+* AMD (MKL takes other kernels there): the same product as ``(W @ x.T).T``, 1.3-4.9x per layer at
+  2-8 rows on a 2-core AMD EPYC, a SmolLM2 decode step of 4 rows 111 -> 58 ms
+  (:func:`weight_major_when_skinny`). On an Intel Xeon that layout is the slower one (0.36-0.8x).
+* Intel: oneDNN's product with the weights reordered into its blocked layout once per rollout
+  (:func:`packed_linear_weights`, :func:`packed_when_decoding`): 1.2-1.6x per layer at 4-32 rows on a
+  2-core Xeon; below 4 rows MKL's own product is at the bandwidth already and stays.
+
+``benchmarks/bench_cpu_linear.py`` measures all three on SmolLM2-135M's shapes. Only forwards without
+autograd take these paths (rollouts, evaluation, the log-prob passes of frozen models); training's
+forward and backward keep megatron's own code, so gradients are unchanged. Applied by
+:func:`r1hpc.model.cpu_compat.apply` on CPU-only hosts.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 #: Rows (tokens of all sequences together) up to which the weight-major product is used.
 SKINNY_ROWS = 8
+#: Rows for which the oneDNN product on blocked weights is used (fewer: MKL's own is at bandwidth).
+PACKED_ROWS = (4, 32)
 
 
-def weight_major_pays_off(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU is one where the weight-major product was measured faster: an AMD one
-    (``vendor_id`` in ``/proc/cpuinfo``, or the given text). Intel CPUs and unknown ones keep ``x @ W.T``."""
+def cpu_vendor(cpuinfo: str | None = None) -> str | None:
+    """``vendor_id`` of the first processor in ``/proc/cpuinfo`` (or the given text); None if unknown."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
                 cpuinfo = f.read(4096)
         except OSError:
-            return False
+            return None
     vendors = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("vendor_id")]
-    return vendors[:1] == ["AuthenticAMD"]
+    return vendors[0] if vendors else None
+
+
+def weight_major_pays_off(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU is one where the weight-major product was measured faster: an AMD one."""
+    return cpu_vendor(cpuinfo) == "AuthenticAMD"
+
+
+def packing_pays_off(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU is one where oneDNN's product on blocked weights was measured faster: an Intel
+    one, with torch built with oneDNN (the x86 wheels are)."""
+    return cpu_vendor(cpuinfo) == "GenuineIntel" and torch.backends.mkldnn.is_available()
 
 
 def skinny_matmul(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -58,5 +76,71 @@ def weight_major_when_skinny(linear: Callable) -> Callable:
             return linear(input, weight, bias, *args, **kwargs)
         output = skinny_matmul(input, weight)
         return output + bias if bias is not None else output
+
+    return wrapper
+
+
+# weight's data address -> (its shape, oneDNN-blocked copy), filled only inside packed_linear_weights
+_packed: dict[int, tuple[torch.Size, torch.Tensor]] = {}
+_packing_installed = False
+
+
+def _linear_weights(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """The fp32 CPU weights megatron's linear layers multiply by, the tied output layer's included."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    for module in model.modules():
+        weight = None
+        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            weight = module.weight
+        elif isinstance(module, LanguageModule) and module.post_process and module.share_embeddings_and_output_weights:
+            weight = module.shared_embedding_or_output_weight()
+        if weight is not None and weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu":
+            yield weight
+
+
+@contextlib.contextmanager
+def packed_linear_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, decode-sized products by ``model``'s linear weights use oneDNN-blocked copies
+    made on entry (one pass over the weights) and dropped on exit: a rollout reads every weight once
+    per token, training never sees the copies, and no copy outlives an update of its weight. A no-op
+    where :func:`packed_when_decoding` is not installed (GPU hosts, CPUs where it does not pay off)."""
+    if not _packing_installed or _packed:  # not installed, or already inside (nested rollout calls)
+        yield
+        return
+    try:
+        for weight in _linear_weights(model):
+            _packed[weight.data_ptr()] = (weight.shape, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+        yield
+    finally:
+        _packed.clear()
+
+
+def packed_product(input: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+                   ) -> torch.Tensor:
+    """``input @ W.T + bias`` with ``W`` as its oneDNN-blocked copy ``packed``."""
+    rows = input.numel() // input.shape[-1]
+    out = torch.ops.mkldnn._linear_pointwise(input.reshape(rows, input.shape[-1]).contiguous(), packed, bias,
+                                             "none", [], "")
+    return out.view(*input.shape[:-1], out_features)
+
+
+def packed_when_decoding(linear: Callable) -> Callable:
+    """Wrap megatron's ``linear_with_frozen_weight`` or ``linear_with_grad_accumulation_and_async_allreduce``:
+    inside :func:`packed_linear_weights`, without autograd, without sequence parallelism and with
+    :data:`PACKED_ROWS` rows, multiply by the weight's blocked copy; otherwise call megatron's."""
+    global _packing_installed
+    _packing_installed = True
+
+    @functools.wraps(linear)
+    def wrapper(input, weight, bias=None, *args, **kwargs):
+        entry = _packed.get(weight.data_ptr()) if _packed else None
+        rows = input.numel() // max(input.shape[-1], 1)
+        if (entry is None or entry[0] != weight.shape or torch.is_grad_enabled() or args
+                or kwargs.get("sequence_parallel") or input.device.type != "cpu"
+                or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]):
+            return linear(input, weight, bias, *args, **kwargs)
+        return packed_product(input, entry[1], bias, weight.shape[0])
 
     return wrapper

@@ -100,6 +100,7 @@ def generate_dynamic(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *
     ``max_batch_rows``: requests decoded together (the engine's ``max_requests``); ``kv_cache_gb``:
     the KV pool (None: every request at full length). Each request generates up to
     ``min(max_new_tokens, max_seq_length - its prompt length)`` tokens."""
+    from r1hpc.model.cpu_linear import packed_linear_weights
     from r1hpc.model.mcore_compat import inference_mode
     from r1hpc.model.provider import sequence_parallel_off
 
@@ -113,7 +114,7 @@ def generate_dynamic(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *
                      temperature=temperature, top_k=top_k, top_p=top_p)
     recorder = RoutingRecorder.start(model, len(prompts), max(len(p) + n for p, n in zip(prompts, budgets)))
     try:
-        with sequence_parallel_off(model), inference_mode():
+        with sequence_parallel_off(model), inference_mode(), packed_linear_weights(model):
             engine = _build_engine(model, prompts, budgets, draw=draw, vocab_size=vocab_size, stop_ids=stop_ids,
                                    max_seq_length=max_seq_length, max_batch_rows=max_batch_rows,
                                    kv_cache_gb=kv_cache_gb, recorder=recorder)

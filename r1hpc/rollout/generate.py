@@ -93,6 +93,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         raise NotImplementedError("rollout with pipeline parallelism > 1 is not supported; use TP/EP for the "
                                   "policy during rollout")
+    from r1hpc.model.cpu_linear import packed_linear_weights
     from r1hpc.model.mcore_compat import inference_mode
     from r1hpc.model.provider import sequence_parallel_off
 
@@ -100,7 +101,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, vocab_
     model.eval()
     draw = make_draw(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
                     temperature=temperature, top_k=top_k, top_p=top_p)
-    with sequence_parallel_off(model), inference_mode():  # inference_mode: last-token-only prefill logits
+    # inference_mode: last-token-only prefill logits; packed_linear_weights: decode's CPU products
+    with sequence_parallel_off(model), inference_mode(), packed_linear_weights(model):
         results = _generate_all(model, prompts, vocab_size=vocab_size, stop_ids=stop_ids, draw=draw,
                                 max_new_tokens=max_new_tokens, max_seq_length=max_seq_length,
                                 max_batch_rows=max_batch_rows)

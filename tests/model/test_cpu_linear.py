@@ -1,9 +1,10 @@
-"""Few-row linear layers without autograd run weight-major on an AMD CPU (r1hpc.model.cpu_linear): same
+"""Few-row linear layers without autograd take the product measured faster on this CPU
+(r1hpc.model.cpu_linear): weight-major on AMD, oneDNN on weights packed for a rollout on Intel. Same
 product as ``x @ W.T`` at fp32 tolerance, row-major output, and only where it applies (no autograd,
-2 to SKINNY_ROWS rows, no sequence parallelism); with autograd megatron's own function runs, so
-training gradients are untouched.
+the row range, no sequence parallelism, packed copies only inside a rollout); with autograd megatron's
+own function runs, so training gradients are untouched.
 
-Tolerance: the two layouts sum the same 576-1536 products in a different order; fp32 rounding of
+Tolerance: the layouts sum the same 576-1536 products in a different order; fp32 rounding of
 sums of ~1e3 terms of size ~1 is ~1e-5 absolute (rtol 1e-5, atol 1e-4). A wrong transpose or a
 missing bias is off by O(1).
 """
@@ -55,8 +56,9 @@ def test_only_no_grad_skinny_calls_take_the_weight_major_path():
 
 
 def _patched_gpt_decode() -> dict:
-    """A megatron GPT decode step of 4 rows under the CPU patches: which linears went weight-major, and
-    the logits against the same forward with autograd on (megatron's own products)."""
+    """A megatron GPT decode step of 4 rows under the CPU patches, inside a rollout's packed weights:
+    which weights went weight-major, which went through their packed copy, and the logits against
+    the same forward with autograd on (megatron's own products); the packed copies left after it."""
     from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
     from r1hpc.model.config import ModelConfig
     from r1hpc.model.cpu_compat import PATCHES
@@ -66,33 +68,69 @@ def _patched_gpt_decode() -> dict:
                       max_seq_length=32)
     init_distributed(ParallelConfig(), cfg, seed=0)
     model = build_model(cfg, ParallelConfig()).eval()
-    used = []
-    original = cpu_linear.skinny_matmul
-    cpu_linear.skinny_matmul = lambda x, w: used.append(tuple(w.shape)) or original(x, w)
+    weight_major, packed = [], []
+    originals = cpu_linear.skinny_matmul, cpu_linear.packed_product
+    cpu_linear.skinny_matmul = lambda x, w: weight_major.append(tuple(w.shape)) or originals[0](x, w)
+    cpu_linear.packed_product = lambda x, p, b, n: packed.append((n, x.shape[-1])) or originals[1](x, p, b, n)
     tokens = torch.randint(0, 256, (4, 1))
     positions = torch.zeros(4, 1, dtype=torch.long)
-    with torch.no_grad():
+    with torch.no_grad(), cpu_linear.packed_linear_weights(model):
         fast = model(tokens, positions, None)
-    cpu_linear.skinny_matmul = original
+    cpu_linear.skinny_matmul, cpu_linear.packed_product = originals
     reference = model(tokens, positions, None).detach()
     destroy_distributed()
-    return {"used": used, "fast": fast, "reference": reference,
-            "patched": [p.target for p in PATCHES if "cpu_linear" in p.why]}
+    return {"weight_major": weight_major, "packed": packed, "fast": fast, "reference": reference,
+            "left_packed": len(cpu_linear._packed), "patched": [p.why for p in PATCHES if "cpu_linear" in p.why]}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the patches apply only without CUDA")
-def test_megatron_decode_step_runs_weight_major_on_amd_cpus_only():
+def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu():
     (out,) = run_workers(_patched_gpt_decode, 1)
+    # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
+    every_weight = [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)]
     if cpu_linear.weight_major_pays_off():
-        assert len(out["patched"]) == 2, out["patched"]
-        # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
-        assert out["used"] == [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)], out["used"]
-    else:  # MKL's own product is the faster one here: nothing patched, nothing weight-major
-        assert (out["patched"], out["used"]) == ([], [])
+        assert len(out["patched"]) == 2 and all("(W @ x.T).T" in why for why in out["patched"])
+        assert (out["weight_major"], out["packed"]) == (every_weight, [])
+    elif cpu_linear.packing_pays_off():
+        assert len(out["patched"]) == 2 and all("oneDNN" in why for why in out["patched"])
+        assert (out["weight_major"], out["packed"]) == ([], every_weight)
+    else:  # MKL's own product: nothing patched
+        assert (out["patched"], out["weight_major"], out["packed"]) == ([], [], [])
+    assert out["left_packed"] == 0  # the copies live only inside packed_linear_weights
     torch.testing.assert_close(out["fast"], out["reference"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("vendor, pays", [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
-def test_weight_major_is_chosen_on_amd_cpus(vendor, pays):
+def test_packed_path_only_for_no_grad_calls_of_4_to_32_rows_inside_a_rollout(monkeypatch):
+    calls = []
+
+    def linear(input, weight, bias=None, *args, **kwargs):
+        calls.append(tuple(input.shape))
+        out = input @ weight.t()
+        return out + bias if bias is not None else out
+
+    monkeypatch.setattr(cpu_linear, "_packing_installed", False)
+    wrapped = cpu_linear.packed_when_decoding(linear)
+    assert cpu_linear._packing_installed
+    w, b = torch.randn(64, 32, requires_grad=True), torch.randn(64)
+    low, high = cpu_linear.PACKED_ROWS
+    few, many, too_few = torch.randn(1, low, 32), torch.randn(high, 1, 32), torch.randn(1, low - 1, 32)
+    with torch.no_grad():
+        wrapped(few, w, b, sequence_parallel=False)  # outside a rollout: no packed copy, megatron's
+        monkeypatch.setitem(cpu_linear._packed, w.data_ptr(),
+                            (w.shape, torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)))
+        for x in (few, many):
+            torch.testing.assert_close(wrapped(x, w, b, sequence_parallel=False), x @ w.t() + b, rtol=1e-5, atol=1e-5)
+        wrapped(too_few, w, b, sequence_parallel=False)
+        wrapped(torch.randn(1, high + 1, 32), w, b, sequence_parallel=False)
+        wrapped(few, w, b, sequence_parallel=True)  # its input must be all-gathered first: megatron's
+    out = wrapped(few, w, b, sequence_parallel=False)  # autograd on: megatron's, so its backward runs
+    assert out.requires_grad
+    assert calls == [(1, low, 32), (1, low - 1, 32), (1, high + 1, 32), (1, low, 32), (1, low, 32)]
+
+
+@pytest.mark.parametrize("vendor, weight_major, packing", [
+    ("AuthenticAMD", True, False), ("GenuineIntel", False, True), (None, False, False)])
+def test_weight_major_on_amd_packed_on_intel(vendor, weight_major, packing):
     cpuinfo = "processor\t: 0\n" + (f"vendor_id\t: {vendor}\n" if vendor else "") + "model name\t: x\n"
-    assert cpu_linear.weight_major_pays_off(cpuinfo) is pays
+    assert cpu_linear.weight_major_pays_off(cpuinfo) is weight_major
+    assert cpu_linear.packing_pays_off(cpuinfo) is packing
