@@ -9,8 +9,10 @@ vendor, so the fix depends on the vendor (``vendor_id`` in ``/proc/cpuinfo``):
   2-8 rows on a 2-core AMD EPYC, a SmolLM2 decode step of 4 rows 111 -> 58 ms
   (:func:`weight_major_when_skinny`). On an Intel Xeon that layout is the slower one (0.36-0.8x).
 * Intel: oneDNN's product with the weights reordered into its blocked layout once per rollout
-  (:func:`packed_linear_weights`, :func:`packed_when_decoding`): 1.2-1.6x per layer at 4-32 rows on a
-  2-core Xeon; below 4 rows MKL's own product is at the bandwidth already and stays.
+  (:func:`packed_linear_weights`, :func:`packed_when_decoding`), 4-32 rows: on a 2-core Xeon the
+  output layer 1.3-3x, fc1 1.4-1.8x, qkv even, proj and fc2 0.7-1.0x at 4-12 rows with the weights
+  from cache; a whole SmolLM2 rollout of 16 rows x 64 tokens 7.2 -> 6.1 s. Below 4 rows MKL's own
+  product is at the bandwidth already and stays.
 
 ``benchmarks/bench_cpu_linear.py`` measures all three on SmolLM2-135M's shapes. Only forwards without
 autograd take these paths (rollouts, evaluation, the log-prob passes of frozen models); training's
