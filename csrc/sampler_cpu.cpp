@@ -113,7 +113,8 @@ inline float exp_nonpositive(float z) {
 }
 
 // Row loops keep kLanes independent accumulators, combined in a fixed order at the end: the compiler
-// vectorizes them without reassociating anything, so the result does not depend on the machine.
+// may vectorize them (the exp sums do) without reassociating anything, so the result does not
+// depend on the machine.
 constexpr int kLanes = 8;
 
 template <typename T>

@@ -7,6 +7,7 @@ every rollout; ``kind: short`` keeps only the roles. Completions start right aft
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Literal
 
 from r1hpc.config import ConfigError
@@ -63,16 +64,24 @@ def render_chat(messages: list[dict[str, str]], source: str, **special: Any) -> 
     sandbox (templates come with downloaded checkpoints)."""
     try:
         from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:
         raise ConfigError("a Jinja chat template needs the jinja2 package (pip install jinja2)") from e
-
-    def raise_exception(message: str) -> None:
-        raise ConfigError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(source).render(messages=messages, add_generation_prompt=True, **special)
+        return compiled_chat_template(source).render(messages=messages, add_generation_prompt=True, **special)
     except TemplateError as e:
         raise ConfigError(f"chat template: {e}") from e
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_chat_template(source: str):
+    """The sandboxed Jinja template for ``source``, compiled once: Jinja turns a template into Python
+    code, which costs more than rendering it, and a rollout renders the same template per prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_template_exception
+    return env.from_string(source)
+
+
+def _raise_template_exception(message: str) -> None:
+    raise ConfigError(f"chat template: {message}")

@@ -47,6 +47,22 @@ def test_jinja_chat_template_from_tokenizer_or_config():
     assert render_prompt("hi", override, chat_template=JINJA) == "HI"
 
 
+def test_a_template_is_compiled_once_for_many_prompts(monkeypatch):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from r1hpc.data import templates
+
+    templates.compiled_chat_template.cache_clear()
+    compiled = []
+    original = ImmutableSandboxedEnvironment.from_string
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "from_string",
+                        lambda self, source, *a, **k: compiled.append(source) or original(self, source, *a, **k))
+    cfg = TemplateConfig(kind="chat")
+    prompts = [render_prompt(f"Q{i}", cfg, chat_template=JINJA, bos_token="<s>") for i in range(5)]
+    assert prompts == [f"<s><|User|>Q{i}<|Assistant|>" for i in range(5)]
+    assert compiled == [JINJA]
+
+
 def test_chat_template_errors_are_config_errors():
     bad = TemplateConfig(kind="chat", chat_template="{{ raise_exception('no system role') }}")
     with pytest.raises(ConfigError, match="no system role"):
