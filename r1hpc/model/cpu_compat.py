@@ -296,16 +296,17 @@ def _patch_skinny_linears() -> None:
     from r1hpc.model.cpu_linear import (packed_when_decoding, packing_pays_off, weight_major_pays_off,
                                         weight_major_when_skinny)
 
+    if weight_major_pays_off():
+        wrap, why = weight_major_when_skinny, ("decode steps' few-row x @ W.T runs 1.3-4.9x faster as (W @ x.T).T on "
+                                               "MKL on AMD CPUs (no-grad forwards of 2-8 rows only; r1hpc.model.cpu_linear)")
+    elif packing_pays_off():
+        wrap, why = packed_when_decoding, ("decode steps' few-row x @ W.T runs faster through oneDNN on weights reordered "
+                                           "once per rollout on Intel CPUs (SmolLM2 rollout 1.18x; no-grad forwards of "
+                                           "4-32 rows inside a rollout only; r1hpc.model.cpu_linear)")
+    else:
+        return  # MKL's own product: neither path was measured faster here
     for fname in ("linear_with_frozen_weight", "linear_with_grad_accumulation_and_async_allreduce"):
-        if weight_major_pays_off():
-            _patch(layers, fname, weight_major_when_skinny(getattr(layers, fname)),
-                   "decode steps' few-row x @ W.T runs 1.3-4.9x faster as (W @ x.T).T on MKL on AMD CPUs "
-                   "(no-grad forwards of 2-8 rows only; r1hpc.model.cpu_linear)")
-        elif packing_pays_off():
-            _patch(layers, fname, packed_when_decoding(getattr(layers, fname)),
-                   "decode steps' few-row x @ W.T runs faster through oneDNN on weights reordered once per rollout "
-                   "on Intel CPUs (SmolLM2 rollout 1.18x; no-grad forwards of 4-32 rows inside a rollout only; "
-                   "r1hpc.model.cpu_linear)")
+        _patch(layers, fname, wrap(getattr(layers, fname)), why)
 
 
 def _patch_all_to_all() -> None:

@@ -65,6 +65,14 @@ def skinny_matmul(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.matmul(weight, x.t()).t().contiguous().view(*input.shape[:-1], weight.shape[0])
 
 
+def _decode_sized(input: torch.Tensor, args: tuple, kwargs: dict, low: int, high: int) -> bool:
+    """Whether a call of megatron's linear function may take a decode path: no autograd, no
+    sequence parallelism (whose input must be all-gathered first), a CPU input of ``low`` to ``high`` rows."""
+    rows = input.numel() // max(input.shape[-1], 1)
+    return (not torch.is_grad_enabled() and not args and not kwargs.get("sequence_parallel")
+            and input.device.type == "cpu" and low <= rows <= high)
+
+
 def weight_major_when_skinny(linear: Callable) -> Callable:
     """Wrap megatron's ``linear_with_frozen_weight`` or ``linear_with_grad_accumulation_and_async_allreduce``:
     without autograd, without sequence parallelism (whose input must be all-gathered first) and with
@@ -72,9 +80,7 @@ def weight_major_when_skinny(linear: Callable) -> Callable:
 
     @functools.wraps(linear)
     def wrapper(input, weight, bias=None, *args, **kwargs):
-        rows = input.numel() // max(input.shape[-1], 1)
-        if (torch.is_grad_enabled() or args or kwargs.get("sequence_parallel") or input.device.type != "cpu"
-                or not 2 <= rows <= SKINNY_ROWS):
+        if not _decode_sized(input, args, kwargs, 2, SKINNY_ROWS):
             return linear(input, weight, bias, *args, **kwargs)
         output = skinny_matmul(input, weight)
         return output + bias if bias is not None else output
@@ -138,10 +144,7 @@ def packed_when_decoding(linear: Callable) -> Callable:
     @functools.wraps(linear)
     def wrapper(input, weight, bias=None, *args, **kwargs):
         entry = _packed.get(weight.data_ptr()) if _packed else None
-        rows = input.numel() // max(input.shape[-1], 1)
-        if (entry is None or entry[0] != weight.shape or torch.is_grad_enabled() or args
-                or kwargs.get("sequence_parallel") or input.device.type != "cpu"
-                or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]):
+        if entry is None or entry[0] != weight.shape or not _decode_sized(input, args, kwargs, *PACKED_ROWS):
             return linear(input, weight, bias, *args, **kwargs)
         return packed_product(input, entry[1], bias, weight.shape[0])
 
