@@ -40,7 +40,10 @@ def compiled_extensions() -> dict:
                          "(csrc/) is not built; install torch first, then r1hpc with --no-build-isolation\n")
         return {}
     ext = [cpp_extension.CppExtension("r1hpc._cpu_sampling", ["csrc/sampler_cpu.cpp"],
-                                      extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math"])]
+                                      extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math"]),
+           cpp_extension.CppExtension(  # -fopenmp: at::parallel_for's OpenMP region (the libgomp torch loads)
+               "r1hpc._cpu_attention", ["csrc/paged_attention_cpu.cpp"],
+               extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math"], extra_link_args=["-fopenmp"])]
     if torch.version.cuda and cpp_extension.CUDA_HOME and _cuda_targets_known(torch):
         ext.append(cpp_extension.CUDAExtension(
             "r1hpc._C", ["csrc/sampler_cuda.cu", "csrc/sampler_cuda_binding.cpp"],

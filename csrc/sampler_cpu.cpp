@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_exp.h"
 #include "sampler_checks.h"
 #include "sampler_common.h"
 
@@ -96,20 +97,6 @@ uint32_t top_p_threshold(const Row<T>& row, int64_t V, float x_max, const Params
     i = j;
   }
   return threshold;
-}
-
-// exp(z) for z <= 0 within a few float ulps (Cody-Waite reduction, degree-7 Taylor polynomial on
-// |r| <= ln2/2, truncation 5e-9), 0 at and below -88. Branch-free, so the row loops vectorize.
-inline float exp_nonpositive(float z) {
-  constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f, kRound = 12582912.0f;
-  const float n = (z * kLog2e + kRound) - kRound;  // nearest integer (|z log2 e| < 2^22)
-  const float r = (z - n * kLn2Hi) - n * kLn2Lo;
-  const float poly =
-      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-  const int32_t biased = (static_cast<int32_t>(n) + 127) << 23;  // n >= -127: biased 0 is the float 0
-  float scale;
-  memcpy(&scale, &biased, sizeof scale);
-  return poly * scale;
 }
 
 // Row loops keep kLanes independent accumulators, combined in a fixed order at the end: the compiler

@@ -16,7 +16,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from r1hpc.extensions import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
+from r1hpc.extensions import CPU_ATTENTION_EXTENSION, CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
 
 
 def _probe(fn: Callable[[], Any]) -> Any:
@@ -154,6 +154,7 @@ def _collect() -> dict:
         "triton": _probe(_triton),
         "cuda extension": _probe(lambda: _extension(CUDA_EXTENSION)),
         "cpu sampling extension": _probe(lambda: _extension(CPU_SAMPLING_EXTENSION)),
+        "cpu paged attention extension": _probe(lambda: _extension(CPU_ATTENTION_EXTENSION)),
         "rollout sampler": _probe(_rollout_sampler),
         "host allocator (compute commands)": _probe(_allocator),
         "launch": _probe(_launch),

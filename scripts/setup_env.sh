@@ -51,7 +51,7 @@ if [ "$(cat "$VENV/.r1hpc-stamp" 2>/dev/null)" != "$stamp_now" ]; then
     echo "[setup_env] pip install failed (full log: $VENV/pip-install.log)" >&2
     exit 1
   fi
-  "$VENV/bin/python" -c "import r1hpc, torch, megatron.core, r1hpc._cpu_sampling"
+  "$VENV/bin/python" -c "import r1hpc, torch, megatron.core, r1hpc._cpu_sampling, r1hpc._cpu_attention"
   echo "$stamp_now" > "$VENV/.r1hpc-stamp"
 fi
 export VENV PATH="$VENV/bin:$PATH"

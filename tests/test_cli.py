@@ -24,6 +24,7 @@ def test_info_command_prints_versions_and_patches():
     assert "triton: version=" in out
     assert f"cuda extension: module={info.CUDA_EXTENSION}, status=not built" in out
     assert f"cpu sampling extension: module={info.CPU_SAMPLING_EXTENSION}, status=ok" in out  # built by the install
+    assert f"cpu paged attention extension: module={info.CPU_ATTENTION_EXTENSION}, status=ok" in out
     assert "launch: rank=0, world_size=1, local_rank=0, master_addr=127.0.0.1, master_port=" in out
     assert "launcher=single" in out
     assert "Transformer Engine and Apex are not installed" not in proc.stderr

@@ -61,6 +61,24 @@ def flash_decode_and_prefill_torch(self, q, k, v, max_seqlen_q, max_seqlen_k, cu
     return paged_attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, scale)
 
 
+def append_key_value_cache_torch(*, layer_number: int, key: torch.Tensor, value: torch.Tensor,
+                                 memory_buffer: torch.Tensor, padded_active_token_count: int,
+                                 token_to_block_idx: torch.Tensor,
+                                 token_to_local_position_within_kv_block: torch.Tensor) -> None:
+    """The Triton KV-append kernel's job in torch: write the step's keys and values [T, 1, Hk, D] into
+    their (block, position) slots of ``memory_buffer`` [2, layers, blocks, block_size, Hk, D].
+    One ``index_copy_`` per cache on flat slot ids; megatron's own fallback indexes by two index
+    tensors, a general advanced-indexing write several times slower at decode sizes. Block -1 (the
+    padding tokens' dummy block) is the last block, as in that fallback."""
+    n = padded_active_token_count
+    caches = memory_buffer[:, layer_number]
+    slots_per_block = caches.shape[2]
+    slots = (token_to_block_idx[:n].long() * slots_per_block
+             + token_to_local_position_within_kv_block[:n].long()).remainder(caches.shape[1] * slots_per_block)
+    for cache, new in zip(caches, (key, value)):
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new[:n].squeeze(1))
+
+
 def apply(patch: Callable[..., None]) -> None:
     """Patch the dynamic engine's GPU-only calls; ``patch(owner, name, new, why)`` records each."""
     from megatron.core.inference.contexts import dynamic_context
@@ -73,8 +91,9 @@ def apply(patch: Callable[..., None]) -> None:
           "(r1hpc.model.paged_attention) gathers each request's blocks and runs SDPA")
     patch(attention, "is_fa_min_version", lambda *a, **k: True,
           "the dynamic engine asserts a flash-attn version (importing flash_attn); the torch reference needs none")
-    patch(dynamic_context, "triton_append_key_value_cache", None,
-          "the Triton KV-append kernel needs a GPU; megatron's torch indexing fallback follows it")
+    patch(dynamic_context, "triton_append_key_value_cache", append_key_value_cache_torch,
+          "the Triton KV-append kernel needs a GPU; a torch index_copy_ on flat slot ids writes the step's keys "
+          "and values (megatron's own fallback, advanced indexing by block and position, is slower)")
     patch(dynamic_engine, "range_push", lambda *a, **k: None, "nvtx profiling ranges need CUDA")
     patch(dynamic_engine, "range_pop", lambda *a, **k: None, "nvtx profiling ranges need CUDA")
     patch(torch.cuda, "Event", PerfCounterEvent,

@@ -7,13 +7,32 @@ per request its key count and its block ids. Each request's keys are gathered fr
 queries are the *last* ``q_len`` positions of its sequence (a prefill chunk or one decode token), so
 the causal mask is aligned to the end. Decode rows (one query) and prefill rows are attended in two
 batched ``scaled_dot_product_attention`` calls, padded only to the longest row of their kind.
+
+Decode rows of float32 caches go to the compiled kernel ``r1hpc._cpu_attention`` (csrc/) where it is
+built: it reads each request's keys and values in place from their blocks, where the torch path copies
+the whole history, masks the copy and attends (three passes over the KV history per layer per step).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+from types import ModuleType
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from r1hpc.extensions import CPU_ATTENTION_EXTENSION
+
+
+@functools.cache
+def compiled_decode() -> Optional[ModuleType]:
+    """The compiled CPU decode kernel, or None where setup.py did not build it."""
+    try:
+        return importlib.import_module(CPU_ATTENTION_EXTENSION)
+    except ImportError:
+        return None
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -24,13 +43,29 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     count includes this step's tokens, already appended); ``block_table`` [R, max_blocks] the KV block
     ids (-1 past the end). Padding tokens get zeros."""
     flat = q.reshape(q.shape[0], q.shape[-2], q.shape[-1])
-    out = torch.zeros_like(flat)
     q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
-    for rows in ((q_lens == 1).nonzero().squeeze(1), (q_lens > 1).nonzero().squeeze(1)):
+    kernel = compiled_decode() if _in_place_readable(flat, k_cache, v_cache) else None
+    requests = q_lens.numel()
+    if kernel is not None and requests == flat.shape[0] and bool((q_lens == 1).all()):
+        # a decode-only step without padding (a CPU step's tokens are not rounded up): query r is token r
+        return kernel.paged_decode(flat, k_cache, v_cache, seqlens_k, block_table, scale).reshape(q.shape)
+    out = torch.zeros_like(flat)
+    decode, prefill = (q_lens == 1).nonzero().squeeze(1), (q_lens > 1).nonzero().squeeze(1)
+    if decode.numel() and kernel is not None:
+        starts = cu_seqlens_q[:-1][decode].long()
+        out[starts] = kernel.paged_decode(flat[starts], k_cache, v_cache, seqlens_k[decode], block_table[decode], scale)
+        decode = decode[:0]
+    for rows in (decode, prefill):
         if rows.numel():
             _attend_rows(flat, out, k_cache, v_cache, cu_seqlens_q[:-1][rows].long(), q_lens[rows],
                          seqlens_k[rows].long(), block_table[rows], scale)
     return out.reshape(q.shape)
+
+
+def _in_place_readable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """What the compiled decode kernel takes: float32 CPU tensors, each cache block contiguous."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k_cache, v_cache)) and all(
+        c[0].is_contiguous() for c in (k_cache, v_cache))
 
 
 def _attend_rows(flat, out, k_cache, v_cache, starts, q_lens, k_lens, block_table, scale) -> None:

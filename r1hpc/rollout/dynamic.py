@@ -40,10 +40,55 @@ class _NoText:
 
 
 class UnpaddedContext(DynamicInferenceContext):
-    """Forward passes of exactly the active tokens (rounded to the TP size) instead of a multiple of
-    64: that padding serves CUDA graphs; on a CPU it is only extra work."""
+    """The engine's context on a CPU. Forward passes of exactly the active tokens (rounded to the TP
+    size) instead of a multiple of 64: that padding serves CUDA graphs; on a CPU it is only extra work.
+    RoPE's cos/sin tables for the step's positions are computed once per forward pass and shared by
+    every layer (megatron recomputes them in each layer for the queries and again for the keys);
+    the rotation itself is megatron's unfused formula, so the results are bit for bit the same."""
 
     TOKEN_ROUNDER = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def initialize_attention_state(self, **kwargs) -> None:
+        super().initialize_attention_state(**kwargs)  # once per forward pass: new positions
+        self._rope_tables.clear()
+
+    def apply_rotary_emb_query(self, query, query_emb, config, cu_seqlens_q, cp_group, mscale: float = 1.0):
+        if cu_seqlens_q is not None or not _unfused_bshd_rope(config):
+            return super().apply_rotary_emb_query(query, query_emb, config, cu_seqlens_q, cp_group, mscale)
+        n = self.padded_active_token_count
+        query[:n] = self._rotate(query[:n], query_emb, self.token_to_pos_ids[:n], config, mscale)
+        return query
+
+    def apply_rotary_emb_key(self, key, key_emb, config, cp_group, mscale: float = 1.0):
+        if not _unfused_bshd_rope(config):
+            return super().apply_rotary_emb_key(key, key_emb, config, cp_group, mscale)
+        n = self.padded_active_token_count
+        rotated = self._rotate(key[:n], key_emb, self.token_to_position_in_request[:n], config, mscale)
+        if self.is_decode_only():  # as megatron: a decode step's keys are returned, a prefill's written back
+            return rotated
+        key[:n] = rotated
+        return key
+
+    def _rotate(self, t: torch.Tensor, emb: torch.Tensor, positions: torch.Tensor, config, mscale: float):
+        """megatron's ``_apply_rotary_pos_emb_bshd`` with the step's cos/sin tables cached."""
+        from megatron.core.models.common.embeddings.rope_utils import _rotate_half
+
+        table = (emb.data_ptr(), positions.data_ptr(), mscale, t.dtype)
+        if table not in self._rope_tables:
+            freqs = emb[positions]
+            self._rope_tables[table] = ((torch.cos(freqs) * mscale).to(t.dtype), (torch.sin(freqs) * mscale).to(t.dtype))
+        cos, sin = self._rope_tables[table]
+        rotated, passed = t[..., :cos.shape[-1]], t[..., cos.shape[-1]:]
+        return torch.cat(((rotated * cos) + (_rotate_half(rotated, config.rotary_interleaved) * sin), passed), dim=-1)
+
+
+def _unfused_bshd_rope(config) -> bool:
+    """Whether megatron rotates these (no packed sequences) with its unfused formula: no TE fusion, no MLA."""
+    return not config.apply_rope_fusion and not config.multi_latent_attention
 
 
 class R1SamplingController(TextGenerationController):
@@ -76,17 +121,27 @@ class R1SamplingController(TextGenerationController):
         request_ids = ctx.request_ids[rows].long()
         last = logits.squeeze(0)[:, :self.vocab_size]  # [active requests, V]; drops the TP vocab padding
         steps = torch.tensor([len(self.drawn.setdefault(i, [])) for i in request_ids.tolist()], device=HOST)
-        tokens = torch.empty(len(steps), dtype=torch.long, device=last.device)
-        logps, ents = torch.empty(len(steps), device=HOST), torch.empty(len(steps), device=HOST)
-        for step in steps.unique().tolist():  # one step for all rows unless requests joined later
-            sel = (steps == step).nonzero().squeeze(1)
-            tok, logp, ent = self.draw(last[sel.to(last.device)], request_ids[sel.to(request_ids.device)], step)
-            tokens[sel.to(tokens.device)], logps[sel], ents[sel] = tok, logp.float().cpu(), ent.float().cpu()
+        tokens, logps, ents = self._draw_by_step(last, request_ids, steps)
         for i, t, lp, e in zip(request_ids.tolist(), tokens.tolist(), logps.tolist(), ents.tolist()):
             self.drawn[i].append((t, lp, e))
         hit = torch.isin(tokens, self.stop.to(tokens.device))
         ctx.request_metadata["termination_id"][rows][hit] = tokens[hit]
         self._sampled_tokens_cuda[:len(steps)] = tokens
+
+    def _draw_by_step(self, last: torch.Tensor, request_ids: torch.Tensor, steps: torch.Tensor):
+        """(tokens, log-probs, entropies) of the rows of ``last``, each drawn at its request's decode step:
+        one draw of all rows when they share a step (no copy of the logits), else one per step."""
+        distinct = steps.unique().tolist()
+        if len(distinct) == 1:
+            tokens, logps, ents = self.draw(last, request_ids, distinct[0])
+            return tokens, logps.float().cpu(), ents.float().cpu()
+        tokens = torch.empty(len(steps), dtype=torch.long, device=last.device)
+        logps, ents = torch.empty(len(steps), device=HOST), torch.empty(len(steps), device=HOST)
+        for step in distinct:  # requests that joined later are at earlier steps
+            sel = (steps == step).nonzero().squeeze(1)
+            tok, logp, ent = self.draw(last[sel.to(last.device)], request_ids[sel.to(request_ids.device)], step)
+            tokens[sel.to(tokens.device)], logps[sel], ents[sel] = tok, logp.float().cpu(), ent.float().cpu()
+        return tokens, logps, ents
 
 
 @torch.no_grad()

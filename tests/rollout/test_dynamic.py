@@ -96,3 +96,29 @@ def test_engine_key_is_checked():
 def test_an_unsupported_series_refuses_the_dynamic_engine_clearly():
     with pytest.raises(ConfigError, match="rollout.engine=dynamic on a CPU needs megatron-core 0.16"):
         check_dynamic_supported()
+
+
+@needs_dynamic
+@pytest.mark.parametrize("interleaved,rotary_dim,mscale", [(False, 16, 1.0), (True, 8, 1.3)],
+                         ids=["half-split", "interleaved-partial-yarn-scale"])
+def test_per_step_rope_tables_rotate_bit_for_bit_as_megatron(interleaved, rotary_dim, mscale):
+    """The CPU context caches each step's cos/sin and shares them across layers and between queries and
+    keys; every rotation must still equal megatron's unfused formula exactly (strided views included)."""
+    from types import SimpleNamespace
+
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    from r1hpc.rollout.dynamic import UnpaddedContext
+
+    g = torch.Generator().manual_seed(0)
+    config = SimpleNamespace(rotary_interleaved=interleaved, apply_rope_fusion=False, multi_latent_attention=False)
+    context = UnpaddedContext.__new__(UnpaddedContext)  # _rotate needs only the table cache
+    context._rope_tables = {}
+    emb = torch.randn(40, 1, 1, rotary_dim, generator=g) * 10
+    positions = torch.tensor([3, 0, 39, 17, 17])
+    queries = torch.randn(5, 1, 6, 16, generator=g)
+    keys = torch.randn(5, 1, 12, 16, generator=g)[:, :, ::4]  # a view into a wider projection, as megatron's
+    for t in (queries, keys, queries):
+        want = _apply_rotary_pos_emb_bshd(t, emb[positions], rotary_interleaved=interleaved, mscale=mscale)
+        assert torch.equal(context._rotate(t, emb, positions, config, mscale), want)
+    assert len(context._rope_tables) == 1  # one table for the step, reused
