@@ -3,7 +3,8 @@
 Applied by :func:`r1hpc.model.cpu_compat.apply` with its ``_patch`` (so each lands in ``PATCHES`` with
 its reason), only without CUDA and only on a megatron-core series whose engine they were written
 for (``Series.dynamic_engine_cpu``). The engine's GPU-only pieces are flash-attn kernels, a Triton
-KV-append kernel, nvtx ranges, CUDA timing events and pinned host buffers; each has a torch stand-in.
+KV-append kernel, nvtx ranges, CUDA timing events and pinned host buffers; each has a CPU stand-in
+(torch code, and for decode attention the compiled kernel in ``csrc/paged_attention_cpu.cpp``).
 """
 from __future__ import annotations
 
@@ -87,10 +88,10 @@ def apply(patch: Callable[..., None]) -> None:
     from megatron.core.transformer import attention
 
     patch(attention.Attention, "flash_decode_and_prefill", flash_decode_and_prefill_torch,
-          "dynamic inference attends over the paged KV cache with flash-attn kernels; a torch reference "
-          "(r1hpc.model.paged_attention) gathers each request's blocks and runs SDPA")
+          "dynamic inference attends over the paged KV cache with flash-attn kernels; r1hpc.model.paged_attention "
+          "reads decode rows' blocks in place (the compiled r1hpc._cpu_attention) and gathers prefill rows' for SDPA")
     patch(attention, "is_fa_min_version", lambda *a, **k: True,
-          "the dynamic engine asserts a flash-attn version (importing flash_attn); the torch reference needs none")
+          "the dynamic engine asserts a flash-attn version (importing flash_attn); the CPU stand-in needs none")
     patch(dynamic_context, "triton_append_key_value_cache", append_key_value_cache_torch,
           "the Triton KV-append kernel needs a GPU; a torch index_copy_ on flat slot ids writes the step's keys "
           "and values (megatron's own fallback, advanced indexing by block and position, is slower)")
