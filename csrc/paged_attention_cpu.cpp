@@ -1,12 +1,12 @@
 // Decode attention over a paged KV cache on the CPU: one query token per request, its keys and values
 // read in place from the cache blocks its block table names (what flash_attn_with_kvcache does on a
-// GPU). The torch reference (r1hpc/model/paged_attention.py) gathers every request's whole history
-// into a padded copy, masks it and runs SDPA: three passes over the KV history per layer per step.
-// Here each request's keys and values are read once, in place, for all its query heads (GQA: a KV
-// head serves the query heads that share it), with a two-pass softmax in float. The dot products and sums are vectorised
-// as `omp simd` reductions (reassociated there and nowhere else, which exp_nonpositive's rounding
-// trick relies on); requests are spread over torch's intra-op threads: attention is held to the float64 reference within a
-// tolerance, not to a bit pattern. Module r1hpc._cpu_attention.
+// GPU). The torch path (r1hpc/model/paged_attention.py) gathers every request's whole history into a
+// padded copy, masks it and runs SDPA: three passes over the KV history per layer per step. Here each
+// request's keys and values are read once, in place, for all its query heads (GQA: a KV head serves
+// the query heads that share it), with a two-pass softmax in float; requests are spread over torch's
+// intra-op threads. Dot products and sums are vectorised as `omp simd` reductions (reassociated there
+// and nowhere else, which exp_nonpositive's rounding trick relies on), so attention is held to the
+// float64 reference within a tolerance, not to a bit pattern. Module r1hpc._cpu_attention.
 // Light headers, not torch/extension.h (the whole C++ frontend): the install compiles in about half the time.
 
 #include <ATen/Parallel.h>

@@ -14,8 +14,6 @@ the whole history, masks the copy and attends (three passes over the KV history 
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import math
 from types import ModuleType
 from typing import Optional
@@ -23,16 +21,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from r1hpc.extensions import CPU_ATTENTION_EXTENSION
+from r1hpc.extensions import CPU_ATTENTION_EXTENSION, import_extension
 
 
-@functools.cache
 def compiled_decode() -> Optional[ModuleType]:
     """The compiled CPU decode kernel, or None where setup.py did not build it."""
-    try:
-        return importlib.import_module(CPU_ATTENTION_EXTENSION)
-    except ImportError:
-        return None
+    return import_extension(CPU_ATTENTION_EXTENSION)[0]
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -54,8 +48,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if decode.numel() and kernel is not None:
         starts = cu_seqlens_q[:-1][decode].long()
         out[starts] = kernel.paged_decode(flat[starts], k_cache, v_cache, seqlens_k[decode], block_table[decode], scale)
-        decode = decode[:0]
-    for rows in (decode, prefill):
+    for rows in (prefill,) if kernel is not None else (decode, prefill):
         if rows.numel():
             _attend_rows(flat, out, k_cache, v_cache, cu_seqlens_q[:-1][rows].long(), q_lens[rows],
                          seqlens_k[rows].long(), block_table[rows], scale)

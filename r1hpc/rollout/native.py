@@ -10,14 +10,13 @@ CPU tensors go to ``r1hpc._cpu_sampling``, CUDA tensors to ``r1hpc._C``; both ar
 from __future__ import annotations
 
 import functools
-import importlib
 from types import ModuleType
 from typing import Optional
 
 import torch
 
 from r1hpc.config import ConfigError
-from r1hpc.extensions import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION
+from r1hpc.extensions import CPU_SAMPLING_EXTENSION, CUDA_EXTENSION, import_extension
 
 SAMPLERS = ("auto", "torch", "native")
 EXTENSIONS = {"cpu": CPU_SAMPLING_EXTENSION, "cuda": CUDA_EXTENSION}
@@ -31,10 +30,8 @@ def _load(device_type: str) -> tuple[Optional[ModuleType], str]:
     name = EXTENSIONS.get(device_type)
     if name is None:
         return None, f"there is no compiled sampler for {device_type!r} tensors"
-    try:
-        return importlib.import_module(name), name
-    except ImportError as e:
-        return None, f"{name} is not built here ({e})"
+    module, why = import_extension(name)
+    return (module, name) if module is not None else (None, why)
 
 
 def resolve_sampler(choice: str, device_type: str) -> str:

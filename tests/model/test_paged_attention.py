@@ -78,7 +78,8 @@ def test_paged_attention_equals_direct_causal_attention(q_lens, k_lens, hq, hk, 
                          ids=["smollm2-gqa", "gqa-dim128", "mha-odd-dim", "mqa-tiny-dim"])
 def test_compiled_decode_reads_blocks_in_place_like_direct_attention(hq, hk, d):
     """Decode rows of many lengths (one key, a block's worth, many blocks) over a shuffled pool whose
-    unused slots hold NaN; the head dims exercise the kernel's 8-lane dot product and its tail."""
+    unused slots hold NaN; head dims 64 and 128 take the kernel's fixed-size instances, 12 and 5 its
+    generic one (a dim that is not a multiple of the vector width)."""
     kernel = paged.compiled_decode()
     assert kernel is not None, "r1hpc._cpu_attention is not built (pip install --no-build-isolation)"
     k_lens, scale = [1, 4, 5, 37, 64, 2], d ** -0.5
