@@ -97,6 +97,7 @@ def r1hpc_overrides(args, work: Path, ckpt: Path, prompts: Path) -> list[str]:
             "grpo.mini_batches=1", f"grpo.micro_batch_size={args.micro_batch}",
             "grpo.skip_zero_advantage_groups=false", "grpo.optim.lr=1e-6", "grpo.optim.warmup_steps=0",
             "grpo.optim.clip_grad=1.0", "grpo.optim.weight_decay=0.0",
+            f"model.params_dtype={args.dtype}",
             "checkpoint.overwrite=true"]  # a rerun starts afresh where the last one left its final checkpoint
 
 
@@ -143,7 +144,8 @@ def trl_child(hf_dir: str, prompts: str, out: str, args) -> None:
 
     rows_per_step = args.prompts * args.group
     cfg = GRPOConfig(
-        output_dir=str(Path(out).parent / "trl"), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=str(Path(out).parent / "trl"), use_cpu=True, bf16=args.dtype == "bf16", fp16=False,
+        gradient_checkpointing=False,
         report_to=[], save_strategy="no", logging_steps=1, seed=1, max_steps=args.steps, shuffle_dataset=False,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows_per_step // args.micro_batch,
         num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
@@ -192,6 +194,9 @@ def main() -> None:
     p.add_argument("--group", type=int, default=4, help="responses per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: mixed precision on both sides (r1hpc model.params_dtype=bf16 with fp32 main weights "
+                        "in the optimizer; TRL bf16=True, autocast over fp32 weights)")
     p.add_argument("--trl-child", nargs=3, metavar=("HF_DIR", "PROMPTS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if (args.prompts * args.group) % args.micro_batch:
@@ -229,7 +234,7 @@ def main() -> None:
         "workload": {"steps": args.steps, "prompts_per_step": args.prompts, "group_size": args.group,
                      "max_new_tokens": args.max_new_tokens, "micro_batch": args.micro_batch, "temperature": 1.0,
                      "optimizer": "AdamW lr 1e-6 betas (0.9, 0.95) eps 1e-8 wd 0 clip 1.0, one step per GRPO step",
-                     "loss": "token-mean (TRL dapo), beta 0", "dtype": "fp32"},
+                     "loss": "token-mean (TRL dapo), beta 0", "dtype": args.dtype},
         "allocator": allocators(),
         "note": "means over the steps after the first (warm-up); responses stop at EOS, so compare tokens/s",
         **sides,

@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args()
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ one dot product per token. The shards merge with the same single all-gather of p
 the materialised path, and the per-token objective after it is :func:`token_objective` itself.
 Backward recomputes each tile from ``lse`` and ``E_p[z]`` and accumulates ``grad_hidden`` and
 ``grad_weight`` with two matmuls per tile. Inputs of any float dtype are computed in fp32 (tiles
-are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each.
+are upcast), so the largest transient is one fp32 tile pair of at most :data:`TILE_BYTES` each. On a
+CPU, the logit tiles of bf16 hidden states and weights (exact in fp32) are multiplied on the CPU's bf16
+units with fp32 accumulation (:func:`_bf16_operand_products`): same operands, same fp32 sums.
 
 ``impl``: 'torch' runs the tiles here; 'triton' runs the forward stats and the softmax part of the
 backward as the kernels of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip); the
@@ -17,7 +19,8 @@ either way. 'auto' follows :func:`r1hpc.algo.loss.resolve_impl` (Triton on CUDA,
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,6 +53,26 @@ def _plan(active: Tensor, n_real: int) -> tuple[list[Tensor], list[tuple[int, in
     return chunks, [(v0, min(v0 + tile, n_real)) for v0 in range(0, n_real, tile)]
 
 
+@contextlib.contextmanager
+def _bf16_operand_products(hidden: Tensor, weight: Tensor) -> Iterator[None]:
+    """fp32 matrix products inside run on oneDNN's bf16 kernels (AMX / AVX512-BF16, fp32 accumulation)
+    when both operands are CPU bf16 tensors upcast to fp32: exact in bf16, so nothing is rounded and
+    the logits are those of the fp32 product, 3-4x sooner on a Xeon with AMX. Only the logit tiles
+    (products of ``hidden`` and ``weight``) run inside; gradient products, whose fp32 operand would
+    be rounded, stay outside."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    if not (hidden.dtype == weight.dtype == torch.bfloat16 and hidden.device.type == "cpu"
+            and torch.backends.mkldnn.is_available() and hasattr(matmul, "fp32_precision")):
+        yield
+        return
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
 def _owned_target(target: Tensor, vocab_start: int, n_real: int) -> tuple[Tensor, Tensor]:
     local = target.long() - vocab_start
     owned = (local >= 0) & (local < n_real)
@@ -68,7 +91,8 @@ def _shard_stats(hidden: Tensor, weight: Tensor, local: Tensor, owned: Tensor, a
         m = torch.full((len(rows),), -float("inf"), device=h.device)
         s, qc = torch.zeros_like(m), torch.zeros_like(m)
         for v0, v1 in tiles:
-            z = torch.mm(h, weight[v0:v1].float().t()).mul_(inv_temp)
+            with _bf16_operand_products(hidden, weight):
+                z = torch.mm(h, weight[v0:v1].float().t()).mul_(inv_temp)
             m_new = torch.maximum(m, z.amax(dim=1))
             z.sub_(m_new[:, None])
             e = torch.exp(z)
@@ -131,7 +155,8 @@ def _softmax_grads(hidden: Tensor, weight: Tensor, active: Tensor, g_lp: Tensor,
         gh = torch.zeros_like(h) if grad_h is not None else None
         for v0, v1 in tiles:
             w = weight[v0:v1].float()
-            z = torch.mm(h, w.t()).mul_(inv_temp)
+            with _bf16_operand_products(hidden, weight):
+                z = torch.mm(h, w.t()).mul_(inv_temp)
             p = torch.exp(z - lse[rows, None])
             g = z.sub_(mean_z[rows, None]).mul_(g_ent[rows, None]).add_(g_lp[rows, None]).mul_(p).mul_(-inv_temp)
             if gh is not None:
@@ -159,7 +184,7 @@ def fused_linear_grpo_loss(
     hidden: Tensor,
     weight: Tensor,
     target: Tensor,
-    old_logp: Tensor,
+    old_logp: Optional[Tensor],
     advantages: Tensor,
     weights: Tensor,
     params: GRPOLossParams = GRPOLossParams(),

@@ -208,7 +208,7 @@ def loss_metrics(tok: dict[str, Tensor], active: Tensor) -> dict[str, Tensor]:
 def grpo_loss(
     logits: Tensor,
     target: Tensor,
-    old_logp: Tensor,
+    old_logp: Optional[Tensor],
     advantages: Tensor,
     weights: Tensor,
     params: GRPOLossParams = GRPOLossParams(),
@@ -224,7 +224,8 @@ def grpo_loss(
     ``vocab_start_index`` when ``tp_group`` has > 1 rank), ``target [T]`` global token ids,
     ``old_logp, advantages, weights [T]`` (weights from :func:`aggregation_weights`, flattened:
     mask and aggregation in one; weight-0 tokens are skipped and get zero gradient),
-    ``params`` the scalar settings (``AlgoConfig.loss_params()`` in the trainer),
+    ``params`` the scalar settings (``AlgoConfig.loss_params()`` in the trainer), ``old_logp`` None
+    for on-policy (:func:`r1hpc.algo.objective.token_objective`),
     ``ref_logp [T]`` (needed for the KL term and metric), ``tis_weight [T]`` (truncated IS).
     The gradient is returned in the logits dtype; no fp32 [T, V] tensor is built on either path.
     With ``tp_group`` every rank must pass the same per-token inputs and gets the same (full)
@@ -232,8 +233,12 @@ def grpo_loss(
     """
     active = weights != 0
     if resolve_impl(params.impl, logits) == "triton":
+        from r1hpc.algo.logprobs import token_logp  # imports this module
         from r1hpc.triton_kernels.grpo_loss import triton_grpo_loss
 
+        if old_logp is None:  # the kernel takes old log-probs: on-policy, the current ones (one more read)
+            old_logp, _ = token_logp(logits, target, active, temperature=params.temperature, tp_group=tp_group,
+                                     vocab_start_index=vocab_start_index, impl="triton")
         loss, tok = triton_grpo_loss(
             logits, target, old_logp, advantages, weights, params, ref_logp=ref_logp, tis_weight=tis_weight,
             tp_group=tp_group, vocab_start_index=vocab_start_index,

@@ -39,7 +39,7 @@ def _clipped_surrogate(ratio: Tensor, adv: Tensor, active: Tensor,
 def token_objective(
     logp: Tensor,
     entropy: Tensor,
-    old_logp: Tensor,
+    old_logp: Optional[Tensor],
     advantages: Tensor,
     active: Tensor,
     params: GRPOLossParams = GRPOLossParams(),
@@ -51,11 +51,14 @@ def token_objective(
     ``pg`` from :func:`_clipped_surrogate` (``params.temperature`` and ``impl`` act before: on the
     logits). Tokens where ``active`` is False get loss 0 and no gradient whatever their inputs hold
     (padding may carry garbage log-probs). Differentiable in ``logp`` and ``entropy``.
+    ``old_logp`` None: on-policy (one update per rollout), the old policy is the current one, so
+    ``old_logp`` is ``logp`` detached: the ratio is exactly 1 and no separate log-prob pass is needed.
     """
     f32 = torch.float32
     logp, entropy = logp.to(f32), entropy.to(f32)
     adv = advantages.to(f32)
-    log_ratio = torch.clamp(logp - old_logp.to(f32), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    old_logp = logp.detach() if old_logp is None else old_logp.to(f32)
+    log_ratio = torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     log_ratio = torch.where(active, log_ratio, torch.zeros_like(log_ratio))
     ratio = torch.exp(log_ratio)
     pg, is_clipped_low, is_clipped_high, is_clipped_dual = _clipped_surrogate(ratio, adv, active, params)

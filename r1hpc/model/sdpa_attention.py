@@ -10,6 +10,11 @@ same mask convention (``True`` = masked out). Masked positions take a large nega
 than ``-inf`` so that a row with every key masked (a left-padding query in a batched prefill) stays
 finite, as megatron's ``-10000`` fill keeps it; no real token attends to such a row.
 
+On a CPU, attention with autograd in bf16 runs in fp32 (:func:`_compute_dtype`): torch's CPU flash
+attention backward is about twice as slow in bf16 as in fp32 (a 8 x 9 heads x 156-token forward and
+backward: 21 vs 11 ms on a Xeon), and fp32 is the more precise of the two; the context is handed
+back in bf16. Forwards without autograd (rollouts) stay in bf16, where the kernel is the faster one.
+
 Cases SDPA does not express exactly fall back to megatron's forward: attention dropout while
 training (megatron draws it from its model-parallel RNG streams), softmax offsets, sliding windows,
 packed sequences, attention bias, and a causal mask that is not square.
@@ -25,6 +30,13 @@ from megatron.core.transformer.enums import AttnMaskType
 
 #: Score given to masked-out keys: exp(-1e4 - max) is 0 in fp32 and bf16, and a fully masked row stays finite.
 MASKED_SCORE = -1e4
+
+
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA runs in: fp32 for bf16 attention with autograd on a CPU, else the query's."""
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and torch.is_grad_enabled():
+        return torch.float32
+    return query.dtype
 
 
 class SdpaDotProductAttention(DotProductAttention):
@@ -45,11 +57,12 @@ class SdpaDotProductAttention(DotProductAttention):
             return super().forward(query, key, value, attention_mask, attn_mask_type=attn_mask_type,
                                    attention_bias=attention_bias, packed_seq_params=packed_seq_params, **kwargs)
         scale = self.softmax_scale * (self.scale_mask_softmax.scale or 1.0)
+        dtype = _compute_dtype(query)
         bias = None
         if attention_mask is not None:
-            bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+            bias = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device)
             bias.masked_fill_(attention_mask, MASKED_SCORE)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
+        q, k, v = (t.permute(1, 2, 0, 3).to(dtype) for t in (query, key, value))  # [b, heads, s, hn]
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal_default, scale=scale,
                                                  enable_gqa=k.shape[1] != q.shape[1])
-        return context.permute(2, 0, 1, 3).reshape(sq, query.shape[1], self.hidden_size_per_partition)
+        return context.to(query.dtype).permute(2, 0, 1, 3).reshape(sq, query.shape[1], self.hidden_size_per_partition)

@@ -67,7 +67,10 @@ def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, 
     if not bool(sel.any()):  # filler micro-batch: keep the graph, contribute nothing
         return logits.sum() * 0.0, {"tokens": torch.zeros((), device=logits.device)}
     loss, m = loss_fn(
-        logits[sel], mb["targets"][sel], mb["old_logp"][sel], mb["advantages"][sel], mb["weights"][sel],
+        # no old_logp: on-policy (``logprobs`` scores the old policy only for more than one update
+        # per rollout), so the loss takes its own log-probs, detached: ratio 1, no extra pass
+        logits[sel], mb["targets"][sel], mb["old_logp"][sel] if "old_logp" in mb else None,
+        mb["advantages"][sel], mb["weights"][sel],
         ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
         tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
         tp_group=_tp_group(), vocab_start_index=vocab_start, params=algo.loss_params())
@@ -165,15 +168,12 @@ class GRPOUpdate:
         mask = rows["response_mask"]
         B = mask.shape[0]
         rows["advantages"] = adv[:, None].expand_as(mask).contiguous().float()
-        if "old_logp" not in rows:
-            rows["old_logp"] = torch.zeros_like(rows["rollout_logp"])  # replaced below: on-policy
         if self.algo.corrects_rollout:
             a = self.algo
             rows["tis_weight"], rows["is_kept"] = rollout_is_weights(
                 rows["old_logp"], rows["rollout_logp"], mask, level=a.is_level, cap=a.tis_cap, low=a.mis_low,
                 high=a.mis_high)
             add_correction_metrics(metrics, rows["tis_weight"], rows["is_kept"], mask, cap=a.tis_cap)
-        on_policy = self.cfg.mini_batches * self.cfg.epochs == 1 and not self.algo.corrects_rollout
         G = self.group_size
         totals: dict[str, float] = {}
         grad_norms = []
@@ -182,7 +182,7 @@ class GRPOUpdate:
                 # whole groups share a mini-batch, so every group's rows are updated together
                 groups = torch.arange(B // G, device=HOST)[part::self.cfg.mini_batches]
                 idx = (groups[:, None] * G + torch.arange(G, device=HOST)[None]).view(-1)
-                out = self._mini_batch(policy, {k: v[idx] for k, v in rows.items()}, on_policy)
+                out = self._mini_batch(policy, {k: v[idx] for k, v in rows.items()})
                 if out is None:
                     continue
                 grad_norms.append(out["grad_norm"])
@@ -196,7 +196,7 @@ class GRPOUpdate:
         metrics.same("actor/grad_norm", sum(grad_norms) / len(grad_norms) if grad_norms else 0.0)
         metrics.same("actor/updates", float(len(grad_norms)))
 
-    def _mini_batch(self, policy: Engine, sub: dict, on_policy: bool) -> Optional[dict]:
+    def _mini_batch(self, policy: Engine, sub: dict) -> Optional[dict]:
         """One optimizer update over this rank's rows of a mini-batch; None when no rank has a row to learn from."""
         mask = sub["response_mask"]
         if "is_kept" in sub:  # masked IS: rejected tokens (and responses) leave the loss and its normaliser
@@ -218,18 +218,11 @@ class GRPOUpdate:
             return None
         micro = split_rows(sub, self.cfg.micro_batch_size, n_micro, policy.seq_multiple)
         scale = float(n_micro * self.dp)
-        step = partial(self._loss_step, _vocab_start(policy), scale, on_policy)
+        step = partial(self._loss_step, _vocab_start(policy), scale)
         width = max(mb["tokens"].shape[1] for mb in micro)
         return policy.train_step(step, micro, seq_length=width, micro_batch_size=self.cfg.micro_batch_size)
 
-    def _loss_step(self, vocab_start: int, scale: float, on_policy: bool, data_iterator, model):
+    def _loss_step(self, vocab_start: int, scale: float, data_iterator, model):
         mb = next(data_iterator)
-        logits, logp_fn, loss_fn = self._forward(model, mb)
-        if on_policy:  # old policy == current policy: ratio is exactly 1, no extra forward needed
-            with torch.no_grad():
-                sel = mb["response_mask"]
-                lp, _ = logp_fn(logits[sel].detach(), mb["targets"][sel], temperature=self.algo.temperature,
-                                tp_group=_tp_group(), vocab_start_index=vocab_start)
-                mb["old_logp"] = torch.zeros(sel.shape, device=logits.device)
-                mb["old_logp"][sel] = lp.float()
+        logits, _, loss_fn = self._forward(model, mb)
         return logits, partial(_grpo_loss_func, mb, self.algo, vocab_start, scale, loss_fn)

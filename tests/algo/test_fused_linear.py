@@ -210,3 +210,21 @@ def _tp_check(rank: int, world: int, dtype: torch.dtype, impl: str = "torch") ->
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_vocab_parallel_tp2(dtype):
     run_gloo(_tp_check, dtype)
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"),
+                    reason="this torch has no oneDNN fp32 precision setting")
+def test_bf16_logit_tiles_run_on_bf16_units_and_the_setting_is_restored():
+    """bf16 hidden states and weights on a CPU: the logit tiles' fp32 products may round their operands to
+    bf16 (they are bf16 values, nothing is lost); fp32 inputs keep full fp32 products; the global setting
+    is restored after, also when the block raises."""
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    bf16, fp32 = torch.zeros(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3)
+    with fused_linear._bf16_operand_products(bf16, bf16):
+        assert matmul.fp32_precision == "bf16"
+    with fused_linear._bf16_operand_products(fp32, bf16):
+        assert matmul.fp32_precision == before
+    with pytest.raises(RuntimeError), fused_linear._bf16_operand_products(bf16, bf16):
+        raise RuntimeError("inside")
+    assert matmul.fp32_precision == before

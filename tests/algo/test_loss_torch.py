@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from r1hpc.algo import GRPOLossParams, grpo_loss, loss as loss_mod, vocab_parallel
+from r1hpc.algo import GRPOLossParams, grpo_loss, loss as loss_mod, token_logp, vocab_parallel
 from tests.algo.dist_utils import run_gloo
 from tests.algo.harness import assert_matches_reference, assert_token_logp_matches_reference, make_inputs, tp_check
 
@@ -37,6 +37,29 @@ def test_without_ref_and_tis():
     inp = make_inputs(seed=3)
     inp["ref_logp"] = inp["tis_weight"] = None
     assert_matches_reference(inp, "torch", entropy_coef=0.02)
+
+
+@pytest.mark.parametrize("beta, entropy_coef, temperature", [(0.0, 0.0, 1.0), (0.1, 0.01, 0.7)])
+def test_on_policy_loss_takes_its_own_logp(beta, entropy_coef, temperature):
+    """``old_logp`` None (one update per rollout): the loss, metrics and gradient of passing the
+    policy's own log-probs as the old ones, with every ratio exactly 1."""
+    inp = make_inputs(seed=4, temperature=temperature)
+    params = GRPOLossParams(impl="torch", temperature=temperature, beta=beta, entropy_coef=entropy_coef,
+                            eps_high=0.28)
+    own, _ = token_logp(inp["logits"], inp["target"], temperature=temperature, impl="torch")
+    out = {}
+    for name, old in (("on-policy", None), ("own", own)):
+        x = inp["logits"].clone().requires_grad_()
+        loss, metrics = grpo_loss(x, inp["target"], old, inp["advantages"], inp["weights"], params,
+                                  ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"])
+        loss.backward()
+        out[name] = (loss.detach(), metrics, x.grad)
+    (loss, metrics, grad), (loss_own, metrics_own, grad_own) = out["on-policy"], out["own"]
+    assert metrics["ratio_min"].item() == metrics["ratio_max"].item() == 1.0
+    torch.testing.assert_close(loss, loss_own, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, grad_own, rtol=1e-6, atol=1e-7)
+    for key in ("kl_mean", "entropy_mean", "clipfrac_low", "clipfrac_high"):
+        torch.testing.assert_close(metrics[key], metrics_own[key], rtol=1e-6, atol=1e-7)
 
 
 def test_empty_batch():

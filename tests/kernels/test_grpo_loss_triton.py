@@ -116,3 +116,23 @@ def test_edge_shapes(device, monkeypatch, t, v, block, seed):
     monkeypatch.setattr(kernels, "MAX_BLOCK_V", block)
     inp = make_inputs(b=1, length=t, v=v, seed=seed, device=device)
     assert_matches_reference(inp, "triton", beta=0.1, entropy_coef=0.01, dual_clip_c=3.0)
+
+
+def test_on_policy_matches_the_torch_path(device):
+    """``old_logp`` None (one update per rollout): the Triton path scores the current policy itself;
+    loss, gradient and ratio (1 up to the two paths' rounding) as the torch path's."""
+    from r1hpc.algo import grpo_loss
+
+    inp = make_inputs(seed=7, device=device)
+    out = {}
+    for impl in ("triton", "torch"):
+        x = inp["logits"].clone().requires_grad_()
+        loss, metrics = grpo_loss(x, inp["target"], None, inp["advantages"], inp["weights"],
+                                  GRPOLossParams(impl=impl, beta=0.1, entropy_coef=0.01, eps_high=0.28),
+                                  ref_logp=inp["ref_logp"], tis_weight=inp["tis_weight"])
+        loss.backward()
+        out[impl] = (loss.detach(), metrics, x.grad)
+    (loss, metrics, grad), (loss_torch, _, grad_torch) = out["triton"], out["torch"]
+    assert abs(metrics["ratio_max"].item() - 1) < 1e-6 and abs(metrics["ratio_min"].item() - 1) < 1e-6
+    torch.testing.assert_close(loss, loss_torch, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, grad_torch, rtol=1e-5, atol=1e-6)

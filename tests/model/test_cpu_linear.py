@@ -1,8 +1,8 @@
 """Few-row linear layers without autograd take the product measured faster on this CPU
-(r1hpc.model.cpu_linear): weight-major on AMD, oneDNN on weights packed for a rollout on Intel. Same
-product as ``x @ W.T`` at fp32 tolerance, row-major output, and only where it applies (no autograd,
-the row range, no sequence parallelism, packed copies only inside a rollout); with autograd megatron's
-own function runs, so training gradients are untouched.
+(r1hpc.model.cpu_linear): weight-major on AMD, oneDNN on weights packed for a rollout on Intel (fp32
+and bf16 models). Same product as ``x @ W.T`` at fp32 tolerance, row-major output, and only where it
+applies (no autograd, the row range, no sequence parallelism, packed copies only inside a rollout);
+with autograd megatron's own function runs, so training gradients are untouched.
 
 Tolerance: the layouts sum the same 576-1536 products in a different order; fp32 rounding of
 sums of ~1e3 terms of size ~1 is ~1e-5 absolute (rtol 1e-5, atol 1e-4). A wrong transpose or a
@@ -16,6 +16,10 @@ import torch
 from r1hpc.model import cpu_linear
 from r1hpc.model.cpu_linear import SKINNY_ROWS, skinny_matmul, weight_major_when_skinny
 from tests.multiproc import run_workers
+
+#: bf16 logits of size up to ~1: both paths accumulate in fp32 and round each layer's output to bf16,
+#: so summation order can move a logit by a bf16 ulp or two (2**-8 relative); wrong products move them O(0.1-1)
+BF16_LOGITS_TOL = 1e-2
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, SKINNY_ROWS])
@@ -55,7 +59,7 @@ def test_only_no_grad_skinny_calls_take_the_weight_major_path():
     assert calls[-1] == (1, 4, 32) and out.requires_grad
 
 
-def _patched_gpt_decode() -> dict:
+def _patched_gpt_decode(params_dtype: str) -> dict:
     """A megatron GPT decode step of 4 rows under the CPU patches, inside a rollout's packed weights:
     which weights went weight-major, which went through their packed copy, and the logits against
     the same forward with autograd on (megatron's own products); the packed copies left after it."""
@@ -65,7 +69,7 @@ def _patched_gpt_decode() -> dict:
     from r1hpc.model.provider import build_model
 
     cfg = ModelConfig(vocab_size=256, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                      max_seq_length=32)
+                      max_seq_length=32, params_dtype=params_dtype)
     init_distributed(ParallelConfig(), cfg, seed=0)
     model = build_model(cfg, ParallelConfig()).eval()
     weight_major, packed = [], []
@@ -84,8 +88,9 @@ def _patched_gpt_decode() -> dict:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the patches apply only without CUDA")
-def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu():
-    (out,) = run_workers(_patched_gpt_decode, 1)
+@pytest.mark.parametrize("params_dtype, tol", [("fp32", 1e-5), ("bf16", BF16_LOGITS_TOL)])
+def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu(params_dtype, tol):
+    (out,) = run_workers(_patched_gpt_decode, 1, params_dtype)
     # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
     every_weight = [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)]
     if cpu_linear.weight_major_pays_off():
@@ -97,7 +102,8 @@ def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu():
     else:  # MKL's own product: nothing patched
         assert (out["patched"], out["weight_major"], out["packed"]) == ([], [], [])
     assert out["left_packed"] == 0  # the copies live only inside packed_linear_weights
-    torch.testing.assert_close(out["fast"], out["reference"], rtol=1e-5, atol=1e-5)
+    assert out["fast"].dtype == out["reference"].dtype
+    torch.testing.assert_close(out["fast"], out["reference"], rtol=tol, atol=tol)
 
 
 def test_packed_path_only_for_no_grad_calls_of_4_to_32_rows_inside_a_rollout(monkeypatch):

@@ -46,7 +46,7 @@ def _micro_batch() -> dict:
 
 def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     """Per setting of algo.fused_output, one GRPO update's loss and gradients (no optimizer step) and
-    the log-prob pass, of the same model. ``on_policy``: the update scores its own old log-probs."""
+    the log-prob pass, of the same model. ``on_policy``: no old log-probs, the loss takes its own."""
     model_cfg = ModelConfig(vocab_size=VOCAB, **model_kw)
     parallel_cfg = ParallelConfig(**parallel_kw)
     init_distributed(parallel_cfg, model_cfg, seed=3)
@@ -58,7 +58,7 @@ def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     losses = []
 
     def recording_step(data_iterator, model):
-        output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, on_policy, data_iterator, model)
+        output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, data_iterator, model)
 
         def recorded(out):
             loss, stats = loss_func(out)
@@ -70,6 +70,8 @@ def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     for fused in (False, True):
         trainer.algo.fused_output = fused
         mb = _micro_batch()
+        if on_policy:
+            del mb["old_logp"]
         logp = trainer.updater.forward_logp(engine, [dict(mb)])[0]
         for m in engine.model:
             m.zero_grad_buffer()
