@@ -39,9 +39,11 @@ def compiled_extensions() -> dict:
         sys.stderr.write("r1hpc: torch is not importable in this build environment, so the compiled sampler "
                          "(csrc/) is not built; install torch first, then r1hpc with --no-build-isolation\n")
         return {}
+    # -fopenmp: at::parallel_for's OpenMP regions (they join the libgomp torch loads)
     ext = [cpp_extension.CppExtension("r1hpc._cpu_sampling", ["csrc/sampler_cpu.cpp"],
-                                      extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math"]),
-           cpp_extension.CppExtension(  # -fopenmp: at::parallel_for's OpenMP region (the libgomp torch loads)
+                                      extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"],
+                                      extra_link_args=["-fopenmp"]),
+           cpp_extension.CppExtension(
                "r1hpc._cpu_attention", ["csrc/paged_attention_cpu.cpp"],
                extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math"], extra_link_args=["-fopenmp"])]
     if torch.version.cuda and cpp_extension.CUDA_HOME and _cuda_targets_known(torch):

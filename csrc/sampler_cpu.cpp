@@ -1,4 +1,4 @@
-// The sampler's contract (sampler_common.h) on the CPU, one row after another.
+// The sampler's contract (sampler_common.h) on the CPU, rows spread over torch's intra-op threads.
 //
 // Per row: the max, then the log-sum-exp and entropy sums (a vectorized float exp into double
 // lanes), then the Gumbel-max draw, which computes Philox words and logs only for tokens that can
@@ -9,6 +9,7 @@
 // draw token for token against a plain Python reading of the contract. Module r1hpc._cpu_sampling.
 // Light headers, not torch/extension.h (the whole C++ frontend): the install compiles in about half the time.
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/csrc/utils/pybind.h>
@@ -240,10 +241,14 @@ void sample_rows(const at::Tensor& logits, const Params& p, const int64_t* reque
                  float* entropies) {
   const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0);
   const T* base = logits.data_ptr<T>();
-  for (int64_t r = 0; r < B; ++r) {  // rows one after another: a rank's other cores serve its peers
-    sample_row(Row<T>{base + r * stride}, V, p, static_cast<uint64_t>(requests[r]), tokens + r, logps + r,
-               entropies + r);
-  }
+  // rows over torch's intra-op threads (each rank's own: torch.set_num_threads); a row's draw depends on
+  // its request, step and logits only, so the thread count never changes a result
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      sample_row(Row<T>{base + r * stride}, V, p, static_cast<uint64_t>(requests[r]), tokens + r, logps + r,
+                 entropies + r);
+    }
+  });
 }
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,

@@ -14,7 +14,7 @@ units with fp32 accumulation (:func:`_bf16_operand_products`): same operands, sa
 ``impl``: 'torch' runs the tiles here; 'triton' runs the forward stats and the softmax part of the
 backward as the kernels of :mod:`r1hpc.triton_kernels.fused_linear` (logit tiles stay on chip); the
 vocab-parallel merge, the objective and the one-hot target term of the backward are this module's
-either way. 'auto' follows :func:`r1hpc.algo.loss.resolve_impl` (Triton on CUDA,
+either way. 'auto' follows :func:`r1hpc.algo.params.resolve_impl` (Triton on CUDA,
 ``$R1HPC_GRPO_LOSS_IMPL`` overrides).
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from r1hpc.algo.loss import loss_metrics, resolve_impl
+from r1hpc.algo.loss import loss_metrics
 from r1hpc.algo.objective import token_objective
-from r1hpc.algo.params import GRPOLossParams, Impl
+from r1hpc.algo.params import GRPOLossParams, Impl, resolve_impl
 from r1hpc.algo.vocab_parallel import EMPTY_STATS, combine_shard_stats, stats_to_logp_entropy
 
 #: Vocabulary columns per tile (fewer when the shard is smaller).

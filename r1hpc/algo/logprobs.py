@@ -8,8 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from r1hpc.algo.loss import resolve_impl
-from r1hpc.algo.params import Impl
+from r1hpc.algo.params import Impl, resolve_impl
 from r1hpc.algo.vocab_parallel import combine_shard_stats, logp_entropy, stats_to_logp_entropy
 
 

@@ -4,7 +4,6 @@ them take the scalar settings as one :class:`GRPOLossParams`."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Literal, Optional
 
 import torch
@@ -13,13 +12,13 @@ from torch import Tensor
 
 from r1hpc.algo.advantages import Estimator
 from r1hpc.algo.kl import KLKind
+from r1hpc.algo.logprobs import token_logp
 from r1hpc.algo.objective import token_objective
-from r1hpc.algo.params import GRPOLossParams, Impl
+from r1hpc.algo.params import GRPOLossParams, Impl, resolve_impl
 from r1hpc.algo.vocab_parallel import logp_entropy
 from r1hpc.config import ConfigError
 
 AggMode = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
-IMPL_ENV = "R1HPC_GRPO_LOSS_IMPL"
 
 
 @dataclasses.dataclass
@@ -169,18 +168,6 @@ def grpo_token_loss_reference(
                            tis_weight=tis_weight)
 
 
-def resolve_impl(impl: Impl, logits: Tensor) -> str:
-    """Explicit 'triton'/'torch' wins; 'auto' follows $R1HPC_GRPO_LOSS_IMPL, else Triton on CUDA."""
-    if impl == "auto":
-        impl = os.environ.get(IMPL_ENV, "") or ("triton" if logits.is_cuda else "torch")
-    if impl not in ("triton", "torch"):
-        raise ValueError(f"grpo_loss impl must be 'auto', 'triton' or 'torch', got {impl!r}")
-    if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("grpo_loss impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-                         f"the kernels are imported); use impl='torch' on {logits.device}")
-    return impl
-
-
 def loss_metrics(tok: dict[str, Tensor], active: Tensor) -> dict[str, Tensor]:
     """Detached metrics: per-token logp/entropy/kl/ratio (0 where weight is 0) and scalars over
     the tokens with weight != 0, as 0-d tensors (no host sync)."""
@@ -233,7 +220,6 @@ def grpo_loss(
     """
     active = weights != 0
     if resolve_impl(params.impl, logits) == "triton":
-        from r1hpc.algo.logprobs import token_logp  # imports this module
         from r1hpc.triton_kernels.grpo_loss import triton_grpo_loss
 
         if old_logp is None:  # the kernel takes old log-probs: on-policy, the current ones (one more read)

@@ -4,11 +4,15 @@ instead of the same eight keywords, and :meth:`r1hpc.algo.AlgoConfig.loss_params
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Literal, Optional
+
+from torch import Tensor
 
 from r1hpc.algo.kl import KLKind
 
 Impl = Literal["auto", "triton", "torch"]
+IMPL_ENV = "R1HPC_GRPO_LOSS_IMPL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,3 +31,15 @@ class GRPOLossParams:
     kl_kind: KLKind = "k3"
     entropy_coef: float = 0.0
     impl: Impl = "auto"
+
+
+def resolve_impl(impl: Impl, logits: Tensor) -> str:
+    """Explicit 'triton'/'torch' wins; 'auto' follows $R1HPC_GRPO_LOSS_IMPL, else Triton on CUDA."""
+    if impl == "auto":
+        impl = os.environ.get(IMPL_ENV, "") or ("triton" if logits.is_cuda else "torch")
+    if impl not in ("triton", "torch"):
+        raise ValueError(f"grpo_loss impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("grpo_loss impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"the kernels are imported); use impl='torch' on {logits.device}")
+    return impl

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from r1hpc.algo import GRPOLossParams, grpo_loss, loss as loss_mod, token_logp, vocab_parallel
+from r1hpc.algo import GRPOLossParams, grpo_loss, params as params_mod, token_logp, vocab_parallel
 from tests.algo.dist_utils import run_gloo
 from tests.algo.harness import assert_matches_reference, assert_token_logp_matches_reference, make_inputs, tp_check
 
@@ -70,17 +70,17 @@ def test_empty_batch():
 
 def test_impl_resolution(monkeypatch):
     x = torch.zeros(2, 3)
-    monkeypatch.delenv(loss_mod.IMPL_ENV, raising=False)
+    monkeypatch.delenv(params_mod.IMPL_ENV, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert loss_mod.resolve_impl("auto", x) == "torch"
-    monkeypatch.setenv(loss_mod.IMPL_ENV, "triton")
-    assert loss_mod.resolve_impl("auto", x) == "triton"
-    assert loss_mod.resolve_impl("torch", x) == "torch"  # an explicit choice wins
+    assert params_mod.resolve_impl("auto", x) == "torch"
+    monkeypatch.setenv(params_mod.IMPL_ENV, "triton")
+    assert params_mod.resolve_impl("auto", x) == "triton"
+    assert params_mod.resolve_impl("torch", x) == "torch"  # an explicit choice wins
     with pytest.raises(ValueError):
-        loss_mod.resolve_impl("cuda", x)  # type: ignore[arg-type]
+        params_mod.resolve_impl("cuda", x)  # type: ignore[arg-type]
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="needs CUDA"):
-        loss_mod.resolve_impl("triton", x)
+        params_mod.resolve_impl("triton", x)
 
 
 @pytest.mark.multiproc

@@ -179,6 +179,25 @@ def test_a_requests_draw_does_not_depend_on_its_batch_neighbours():
     assert torch.equal(alone, full[0:64:7])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_spread_over_threads_draw_what_one_thread_draws(dtype):
+    """Rows are sampled in parallel over torch's threads: every thread count gives the same tokens,
+    log-probs and entropies (an odd row count, so the threads get unequal shares)."""
+    g = torch.Generator().manual_seed(8)
+    logits, ids = (torch.randn(37, 4000, generator=g) * 3).to(dtype), torch.randint(0, 2**40, (37,), generator=g)
+    kw = dict(seed=3, step=5, temperature=0.9, top_k=0, top_p=0.95)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = draw(logits, ids=ids, **kw)
+        torch.set_num_threads(3)
+        several = draw(logits, ids=ids, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, several):
+        assert torch.equal(a, b)
+
+
 def test_strided_rows_equal_contiguous_ones():
     """generate() passes logits[:, :vocab_size], a view with the TP vocab padding between rows."""
     padded = torch.randn(32, 128, generator=torch.Generator().manual_seed(8))
