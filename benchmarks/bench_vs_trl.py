@@ -5,7 +5,9 @@ wheel, dequantised to fp32 once (``r1hpc.model.hf.gguf.dequantize_to_hf``); r1hp
 file (``r1hpc convert``), TRL loads the HF folder it writes. Same prompts (the first
 ``prompts x steps`` GSM8K training problems, in the model's chat template with the recipe's system
 prompt), group size, max new tokens, temperature 1.0, micro-batch, one AdamW step per GRPO step
-(lr 1e-6, betas 0.9/0.95, clip 1.0), token-mean loss (TRL's ``dapo``), beta 0, fp32, and the same
+(lr 1e-6, betas 0.9/0.95, clip 1.0), token-mean loss (TRL's ``dapo``), beta 0, fp32 (``--dtype bf16``:
+mixed precision on both sides, each its own way: megatron's bf16 weights with fp32 main weights in the
+optimizer, TRL's ``bf16=True`` autocast over fp32 weights), and the same
 reward (r1hpc's math reward with GSM8K's fallbacks). Each side runs as its own process with 2 torch
 threads; its peak RSS comes from ``wait4``. Reports per step: seconds split into generation
 (rollout + reward) and update (log-probs + optimizer step), generated tokens, tokens/s (generated
