@@ -11,9 +11,9 @@ than ``-inf`` so that a row with every key masked (a left-padding query in a bat
 finite, as megatron's ``-10000`` fill keeps it; no real token attends to such a row.
 
 On a CPU, attention with autograd in bf16 runs in fp32 (:func:`_compute_dtype`): torch's CPU flash
-attention backward is about twice as slow in bf16 as in fp32 (a 8 x 9 heads x 156-token forward and
-backward: 21 vs 11 ms on a Xeon), and fp32 is the more precise of the two; the context is handed
-back in bf16. Forwards without autograd (rollouts) stay in bf16, where the kernel is the faster one.
+attention backward is about twice as slow in bf16 as in fp32 (8 sequences, 9 heads, 156 tokens,
+forward and backward: 21 vs 11 ms on a Xeon), and fp32 is the more precise of the two; the context
+is handed back in bf16. Forwards without autograd (rollouts) stay in bf16, where the kernel is the faster one.
 
 Cases SDPA does not express exactly fall back to megatron's forward: attention dropout while
 training (megatron draws it from its model-parallel RNG streams), softmax offsets, sliding windows,
