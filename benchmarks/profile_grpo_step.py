@@ -6,7 +6,7 @@ run in this process with the same overrides as ``benchmarks/bench_vs_trl.py``.
     python benchmarks/profile_grpo_step.py --work runs/bench_vs_trl --out runs/profile_grpo_step
 
 Writes ``ops_step<N>.txt`` and ``ops_by_shape_step<N>.txt`` into ``--out`` and prints each step's
-timing metrics. Profiling adds per-operator overhead: read the tables for proportions, not seconds.
+timing metrics. Runs under tcmalloc where installed, as ``r1hpc train`` does (r1hpc.launch.allocator). Profiling adds per-operator overhead: read the tables for proportions, not seconds.
 """
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args()
+    from r1hpc.launch.allocator import reexec_under_tcmalloc
+
+    reexec_under_tcmalloc(sys.argv[1:], program=[sys.executable, str(Path(__file__).resolve())])  # as r1hpc train runs
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt = work / "smollm2_135m_instruct"

@@ -56,10 +56,11 @@ def compute_allocator(environ: Mapping[str, str] = os.environ) -> str:
     return (tcmalloc_env(environ, find_tcmalloc()) or environ).get("LD_PRELOAD") or GLIBC
 
 
-def reexec_under_tcmalloc(args: list[str]) -> None:
-    """Replace this process by ``python -m r1hpc.cli args`` under tcmalloc; returns where that does not apply."""
+def reexec_under_tcmalloc(args: list[str], program: Optional[list[str]] = None) -> None:
+    """Replace this process by ``program args`` (default ``python -m r1hpc.cli``) under tcmalloc;
+    returns where that does not apply."""
     env = tcmalloc_env(os.environ, find_tcmalloc())
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "r1hpc.cli", *args], env)
+        os.execve(sys.executable, [*(program or [sys.executable, "-m", "r1hpc.cli"]), *args], env)

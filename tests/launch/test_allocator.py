@@ -45,3 +45,19 @@ def test_info_names_the_allocator():
     from r1hpc.info import _allocator
 
     assert _allocator().startswith("tcmalloc" if find_tcmalloc() else "glibc")
+
+
+@pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed (scripts/install_system_deps.sh)")
+def test_a_script_reexecutes_itself_under_tcmalloc(tmp_path):
+    """``program``: a script (benchmarks/profile_grpo_step.py does this) replaces itself by itself under
+    tcmalloc, with its arguments, once."""
+    script = tmp_path / "probe.py"
+    script.write_text("import os, sys\n"
+                      "from r1hpc.launch.allocator import reexec_under_tcmalloc\n"
+                      "print('run', sys.argv[1:], os.environ.get('LD_PRELOAD', ''), flush=True)\n"
+                      "reexec_under_tcmalloc(sys.argv[1:], program=[sys.executable, __file__])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "R1HPC_ALLOCATOR")}
+    out = subprocess.run([sys.executable, str(script), "--a", "1"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["run ['--a', '1'] ", f"run ['--a', '1'] {find_tcmalloc()}"]
