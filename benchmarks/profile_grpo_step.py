@@ -6,7 +6,9 @@ run in this process with the same overrides as ``benchmarks/bench_vs_trl.py``.
     python benchmarks/profile_grpo_step.py --work runs/bench_vs_trl --out runs/profile_grpo_step
 
 Writes ``ops_step<N>.txt`` and ``ops_by_shape_step<N>.txt`` into ``--out`` and prints each step's
-timing metrics. Runs under tcmalloc where installed, as ``r1hpc train`` does (r1hpc.launch.allocator). Profiling adds per-operator overhead: read the tables for proportions, not seconds.
+timing metrics. Runs under tcmalloc where installed, as ``r1hpc train`` does
+(r1hpc.launch.allocator). Profiling adds per-operator overhead: read the tables for proportions, not
+seconds.
 """
 from __future__ import annotations
 
