@@ -77,7 +77,11 @@ def describe_device() -> dict:
             name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         except (OSError, StopIteration):
             name = platform.processor() or platform.machine()
-        name = f"CPU {name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        from r1hpc.model.cpu_linear import cpu_matrix_flags
+
+        # the model name of a virtual CPU is often generic; the flags say which product units it has
+        flags = ", ".join(cpu_matrix_flags()) or "no AVX2"
+        name = f"CPU {name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads; {flags})"
     return {"device": name, "loadavg_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 

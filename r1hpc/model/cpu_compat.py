@@ -198,6 +198,7 @@ def apply() -> list[Patch]:
            "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce")
     _patch_all_to_all()
     _patch_skinny_linears()
+    _patch_moe_layer()
     _patch_checkpoint_writer(series)
     if series.dynamic_engine_cpu:
         from r1hpc.model import cpu_inference
@@ -307,6 +308,17 @@ def _patch_skinny_linears() -> None:
         return  # MKL's own product: neither path was measured faster here
     for fname in ("linear_with_frozen_weight", "linear_with_grad_accumulation_and_async_allreduce"):
         _patch(layers, fname, wrap(getattr(layers, fname)), why)
+
+
+def _patch_moe_layer() -> None:
+    from megatron.core.transformer.moe import moe_layer
+
+    from r1hpc.model.cpu_moe import local_moe_forward
+
+    _patch(moe_layer.MoELayer, "forward", local_moe_forward(moe_layer.MoELayer.forward),
+           "without autograd the dispatcher's permute/sort/unpermute bookkeeping is most of a CPU decode step's "
+           "MoE layer; with every expert local, route and run each expert's rows directly (same output bit for "
+           "bit; r1hpc.model.cpu_moe)")
 
 
 def _patch_all_to_all() -> None:

@@ -12,7 +12,7 @@ vendor, so the fix depends on the vendor (``vendor_id`` in ``/proc/cpuinfo``):
   (:func:`packed_linear_weights`, :func:`packed_when_decoding`), 4-32 rows: on a 2-core Xeon the
   output layer 1.3-3x, fc1 1.4-1.8x, qkv even, proj and fc2 0.7-1.0x at 4-12 rows with the weights
   from cache; a whole SmolLM2 rollout of 16 rows x 64 tokens 7.2 -> 6.1 s. Below 4 rows MKL's own
-  product is at the bandwidth already and stays. bf16 weights too (a bf16 model's rollouts): 16 rows,
+  product is at the bandwidth already and stays, and so do weights under :data:`PACKED_MIN_WEIGHT`. bf16 weights too (a bf16 model's rollouts): 16 rows,
   weights from cache, fc1 128 -> 69 us, qkv 52 -> 27 us, the output layer 2.3 -> 1.4 ms; a bf16
   SmolLM2 rollout of 16 rows x 64 tokens inside ``r1hpc train`` 6.0 -> 5.4 s.
 
@@ -33,18 +33,38 @@ import torch
 SKINNY_ROWS = 8
 #: Rows for which the oneDNN product on blocked weights is used (fewer: MKL's own is at bandwidth).
 PACKED_ROWS = (4, 32)
+#: Weights (elements) from which a blocked copy is made: oneDNN's call costs about 15 us more than
+#: MKL's, which smaller products do not win back (a 512 x 256 weight: 37 against 33 us at 16 rows).
+PACKED_MIN_WEIGHT = 1 << 18
+
+
+def _first_processor_field(key: str, cpuinfo: str | None) -> str | None:
+    """``key``'s value for the first processor in ``/proc/cpuinfo`` (or the given text); None if unknown."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(8192)
+        except OSError:
+            return None
+    values = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.split(":", 1)[0].strip() == key]
+    return values[0] if values else None
 
 
 def cpu_vendor(cpuinfo: str | None = None) -> str | None:
     """``vendor_id`` of the first processor in ``/proc/cpuinfo`` (or the given text); None if unknown."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read(4096)
-        except OSError:
-            return None
-    vendors = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("vendor_id")]
-    return vendors[0] if vendors else None
+    return _first_processor_field("vendor_id", cpuinfo)
+
+
+#: CPU flags that set how fast fp32 and bf16 products run: without ``avx512_bf16`` or ``amx_bf16`` a
+#: bf16 product is slower than an fp32 one (768 x 576 x 3072: 46 against 9 ms on a 2-core Xeon with
+#: AVX-512 only; with AMX 6-7x faster than fp32).
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_matrix_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of :data:`MATRIX_FLAGS` the first processor in ``/proc/cpuinfo`` (or the given text) has."""
+    flags = set((_first_processor_field("flags", cpuinfo) or "").split())
+    return [flag for flag in MATRIX_FLAGS if flag in flags]
 
 
 def weight_major_pays_off(cpuinfo: str | None = None) -> bool:
@@ -67,27 +87,47 @@ def skinny_matmul(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.matmul(weight, x.t()).t().contiguous().view(*input.shape[:-1], weight.shape[0])
 
 
-def _decode_sized(input: torch.Tensor, args: tuple, kwargs: dict, low: int, high: int) -> bool:
-    """Whether a call of megatron's linear function may take a decode path: no autograd, no
-    sequence parallelism (whose input must be all-gathered first), a CPU input of ``low`` to ``high`` rows."""
-    rows = input.numel() // max(input.shape[-1], 1)
-    return (not torch.is_grad_enabled() and not args and not kwargs.get("sequence_parallel")
-            and input.device.type == "cpu" and low <= rows <= high)
+# (input, weight) -> input @ weight.T on this CPU's decode path, or None where it does not apply; set
+# by the wrapper installed on megatron's linear functions
+_decode_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
+
+
+def decode_matmul(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``input @ weight.T`` in a forward without autograd, computed as megatron's linear functions
+    compute it on this CPU: the installed decode path where it applies, else megatron's own product."""
+    output = _decode_product(input, weight) if _decode_product is not None and input.device.type == "cpu" else None
+    return torch.matmul(input, weight.t()) if output is None else output
+
+
+def _taking_decode_product(linear: Callable, product: Callable) -> Callable:
+    """``linear`` (megatron's linear function) computing ``product`` instead for calls without autograd
+    and sequence parallelism (whose input must be all-gathered first) on a CPU, where it applies;
+    ``product`` becomes :func:`decode_matmul`'s too."""
+    global _decode_product
+    _decode_product = product
+
+    @functools.wraps(linear)
+    def wrapper(input, weight, bias=None, *args, **kwargs):
+        output = None
+        if not torch.is_grad_enabled() and not args and not kwargs.get("sequence_parallel") and input.device.type == "cpu":
+            output = product(input, weight)
+        if output is None:
+            return linear(input, weight, bias, *args, **kwargs)
+        return output + bias if bias is not None else output
+
+    return wrapper
 
 
 def weight_major_when_skinny(linear: Callable) -> Callable:
     """Wrap megatron's ``linear_with_frozen_weight`` or ``linear_with_grad_accumulation_and_async_allreduce``:
     without autograd, without sequence parallelism (whose input must be all-gathered first) and with
     2 to :data:`SKINNY_ROWS` rows, compute the product weight-major; otherwise call megatron's."""
+    return _taking_decode_product(linear, _weight_major_product)
 
-    @functools.wraps(linear)
-    def wrapper(input, weight, bias=None, *args, **kwargs):
-        if not _decode_sized(input, args, kwargs, 2, SKINNY_ROWS):
-            return linear(input, weight, bias, *args, **kwargs)
-        output = skinny_matmul(input, weight)
-        return output + bias if bias is not None else output
 
-    return wrapper
+def _weight_major_product(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    rows = input.numel() // max(input.shape[-1], 1)
+    return skinny_matmul(input, weight) if 2 <= rows <= SKINNY_ROWS else None
 
 
 # weight's data address -> (its shape, oneDNN-blocked copy), filled only inside packed_linear_weights
@@ -108,7 +148,8 @@ def _linear_weights(model: torch.nn.Module) -> Iterator[torch.Tensor]:
             weight = module.weight
         elif isinstance(module, LanguageModule) and module.post_process and module.share_embeddings_and_output_weights:
             weight = module.shared_embedding_or_output_weight()
-        if weight is not None and weight.dim() == 2 and weight.dtype in _PACKED_DTYPES and weight.device.type == "cpu":
+        if (weight is not None and weight.dim() == 2 and weight.dtype in _PACKED_DTYPES and weight.device.type == "cpu"
+                and weight.numel() >= PACKED_MIN_WEIGHT):
             yield weight
 
 
@@ -144,12 +185,12 @@ def packed_when_decoding(linear: Callable) -> Callable:
     :data:`PACKED_ROWS` rows, multiply by the weight's blocked copy; otherwise call megatron's."""
     global _packing_installed
     _packing_installed = True
+    return _taking_decode_product(linear, _packed_decode_product)
 
-    @functools.wraps(linear)
-    def wrapper(input, weight, bias=None, *args, **kwargs):
-        entry = _packed.get(weight.data_ptr()) if _packed else None
-        if entry is None or entry[0] != weight.shape or not _decode_sized(input, args, kwargs, *PACKED_ROWS):
-            return linear(input, weight, bias, *args, **kwargs)
-        return packed_product(input, entry[1], bias, weight.shape[0])
 
-    return wrapper
+def _packed_decode_product(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    entry = _packed.get(weight.data_ptr()) if _packed else None
+    rows = input.numel() // max(input.shape[-1], 1)
+    if entry is None or entry[0] != weight.shape or not PACKED_ROWS[0] <= rows <= PACKED_ROWS[1]:
+        return None
+    return packed_product(input, entry[1], None, weight.shape[0])

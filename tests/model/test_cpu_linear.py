@@ -43,7 +43,8 @@ def _megatron_linear():
     return weight_major_when_skinny(linear), calls
 
 
-def test_only_no_grad_skinny_calls_take_the_weight_major_path():
+def test_only_no_grad_skinny_calls_take_the_weight_major_path(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "_decode_product", None)  # installing the wrapper sets it
     wrapped, calls = _megatron_linear()
     w, b = torch.randn(64, 32, requires_grad=True), torch.randn(64)
     few, many = torch.randn(1, 4, 32), torch.randn(1, SKINNY_ROWS + 1, 32)
@@ -59,10 +60,11 @@ def test_only_no_grad_skinny_calls_take_the_weight_major_path():
     assert calls[-1] == (1, 4, 32) and out.requires_grad
 
 
-def _patched_gpt_decode(params_dtype: str) -> dict:
-    """A megatron GPT decode step of 4 rows under the CPU patches, inside a rollout's packed weights:
-    which weights went weight-major, which went through their packed copy, and the logits against
-    the same forward with autograd on (megatron's own products); the packed copies left after it."""
+def _patched_gpt_decode(params_dtype: str, packed_min_weight: int) -> dict:
+    """A megatron GPT decode step of 4 rows under the CPU patches, inside a rollout's packed weights
+    (weights of ``packed_min_weight`` elements or more): which weights went weight-major, which went
+    through their packed copy, and the logits against the same forward with autograd on (megatron's
+    own products); the packed copies left after it."""
     from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
     from r1hpc.model.config import ModelConfig
     from r1hpc.model.cpu_compat import PATCHES
@@ -72,6 +74,7 @@ def _patched_gpt_decode(params_dtype: str) -> dict:
                       max_seq_length=32, params_dtype=params_dtype)
     init_distributed(ParallelConfig(), cfg, seed=0)
     model = build_model(cfg, ParallelConfig()).eval()
+    cpu_linear.PACKED_MIN_WEIGHT = packed_min_weight
     weight_major, packed = [], []
     originals = cpu_linear.skinny_matmul, cpu_linear.packed_product
     cpu_linear.skinny_matmul = lambda x, w: weight_major.append(tuple(w.shape)) or originals[0](x, w)
@@ -89,8 +92,11 @@ def _patched_gpt_decode(params_dtype: str) -> dict:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the patches apply only without CUDA")
 @pytest.mark.parametrize("params_dtype, tol", [("fp32", 1e-5), ("bf16", BF16_LOGITS_TOL)])
-def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu(params_dtype, tol):
-    (out,) = run_workers(_patched_gpt_decode, 1, params_dtype)
+@pytest.mark.parametrize("small_weights_packed", [True, False])
+def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu(params_dtype, tol, small_weights_packed):
+    # this model's weights (at most 256 x 64) are below PACKED_MIN_WEIGHT: packed only when it is lowered
+    min_weight = 0 if small_weights_packed else cpu_linear.PACKED_MIN_WEIGHT
+    (out,) = run_workers(_patched_gpt_decode, 1, params_dtype, min_weight)
     # per layer qkv, proj, fc1, fc2, then the output layer (vocabulary padded to 256)
     every_weight = [(192, 64), (64, 64), (256, 64), (64, 128)] * 2 + [(256, 64)]
     if cpu_linear.weight_major_pays_off():
@@ -98,7 +104,7 @@ def test_megatron_decode_step_takes_the_path_measured_faster_on_this_cpu(params_
         assert (out["weight_major"], out["packed"]) == (every_weight, [])
     elif cpu_linear.packing_pays_off():
         assert len(out["patched"]) == 2 and all("oneDNN" in why for why in out["patched"])
-        assert (out["weight_major"], out["packed"]) == ([], every_weight)
+        assert (out["weight_major"], out["packed"]) == ([], every_weight if small_weights_packed else [])
     else:  # MKL's own product: nothing patched
         assert (out["patched"], out["weight_major"], out["packed"]) == ([], [], [])
     assert out["left_packed"] == 0  # the copies live only inside packed_linear_weights
@@ -115,6 +121,7 @@ def test_packed_path_only_for_no_grad_calls_of_4_to_32_rows_inside_a_rollout(mon
         return out + bias if bias is not None else out
 
     monkeypatch.setattr(cpu_linear, "_packing_installed", False)
+    monkeypatch.setattr(cpu_linear, "_decode_product", None)
     wrapped = cpu_linear.packed_when_decoding(linear)
     assert cpu_linear._packing_installed
     w, b = torch.randn(64, 32, requires_grad=True), torch.randn(64)
@@ -126,6 +133,8 @@ def test_packed_path_only_for_no_grad_calls_of_4_to_32_rows_inside_a_rollout(mon
                             (w.shape, torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)))
         for x in (few, many):
             torch.testing.assert_close(wrapped(x, w, b, sequence_parallel=False), x @ w.t() + b, rtol=1e-5, atol=1e-5)
+            # decode_matmul (the direct MoE experts' products) takes the same path: the packed copy's bits
+            assert torch.equal(cpu_linear.decode_matmul(x, w), wrapped(x, w, None, sequence_parallel=False))
         wrapped(too_few, w, b, sequence_parallel=False)
         wrapped(torch.randn(1, high + 1, 32), w, b, sequence_parallel=False)
         wrapped(few, w, b, sequence_parallel=True)  # its input must be all-gathered first: megatron's
@@ -140,3 +149,11 @@ def test_weight_major_on_amd_packed_on_intel(vendor, weight_major, packing):
     cpuinfo = "processor\t: 0\n" + (f"vendor_id\t: {vendor}\n" if vendor else "") + "model name\t: x\n"
     assert cpu_linear.weight_major_pays_off(cpuinfo) is weight_major
     assert cpu_linear.packing_pays_off(cpuinfo) is packing
+
+
+def test_matrix_flags_read_from_the_flags_line_only():
+    cpuinfo = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile amx_bf16\n"
+               "vmx flags\t: avx512_bf16\nprocessor\t: 1\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16\n")
+    # the first processor's flags line; "vmx flags" (hypervisor features) is another line
+    assert cpu_linear.cpu_matrix_flags(cpuinfo) == ["avx2", "avx512f", "amx_bf16"]
+    assert cpu_linear.cpu_matrix_flags("processor\t: 0\n") == []
