@@ -113,6 +113,17 @@ def _rollout_sampler() -> str:
     return describe(RolloutConfig().sampler)
 
 
+def _cpu_matrix_units(cpuinfo: str | None = None) -> str:
+    """The CPU's matrix-product flags, and whether a bf16 model would be slower than an fp32 one here."""
+    from r1hpc.model.cpu_linear import cpu_matrix_flags
+
+    flags = cpu_matrix_flags(cpuinfo)
+    if {"avx512_bf16", "amx_bf16"} & set(flags):
+        return ", ".join(flags)
+    return (f"{', '.join(flags) or 'no AVX2'} (no avx512_bf16 or amx_bf16: bf16 products run slower than fp32 on "
+            "this CPU, so keep model.params_dtype fp32 here)")
+
+
 def _launch() -> dict:
     from r1hpc.distributed import detect_launch_env
 
@@ -157,6 +168,7 @@ def _collect() -> dict:
         "cpu paged attention extension": _probe(lambda: _extension(CPU_ATTENTION_EXTENSION)),
         "rollout sampler": _probe(_rollout_sampler),
         "host allocator (compute commands)": _probe(_allocator),
+        "cpu matrix units": _probe(_cpu_matrix_units),
         "launch": _probe(_launch),
         "transformer impl (default model)": _probe(_transformer_impl),
         "cpu compat patches": _probe(_cpu_patches),

@@ -66,3 +66,13 @@ def test_every_command_in_the_table_has_its_own_sub_parser():
     assert list(sub.choices) == list(COMMANDS)  # each table entry registered exactly its own name
     for name in COMMANDS:  # what `r1hpc <name> --help` prints
         assert sub.choices[name].format_help().startswith(f"usage: r1hpc {name}")
+
+def test_cpu_matrix_units_say_when_bf16_is_the_slower_dtype():
+    def cpuinfo(flags: str) -> str:
+        return f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu {flags}\n"
+
+    assert info._cpu_matrix_units(cpuinfo("avx2 avx512f avx512_bf16 amx_tile amx_bf16")) == \
+        "avx2, avx512f, avx512_bf16, amx_bf16"
+    assert info._cpu_matrix_units(cpuinfo("avx2 avx512f avx512_vnni")).startswith(
+        "avx2, avx512f (no avx512_bf16 or amx_bf16: bf16 products run slower than fp32")
+    assert info._cpu_matrix_units(cpuinfo("sse4_2")).startswith("no AVX2 (no avx512_bf16")
