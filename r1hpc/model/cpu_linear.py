@@ -12,9 +12,10 @@ vendor, so the fix depends on the vendor (``vendor_id`` in ``/proc/cpuinfo``):
   (:func:`packed_linear_weights`, :func:`packed_when_decoding`), 4-32 rows: on a 2-core Xeon the
   output layer 1.3-3x, fc1 1.4-1.8x, qkv even, proj and fc2 0.7-1.0x at 4-12 rows with the weights
   from cache; a whole SmolLM2 rollout of 16 rows x 64 tokens 7.2 -> 6.1 s. Below 4 rows MKL's own
-  product is at the bandwidth already and stays, and so do weights under :data:`PACKED_MIN_WEIGHT`. bf16 weights too (a bf16 model's rollouts): 16 rows,
-  weights from cache, fc1 128 -> 69 us, qkv 52 -> 27 us, the output layer 2.3 -> 1.4 ms; a bf16
-  SmolLM2 rollout of 16 rows x 64 tokens inside ``r1hpc train`` 6.0 -> 5.4 s.
+  product is at the bandwidth already and stays, and so do weights under :data:`PACKED_MIN_WEIGHT`.
+  bf16 weights too (a bf16 model's rollouts): 16 rows, weights from cache, fc1 128 -> 69 us, qkv
+  52 -> 27 us, the output layer 2.3 -> 1.4 ms; a bf16 SmolLM2 rollout of 16 rows x 64 tokens inside
+  ``r1hpc train`` 6.0 -> 5.4 s (a Xeon with AMX).
 
 ``benchmarks/bench_cpu_linear.py`` measures all three on SmolLM2-135M's shapes. Only forwards without
 autograd take these paths (rollouts, evaluation, the log-prob passes of frozen models); training's
@@ -109,7 +110,8 @@ def _taking_decode_product(linear: Callable, product: Callable) -> Callable:
     @functools.wraps(linear)
     def wrapper(input, weight, bias=None, *args, **kwargs):
         output = None
-        if not torch.is_grad_enabled() and not args and not kwargs.get("sequence_parallel") and input.device.type == "cpu":
+        if (not torch.is_grad_enabled() and not args and not kwargs.get("sequence_parallel")
+                and input.device.type == "cpu"):
             output = product(input, weight)
         if output is None:
             return linear(input, weight, bias, *args, **kwargs)

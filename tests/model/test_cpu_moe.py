@@ -44,8 +44,8 @@ def _moe_layer_both_ways(variants: list) -> list[dict]:
             layer.router.weight.copy_(torch.rand(4, 32, generator=g).to(dtype))
             layer.router.weight[3] = 0
         dispatched = []
-        layer.token_dispatcher.token_dispatch = (lambda original: lambda *a, **k: dispatched.append(1) or original(*a, **k)
-                                                 )(layer.token_dispatcher.token_dispatch)
+        original_dispatch = layer.token_dispatcher.token_dispatch
+        layer.token_dispatcher.token_dispatch = lambda *a, **k: dispatched.append(1) or original_dispatch(*a, **k)
         with torch.no_grad():
             direct, direct_bias = layer(hidden)
             dispatched_before = len(dispatched)
