@@ -67,6 +67,7 @@ def test_every_command_in_the_table_has_its_own_sub_parser():
     for name in COMMANDS:  # what `r1hpc <name> --help` prints
         assert sub.choices[name].format_help().startswith(f"usage: r1hpc {name}")
 
+
 def test_cpu_matrix_units_say_when_bf16_is_the_slower_dtype():
     def cpuinfo(flags: str) -> str:
         return f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu {flags}\n"
