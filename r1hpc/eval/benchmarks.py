@@ -73,12 +73,9 @@ def describe_device() -> dict:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
     else:
-        try:
-            name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        except (OSError, StopIteration):
-            name = platform.processor() or platform.machine()
-        from r1hpc.model.cpu_linear import cpu_matrix_flags
+        from r1hpc.model.cpu_linear import cpu_matrix_flags, cpuinfo_field
 
+        name = cpuinfo_field("model name") or platform.processor() or platform.machine()
         # the model name of a virtual CPU is often generic; the flags say which product units it has
         flags = ", ".join(cpu_matrix_flags()) or "no AVX2"
         name = f"CPU {name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads; {flags})"

@@ -39,7 +39,7 @@ PACKED_ROWS = (4, 32)
 PACKED_MIN_WEIGHT = 1 << 18
 
 
-def _first_processor_field(key: str, cpuinfo: str | None) -> str | None:
+def cpuinfo_field(key: str, cpuinfo: str | None = None) -> str | None:
     """``key``'s value for the first processor in ``/proc/cpuinfo`` (or the given text); None if unknown."""
     if cpuinfo is None:
         try:
@@ -53,7 +53,7 @@ def _first_processor_field(key: str, cpuinfo: str | None) -> str | None:
 
 def cpu_vendor(cpuinfo: str | None = None) -> str | None:
     """``vendor_id`` of the first processor in ``/proc/cpuinfo`` (or the given text); None if unknown."""
-    return _first_processor_field("vendor_id", cpuinfo)
+    return cpuinfo_field("vendor_id", cpuinfo)
 
 
 #: CPU flags that set how fast fp32 and bf16 products run: without ``avx512_bf16`` or ``amx_bf16`` a
@@ -64,7 +64,7 @@ MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 def cpu_matrix_flags(cpuinfo: str | None = None) -> list[str]:
     """Which of :data:`MATRIX_FLAGS` the first processor in ``/proc/cpuinfo`` (or the given text) has."""
-    flags = set((_first_processor_field("flags", cpuinfo) or "").split())
+    flags = set((cpuinfo_field("flags", cpuinfo) or "").split())
     return [flag for flag in MATRIX_FLAGS if flag in flags]
 
 
