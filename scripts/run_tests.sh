@@ -24,6 +24,7 @@ PY312_SUBSET=(tests/model/test_parallel_layouts.py "tests/train/test_grpo_parall
               tests/checkpoint/test_resume.py::test_sigkill_at_a_random_step_then_resume_is_bitwise_equal
               tests/checkpoint/test_resume.py::test_sigusr2_saves_exits_75_and_resume_continues
               tests/rollout tests/model/test_hf_weights.py tests/model/test_cpu_compat.py tests/model/test_cpu_moe.py
+              tests/model/test_cpu_layer.py tests/model/test_rope.py
               tests/model/test_mcore_compat.py
               tests/test_cli.py)
 source "$ROOT/scripts/setup_env.sh"

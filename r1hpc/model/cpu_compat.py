@@ -198,7 +198,7 @@ def apply() -> list[Patch]:
            "with PP > 1 and tied embeddings it moves the output-layer copy with .cuda() before the all-reduce")
     _patch_all_to_all()
     _patch_skinny_linears()
-    _patch_moe_layer()
+    _patch_direct_forwards()
     _patch_checkpoint_writer(series)
     if series.dynamic_engine_cpu:
         from r1hpc.model import cpu_inference
@@ -310,11 +310,25 @@ def _patch_skinny_linears() -> None:
         _patch(layers, fname, wrap(getattr(layers, fname)), why)
 
 
-def _patch_moe_layer() -> None:
+def _patch_direct_forwards() -> None:
+    """Forwards without autograd on a CPU that skip megatron's per-module machinery, output bit for bit."""
+    from megatron.core.tensor_parallel import layers
     from megatron.core.transformer.moe import moe_layer
+    from megatron.core.transformer.transformer_layer import TransformerLayer
 
+    from r1hpc.model.cpu_layer import plain_layer_forward
+    from r1hpc.model.cpu_linear import direct_column_forward, direct_row_forward
     from r1hpc.model.cpu_moe import local_moe_forward
 
+    why = ("without autograd and whole on the rank, a linear layer's identity TP communication calls and autograd "
+           "Function cost about 24 us a call, a third of a decode-sized product; compute its product directly (same "
+           "output bit for bit; r1hpc.model.cpu_linear)")
+    _patch(layers.ColumnParallelLinear, "forward", direct_column_forward(layers.ColumnParallelLinear.forward), why)
+    _patch(layers.RowParallelLinear, "forward", direct_row_forward(layers.RowParallelLinear.forward), why)
+    _patch(TransformerLayer, "forward", plain_layer_forward(TransformerLayer.forward),
+           "without autograd the layer's offload/recompute contexts, NVTX ranges and bias-dropout-add lookups cost "
+           "about 190 us a decode step's layer; call the plain pre-norm layer's submodules directly (same output bit "
+           "for bit; r1hpc.model.cpu_layer)")
     _patch(moe_layer.MoELayer, "forward", local_moe_forward(moe_layer.MoELayer.forward),
            "without autograd the dispatcher's permute/sort/unpermute bookkeeping is most of a CPU decode step's "
            "MoE layer; with every expert local, route and run each expert's rows directly (same output bit for "

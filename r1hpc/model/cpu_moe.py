@@ -67,20 +67,24 @@ def local_moe_forward(forward: Callable) -> Callable:
 def routed_experts(layer: torch.nn.Module, tokens: torch.Tensor, probs: torch.Tensor, routing_map: torch.Tensor
                    ) -> torch.Tensor:
     """Sum over each token's experts of probability x expert(token), for ``tokens`` [n, h] and the
-    router's dense ``probs`` and ``routing_map`` [n, experts]."""
+    router's dense ``probs`` and ``routing_map`` [n, experts]. Each routed (expert, token) pair's row and
+    probability are gathered once for all experts, in megatron's permutation order (expert-major)."""
     cfg = layer.config
     output = torch.zeros_like(tokens)
-    routed = routing_map.t().nonzero()  # (expert, token) pairs, expert-major: megatron's permutation order
-    for expert_index, (expert, rows) in enumerate(zip(layer.experts.local_experts,
-                                                      routed[:, 1].split(routing_map.sum(0).tolist()))):
-        if not len(rows):
+    by_expert = routing_map.t()
+    counts = by_expert.sum(1).tolist()
+    rows = by_expert.nonzero()[:, 1]
+    per_expert = zip(layer.experts.local_experts, rows.split(counts), tokens.index_select(0, rows).split(counts),
+                     probs.t()[by_expert].unsqueeze(-1).split(counts))
+    for expert, expert_rows, inputs, expert_probs in per_expert:
+        if not len(expert_rows):
             continue
-        hidden = decode_matmul(tokens.index_select(0, rows), expert.linear_fc1.weight)
+        hidden = decode_matmul(inputs, expert.linear_fc1.weight)
         if cfg.gated_linear_unit:
             gate, linear = torch.chunk(hidden, 2, dim=-1)
             hidden = cfg.activation_func(gate) * (linear + cfg.glu_linear_offset)
         else:
             hidden = cfg.activation_func(hidden)
-        hidden = (hidden * probs[rows, expert_index].unsqueeze(-1)).to(tokens.dtype)
-        output.index_add_(0, rows, decode_matmul(hidden, expert.linear_fc2.weight))
+        hidden = (hidden * expert_probs).to(tokens.dtype)
+        output.index_add_(0, expert_rows, decode_matmul(hidden, expert.linear_fc2.weight))
     return output

@@ -22,6 +22,7 @@ from megatron.core.inference.text_generation_controllers.text_generation_control
 
 from r1hpc.config import ConfigError
 from r1hpc.device import HOST
+from r1hpc.model.rope import rope_table, rotate, unfused_bshd
 from r1hpc.model.routing_replay import RoutingRecorder
 from r1hpc.rollout.generate import DrawFn, Sample, make_draw
 from r1hpc.rollout.native import resolve_sampler
@@ -57,14 +58,14 @@ class UnpaddedContext(DynamicInferenceContext):
         self._rope_tables.clear()
 
     def apply_rotary_emb_query(self, query, query_emb, config, cu_seqlens_q, cp_group, mscale: float = 1.0):
-        if cu_seqlens_q is not None or not _unfused_bshd_rope(config):
+        if cu_seqlens_q is not None or not unfused_bshd(config):
             return super().apply_rotary_emb_query(query, query_emb, config, cu_seqlens_q, cp_group, mscale)
         n = self.padded_active_token_count
         query[:n] = self._rotate(query[:n], query_emb, self.token_to_pos_ids[:n], config, mscale)
         return query
 
     def apply_rotary_emb_key(self, key, key_emb, config, cp_group, mscale: float = 1.0):
-        if not _unfused_bshd_rope(config):
+        if not unfused_bshd(config):
             return super().apply_rotary_emb_key(key, key_emb, config, cp_group, mscale)
         n = self.padded_active_token_count
         rotated = self._rotate(key[:n], key_emb, self.token_to_position_in_request[:n], config, mscale)
@@ -75,20 +76,10 @@ class UnpaddedContext(DynamicInferenceContext):
 
     def _rotate(self, t: torch.Tensor, emb: torch.Tensor, positions: torch.Tensor, config, mscale: float):
         """megatron's ``_apply_rotary_pos_emb_bshd`` with the step's cos/sin tables cached."""
-        from megatron.core.models.common.embeddings.rope_utils import _rotate_half
-
         table = (emb.data_ptr(), positions.data_ptr(), mscale, t.dtype)
         if table not in self._rope_tables:
-            freqs = emb[positions]
-            self._rope_tables[table] = ((torch.cos(freqs) * mscale).to(t.dtype), (torch.sin(freqs) * mscale).to(t.dtype))
-        cos, sin = self._rope_tables[table]
-        rotated, passed = t[..., :cos.shape[-1]], t[..., cos.shape[-1]:]
-        return torch.cat(((rotated * cos) + (_rotate_half(rotated, config.rotary_interleaved) * sin), passed), dim=-1)
-
-
-def _unfused_bshd_rope(config) -> bool:
-    """Whether megatron rotates these (no packed sequences) with its unfused formula: no TE fusion, no MLA."""
-    return not config.apply_rope_fusion and not config.multi_latent_attention
+            self._rope_tables[table] = rope_table(emb[positions], mscale, t.dtype)
+        return rotate(t, *self._rope_tables[table], config.rotary_interleaved)
 
 
 class R1SamplingController(TextGenerationController):

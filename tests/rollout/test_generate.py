@@ -59,7 +59,8 @@ def test_a_group_prefills_its_prompt_once_and_samples_as_if_every_row_had():
 def test_keys_rotated_once_as_they_enter_the_cache_decode_bit_for_bit_as_megatrons():
     """r1hpc's self-attention rotates each key once, when it is stored in the static KV cache;
     megatron's rotates the whole cached history at every step. Same tokens, same log-probs to the
-    bit (RoPE is per position), one key position rotated per decode step instead of all of them."""
+    bit (RoPE is per position), one key position rotated per decode step instead of all of them. The
+    direct inference forward (both caches) gives megatron's forward's tokens and log-probs to the bit."""
     from tests.rollout.workers import rotated_key_cache_or_megatrons
 
     (out,) = run_workers(rotated_key_cache_or_megatrons, 1)
@@ -71,3 +72,7 @@ def test_keys_rotated_once_as_they_enter_the_cache_decode_bit_for_bit_as_megatro
         assert torch.equal(a, b)
     assert ours["decode_key_positions"] == 1
     assert megatrons["decode_key_positions"] > 10
+    if "dynamic" in ours:  # the paged cache's direct forward against megatron's
+        assert ours["dynamic"][0] == megatrons["dynamic"][0]
+        for a, b in zip(ours["dynamic"][1], megatrons["dynamic"][1]):
+            assert torch.equal(a, b)

@@ -96,12 +96,14 @@ def rotated_key_cache_or_megatrons() -> dict:
     """A sampled rollout (mixed prompt lengths, staggered stops: the cache is compacted mid-decode)
     with r1hpc's self-attention, which rotates keys as they enter the static KV cache, and again with
     the same weights through megatron's ``SelfAttention``, which rotates the whole cached history each
-    step; per way, the most key positions one decode-step RoPE call rotated."""
+    step; per way, the most key positions one decode-step RoPE call rotated, and where the dynamic
+    engine runs on a CPU, its rollout (3 rows for 8 requests) each way too."""
     from megatron.core.models.common.embeddings import rope_utils
     from megatron.core.transformer import attention
 
-    from r1hpc.model import rotated_kv_cache
+    from r1hpc.model import mcore_compat, rope, rotated_kv_cache
     from r1hpc.model.rotated_kv_cache import RotatedKeyCacheSelfAttention
+    from r1hpc.rollout.engines import generate_with
 
     model_cfg, parallel_cfg = ModelConfig(**MODEL), ParallelConfig()
     init_distributed(parallel_cfg, model_cfg, seed=3)
@@ -109,11 +111,14 @@ def rotated_key_cache_or_megatrons() -> dict:
     layers = [m for m in model.modules() if isinstance(m, RotatedKeyCacheSelfAttention)]
     rotated: list[tuple[int, int]] = []  # (positions, key heads) of each RoPE call
 
-    def counting(t, freqs, *args, **kwargs):
-        rotated.append((t.shape[0], t.shape[2]))
-        return rope_utils.apply_rotary_pos_emb(t, freqs, *args, **kwargs)
+    def counting(rope):
+        def counted(t, *args, **kwargs):
+            rotated.append((t.shape[0], t.shape[2]))
+            return rope(t, *args, **kwargs)
+        return counted
 
-    attention.apply_rotary_pos_emb = rotated_kv_cache.apply_rotary_pos_emb = counting
+    attention.apply_rotary_pos_emb = counting(rope_utils.apply_rotary_pos_emb)
+    rotated_kv_cache.rotate = counting(rope.rotate)
     out = {"layers": len(layers)}
     for way in ("rotated-cache", "megatron"):
         if way == "megatron":
@@ -127,6 +132,11 @@ def rotated_key_cache_or_megatrons() -> dict:
         key_calls = [n for n, heads in rotated if heads == MODEL["num_query_groups"]]
         out[way] = {"tokens": [s.response_ids for s in samples], "logprobs": [s.logprobs for s in samples],
                     "decode_key_positions": max(n for n in key_calls if n != prefill)}
-    attention.apply_rotary_pos_emb = rotated_kv_cache.apply_rotary_pos_emb = rope_utils.apply_rotary_pos_emb
+        if mcore_compat.features().dynamic_engine_cpu:  # the paged cache's forward, against megatron's too
+            samples = generate_with("dynamic", model, PROMPTS, vocab_size=97, stop_ids=list(range(0, 97, 5)),
+                                    temperature=1.0, max_new_tokens=10, max_seq_length=64,
+                                    generator=torch.Generator().manual_seed(5), sampler="native", max_batch_rows=3)
+            out[way]["dynamic"] = ([s.response_ids for s in samples], [s.logprobs for s in samples])
+    attention.apply_rotary_pos_emb, rotated_kv_cache.rotate = rope_utils.apply_rotary_pos_emb, rope.rotate
     destroy_distributed()
     return out
