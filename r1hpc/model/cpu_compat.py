@@ -321,7 +321,7 @@ def _patch_direct_forwards() -> None:
     from r1hpc.model.cpu_moe import local_moe_forward
 
     why = ("without autograd and whole on the rank, a linear layer's identity TP communication calls and autograd "
-           "Function cost about 24 us a call, a third of a decode-sized product; compute its product directly (same "
+           "Function cost about 24 us a call, twice a tiny decode product's time; compute the product directly (same "
            "output bit for bit; r1hpc.model.cpu_linear)")
     _patch(layers.ColumnParallelLinear, "forward", direct_column_forward(layers.ColumnParallelLinear.forward), why)
     _patch(layers.RowParallelLinear, "forward", direct_row_forward(layers.RowParallelLinear.forward), why)
