@@ -7,10 +7,9 @@ fused-TP-inference and cross-attention branches, a bias-dropout-add looked up pe
 step: about 190 us a layer on a 2-core Xeon (tiny-MoE rollout of 16 rows: 237 -> 212 ms), where the
 layer's products take tens of microseconds. Without autograd, for a layer of the plain pre-norm form
 r1hpc builds (its RMSNorm, no cross attention, no recompute or offload, no dropout in effect, no
-packed sequences),
-:func:`plain_layer_forward` calls the same submodules and adds the residuals as megatron's
-bias-dropout-add does (bias first, then the residual, in the output's dtype): the output is megatron's
-bit for bit (``tests/model/test_cpu_layer.py``). Everything else calls megatron's forward. Applied by
+packed sequences), :func:`plain_layer_forward` calls the same submodules and adds the residuals as
+megatron's bias-dropout-add does (bias first, then the residual, in the output's dtype): the output is
+megatron's bit for bit (``tests/model/test_cpu_layer.py``). Everything else calls megatron's forward. Applied by
 :func:`r1hpc.model.cpu_compat.apply` on CPU-only hosts.
 """
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from r1hpc.model.decided_once import decided_once
 from r1hpc.model.norm import RMSNorm
 
 #: Keyword arguments of ``TransformerLayer.forward`` that the self-attention takes as they are.
@@ -65,10 +65,7 @@ def plain_layer_forward(forward: Callable) -> Callable:
                 or (self.training and self.hidden_dropout > 0) or not _PLAIN_KWARGS.issuperset(kwargs)
                 or kwargs.get("packed_seq_params") is not None):  # 0.19 reshapes packed batches around a MoE
             return forward(self, *args, **kwargs)
-        plain = self.__dict__.get("_r1hpc_plain")  # fixed by the layer's config and submodules
-        if plain is None:
-            plain = self._r1hpc_plain = is_plain(self)
-        if not plain:
+        if not decided_once(self, "_r1hpc_plain_layer", is_plain):
             return forward(self, *args, **kwargs)
         attention = self.self_attention(self.input_layernorm(hidden_states),
                                         **{key: kwargs.get(key) for key in ATTENTION_KWARGS})

@@ -30,6 +30,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from r1hpc.model.decided_once import decided_once
+
 #: Rows (tokens of all sequences together) up to which the weight-major product is used.
 SKINNY_ROWS = 8
 #: Rows for which the oneDNN product on blocked weights is used (fewer: MKL's own is at bandwidth).
@@ -123,14 +125,10 @@ def _taking_decode_product(linear: Callable, product: Callable) -> Callable:
 def _on_one_rank(linear: torch.nn.Module) -> bool:
     """Whether ``linear`` (megatron's column- or row-parallel linear) is whole on this rank with nothing
     deferred or offloaded: its tensor-parallel all-gathers, all-reduces and scatters are identities."""
-    one = linear.__dict__.get("_r1hpc_one_rank")  # fixed by the layer's group and config
-    if one is None:
-        group, cfg = linear.tp_group, linear.config
-        one = linear._r1hpc_one_rank = ((group is None or group.size() == 1) and not linear.sequence_parallel
-                                        and getattr(linear, "gtp_remat_size", 1) == 1  # 0.19's sharded weights
-                                        and not cfg.defer_embedding_wgrad_compute
-                                        and cfg._cpu_offloading_context is None)
-    return one
+    return decided_once(linear, "_r1hpc_one_rank", lambda layer: (
+        (layer.tp_group is None or layer.tp_group.size() == 1) and not layer.sequence_parallel
+        and getattr(layer, "gtp_remat_size", 1) == 1  # 0.19's sharded weights
+        and not layer.config.defer_embedding_wgrad_compute and layer.config._cpu_offloading_context is None))
 
 
 def _direct(input: torch.Tensor, linear: torch.nn.Module) -> bool:

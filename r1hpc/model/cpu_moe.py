@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from r1hpc.model.cpu_linear import decode_matmul
+from r1hpc.model.decided_once import decided_once
 
 
 def runs_locally(layer: torch.nn.Module) -> bool:
@@ -47,10 +48,7 @@ def local_moe_forward(forward: Callable) -> Callable:
     def wrapper(self, hidden_states, intermediate_tensors=None, padding_mask=None):
         if torch.is_grad_enabled() or intermediate_tensors is not None or hidden_states.device.type != "cpu":
             return forward(self, hidden_states, intermediate_tensors, padding_mask)
-        local = self.__dict__.get("_r1hpc_runs_locally")  # fixed by the layer's config and shapes
-        if local is None:
-            local = self._r1hpc_runs_locally = runs_locally(self)
-        if not local:
+        if not decided_once(self, "_r1hpc_runs_locally", runs_locally):
             return forward(self, hidden_states, intermediate_tensors, padding_mask)
         if padding_mask is not None:  # [b, s] -> [s, b], as megatron's forward gives the router
             padding_mask = padding_mask.transpose(0, 1).bool()

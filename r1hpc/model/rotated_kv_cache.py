@@ -28,6 +28,7 @@ from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import _ya
 from megatron.core.transformer.attention import SelfAttention
 
 from r1hpc.model import mcore_compat
+from r1hpc.model.decided_once import decided_once
 from r1hpc.model.rope import rope_table, rotate, unfused_bshd
 
 
@@ -70,18 +71,19 @@ class RotatedKeyCacheSelfAttention(SelfAttention):
         if (torch.is_grad_enabled() or self.training or hidden_states.device.type != "cpu"
                 or inference_context is None):
             return False
-        plain = self.__dict__.get("_r1hpc_plain")  # (static, paged): fixed by the layer's config and groups
-        if plain is None:
-            cfg = self.config
-            static = (not cfg.flash_decode and not cfg.attention_output_gate and not cfg.no_rope_freq
-                      and not cfg.fused_single_qkv_rope and unfused_bshd(cfg) and self.pg_collection.cp.size() == 1
-                      and not cfg.fp8 and not getattr(cfg, "fp4", None) and not getattr(cfg, "cache_mla_latents", False)
-                      and not getattr(self, "offload_qkv_linear", False)
-                      and not getattr(self, "offload_attn_proj", False))
-            plain = self._r1hpc_plain = (static, static and mcore_compat.features().dynamic_engine_cpu)
+        static, paged = decided_once(self, "_r1hpc_plain_attention", RotatedKeyCacheSelfAttention._plain_forms)
         if inference_context.is_static_batching():
-            return plain[0]
-        return plain[1] and not inference_context.use_flashinfer_fused_rope
+            return static
+        return paged and not inference_context.use_flashinfer_fused_rope
+
+    def _plain_forms(self) -> tuple[bool, bool]:
+        """(static, paged): whether this layer's config allows the direct forward through each cache."""
+        cfg = self.config
+        static = (not cfg.flash_decode and not cfg.attention_output_gate and not cfg.no_rope_freq
+                  and not cfg.fused_single_qkv_rope and unfused_bshd(cfg) and self.pg_collection.cp.size() == 1
+                  and not cfg.fp8 and not getattr(cfg, "fp4", None) and not getattr(cfg, "cache_mla_latents", False)
+                  and not getattr(self, "offload_qkv_linear", False) and not getattr(self, "offload_attn_proj", False))
+        return static, static and mcore_compat.features().dynamic_engine_cpu
 
     def _paged_attention(self, query, key, value, block_table, inference_context) -> torch.Tensor:
         """The dynamic engine's attention over its paged cache, as megatron's forward calls it."""
