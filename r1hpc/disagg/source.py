@@ -31,17 +31,21 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, beat: Callable[[], None], period: float) -> None:
         super().__init__(daemon=True)
-        self._beat, self._period, self._stop = beat, period, threading.Event()
+        self._beat, self._period, self._stopping = beat, period, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self._period):
+        while not self._stopping.wait(self._period):
             try:
                 self._beat()
             except OSError:  # a full or flaky filesystem must not kill the job from a side thread
                 pass
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop beating and wait for a beat in flight: a caller's own last beat then writes the same
+        file alone (two writers of one temporary file lose a rename; seen as a worker exiting 1)."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join()
 
 
 class ExchangeSource:
