@@ -100,7 +100,8 @@ def r1hpc_overrides(args, work: Path, ckpt: Path, prompts: Path) -> list[str]:
             "grpo.skip_zero_advantage_groups=false", "grpo.optim.lr=1e-6", "grpo.optim.warmup_steps=0",
             "grpo.optim.clip_grad=1.0", "grpo.optim.weight_decay=0.0",
             f"model.params_dtype={args.dtype}",
-            "checkpoint.overwrite=true"]  # a rerun starts afresh where the last one left its final checkpoint
+            "checkpoint.overwrite=true",  # a rerun starts afresh where the last one left its final checkpoint
+            *args.r1hpc_set]
 
 
 def r1hpc_side(args, work: Path, ckpt: Path, prompts: Path) -> dict:
@@ -199,6 +200,8 @@ def main() -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: mixed precision on both sides (r1hpc model.params_dtype=bf16 with fp32 main weights "
                         "in the optimizer; TRL bf16=True, autocast over fp32 weights)")
+    p.add_argument("--r1hpc-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override of the r1hpc side's recipe, e.g. grpo.shared_prefix=false (repeatable)")
     p.add_argument("--trl-child", nargs=3, metavar=("HF_DIR", "PROMPTS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if (args.prompts * args.group) % args.micro_batch:

@@ -7,7 +7,8 @@
             chi-square of the draws against the truncated distribution, log-prob/entropy errors,
             token agreement with the CPU build of the same contract, time per call at [256, 151936].
 3. grpo     real GRPO steps (rollout, log-probs, updates: r1hpc.train.grpo.GRPOTrainer) on the MoE
-            of configs/fp8_moe_*.yaml from random weights, in bf16 and in each FP8 recipe this GPU
+            of configs/fp8_moe_*.yaml from random weights, in bf16 (also with grpo.shared_prefix on local
+            layers: the layout moved to the device with each micro-batch) and in each FP8 recipe this GPU
             and Transformer Engine support: tokens/s and peak memory.
 
     python benchmarks/gpu_check.py                 # everything, real shapes
@@ -162,22 +163,25 @@ def check_sampler(quick: bool) -> dict:
 # ----------------------------------------------------------------------------- 3. GRPO steps
 def check_grpo(quick: bool) -> dict:
     """GRPO steps on the fp8_moe recipe's MoE (random weights; rewards from the response shape so
-    that every step updates), bf16 and then every FP8 recipe this machine supports."""
+    that every step updates): bf16, bf16 with grpo.shared_prefix, then every FP8 recipe this machine
+    supports."""
     from r1hpc.config import ConfigError
     from r1hpc.model.provider import check_fp8_support, fp8_environment
     from r1hpc.run_config import load_run_config
 
     runs, ok = [], True
     te_version, capability = fp8_environment()
-    for recipe in (None, "delayed", "tensorwise", "blockwise"):
-        cfg_path = ROOT / "configs" / f"fp8_moe_{recipe or 'delayed'}.yaml"
-        # bf16 runs on local layers too, where Transformer Engine is missing
-        overrides = ["model.fp8=null", "model.transformer_impl=auto"] if recipe is None else []
+    variants = [("bf16", "delayed", ["model.fp8=null", "model.transformer_impl=auto"]),  # local layers without TE
+                # one forward per prompt: needs local layers (Transformer Engine's causal attention ignores masks)
+                ("bf16-shared-prefix", "delayed", ["model.fp8=null", "model.transformer_impl=local",
+                                                   "grpo.shared_prefix=true"]),
+                *((recipe, recipe, []) for recipe in ("delayed", "tensorwise", "blockwise"))]
+    for name, recipe, overrides in variants:
+        cfg_path = ROOT / "configs" / f"fp8_moe_{recipe}.yaml"
         if quick:
             overrides += ["rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=128",
                           "algo.max_response_len=128"]
         cfg = load_run_config(str(cfg_path), overrides)
-        name = recipe or "bf16"
         try:
             check_fp8_support(cfg.model, te_version, capability)
         except ConfigError as e:  # never recorded as passed: a run that did not happen says why

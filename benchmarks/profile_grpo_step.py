@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--r1hpc-set", action="append", default=[], metavar="KEY=VALUE", help="one more recipe override")
     args = p.parse_args()
     from r1hpc.launch.allocator import reexec_under_tcmalloc
 

@@ -5,6 +5,7 @@ staging (token lists, data loading, outputs for Python) says ``HOST``. tests/dev
 on the CPU that no r1hpc allocation is left to the default device (docs/megatron_cpu.md)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -25,13 +26,18 @@ def collective_device(group: Optional[Any] = None) -> torch.device:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """A micro-batch's tensors on ``device``, copied once; host tensors are pinned first so the copy
-    to a GPU is asynchronous (non-tensor entries pass through)."""
+    """A micro-batch's tensors, and the tensors of its dataclass entries (a shared-prefix layout), on
+    ``device``, copied once; host tensors are pinned first so the copy to a GPU is asynchronous (other
+    entries pass through)."""
     if device.type == "cpu":
         return dict(batch)
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor) and v.device != device:
-            v = (v.pin_memory() if v.device.type == "cpu" else v).to(device, non_blocking=True)
-        out[k] = v
-    return out
+    return {k: _moved(v, device) for k, v in batch.items()}
+
+
+def _moved(v: Any, device: torch.device) -> Any:
+    if isinstance(v, torch.Tensor) and v.device != device:
+        return (v.pin_memory() if v.device.type == "cpu" else v).to(device, non_blocking=True)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dataclasses.replace(v, **{f.name: _moved(getattr(v, f.name), device)
+                                         for f in dataclasses.fields(v) if f.init})
+    return v

@@ -16,7 +16,8 @@ fi
 
 # Where megatron-core is exercised: parallel-layout equivalence, a GRPO step (MoE, TP=2 vs TP=1) and the
 # learning test, checkpoint save/resume (bitwise after SIGKILL and SIGUSR2; across the two versions),
-# static rollout, HF import/export, the CPU patches and r1hpc info. Left to the 3.11 leg: the dense
+# static rollout, HF import/export, the CPU patches, the shared-prefix layout (megatron's rotary table read
+# per position) and r1hpc info. Left to the 3.11 leg: the dense
 # GRPO variants (they differ from the MoE one only in r1hpc's loss) and the resume tests of r1hpc's
 # own logic (atomic publish, finished runs, config changes).
 PY312_SUBSET=(tests/model/test_parallel_layouts.py "tests/train/test_grpo_parallel.py::test_grpo_tp2_equals_tp1[moe-kl-in-loss]"
@@ -24,7 +25,7 @@ PY312_SUBSET=(tests/model/test_parallel_layouts.py "tests/train/test_grpo_parall
               tests/checkpoint/test_resume.py::test_sigkill_at_a_random_step_then_resume_is_bitwise_equal
               tests/checkpoint/test_resume.py::test_sigusr2_saves_exits_75_and_resume_continues
               tests/rollout tests/model/test_hf_weights.py tests/model/test_cpu_compat.py tests/model/test_cpu_moe.py
-              tests/model/test_cpu_layer.py tests/model/test_rope.py
+              tests/model/test_cpu_layer.py tests/model/test_rope.py tests/train/test_shared_prefix.py
               tests/model/test_mcore_compat.py
               tests/test_cli.py)
 source "$ROOT/scripts/setup_env.sh"

@@ -15,6 +15,9 @@ attention backward is about twice as slow in bf16 as in fp32 (8 sequences, 9 hea
 forward and backward: 21 vs 11 ms on a Xeon), and fp32 is the more precise of the two; the context
 is handed back in bf16. Forwards without autograd (rollouts) stay in bf16, where the kernel is the faster one.
 
+Rows of the shared-prefix layout (``grpo.shared_prefix``) go through
+:func:`r1hpc.model.shared_prefix_attention.shared_prefix_attention` instead of one masked call.
+
 Cases SDPA does not express exactly fall back to megatron's forward: attention dropout while
 training (megatron draws it from its model-parallel RNG streams), softmax offsets, sliding windows,
 packed sequences, attention bias, and a causal mask that is not square.
@@ -27,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+
+from r1hpc.model.shared_prefix_attention import active_index, shared_prefix_attention
 
 #: Score given to masked-out keys: exp(-1e4 - max) is 0 in fp32 and bf16, and a fully masked row stays finite.
 MASKED_SCORE = -1e4
@@ -58,11 +63,15 @@ class SdpaDotProductAttention(DotProductAttention):
                                    attention_bias=attention_bias, packed_seq_params=packed_seq_params, **kwargs)
         scale = self.softmax_scale * (self.scale_mask_softmax.scale or 1.0)
         dtype = _compute_dtype(query)
-        bias = None
-        if attention_mask is not None:
-            bias = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device)
-            bias.masked_fill_(attention_mask, MASKED_SCORE)
         q, k, v = (t.permute(1, 2, 0, 3).to(dtype) for t in (query, key, value))  # [b, heads, s, hn]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal_default, scale=scale,
-                                                 enable_gqa=k.shape[1] != q.shape[1])
+        index = active_index(sq, query.shape[1]) if sq == sk else None
+        if index is not None:  # shared-prefix rows: each prompt once, each response over it and itself
+            context = shared_prefix_attention(q, k, v, index, scale)
+        else:
+            bias = None
+            if attention_mask is not None:
+                bias = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device)
+                bias.masked_fill_(attention_mask, MASKED_SCORE)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal_default, scale=scale,
+                                                     enable_gqa=k.shape[1] != q.shape[1])
         return context.to(query.dtype).permute(2, 0, 1, 3).reshape(sq, query.shape[1], self.hidden_size_per_partition)

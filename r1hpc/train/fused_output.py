@@ -18,15 +18,7 @@ import torch
 from torch import Tensor
 
 from r1hpc.algo.fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
-from r1hpc.model.provider import causal_attention_mask
-from r1hpc.train.lm_loss import position_ids
-
-
-def _gpt(model: torch.nn.Module) -> torch.nn.Module:
-    """The GPTModel inside megatron's DDP wrapper (or the model itself)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+from r1hpc.model.routing_replay import unwrap
 
 
 @contextlib.contextmanager
@@ -46,7 +38,7 @@ class FusedOutputLayer:
     take logits, and leave megatron's vocabulary padding (ids >= ``vocab_size``) out of the softmax."""
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
-        self.model, self.gpt, self.vocab_size = model, _gpt(model), vocab_size
+        self.model, self.gpt, self.vocab_size = model, unwrap(model), vocab_size
 
     def weight(self) -> Tensor:
         """[V/TP, H]: the output layer's, or the (last stage's copy of the) embedding when tied."""
@@ -54,10 +46,10 @@ class FusedOutputLayer:
         return gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights \
             else gpt.output_layer.weight
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, *args: Tensor) -> Tensor:
+        """``args``: the model's (tokens, position ids, attention mask)."""
         from megatron.core import parallel_state, tensor_parallel
 
-        args = (tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device))
         if not self.gpt.post_process:  # an earlier pipeline stage: its output goes to the next one as usual
             return self.model(*args)
         with _output_layer_off(self.gpt):

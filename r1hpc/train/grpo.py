@@ -32,6 +32,7 @@ from r1hpc.train.batching import pack_rows
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.grpo_update import GRPOUpdate, _tp_group
 from r1hpc.train.routing import TrainerRouting
+from r1hpc.train.shared_prefix import check_shared_prefix_supported
 from r1hpc.model.routing_replay import RoutingReplayConfig
 
 
@@ -49,6 +50,9 @@ class GRPOConfig:
     dynamic_sampling_max_rounds: int = 3
     eval_every: int = 0
     time_limit_minutes: Optional[float] = None
+    # each group's prompt through the model once per micro-batch, its responses attending to it
+    # (r1hpc.train.shared_prefix): the same gradients, fewer tokens when prompts are long
+    shared_prefix: bool = False
     # seeds the RL phase (prompt order, rollout sampling); null: run.seed. run.seed also seeds the
     # base, so repeats of RL from one base vary this alone
     seed: Optional[int] = None
@@ -114,6 +118,8 @@ class GRPOTrainer:
         needs_ref = algo.beta > 0
         if needs_ref and reference is None:
             raise ConfigError("algo.beta > 0 needs a reference model")
+        if grpo.shared_prefix:
+            check_shared_prefix_supported(policy)
         # MoE routing replay (R3) and router agreement (r1hpc.train.routing); None: neither applies
         self.routing = TrainerRouting.build(routing, policy.module, reference.module if reference else None)
         self.updater = GRPOUpdate(self.algo, grpo, vocab_size=tokenizer.vocab_size, group_size=rollout.group_size,

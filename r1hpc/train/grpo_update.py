@@ -25,6 +25,7 @@ from r1hpc.train.batching import split_rows
 from r1hpc.train.engine import Engine
 from r1hpc.train.fused_output import FusedOutputLayer
 from r1hpc.train.lm_loss import mask_vocab_padding, position_ids
+from r1hpc.train.shared_prefix import SharedPrefixLayout, shared_prefix_forward, shared_prefix_layout
 
 
 def _tp_group():
@@ -40,18 +41,38 @@ def _vocab_start(engine: Engine) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * shard
 
 
-def _logits(model, mb: dict, vocab_size: int) -> torch.Tensor:
+def _logits(model, inputs: tuple, vocab_size: int) -> torch.Tensor:
     """This rank's [b, s, V_local] logits with megatron's vocab padding (to a multiple of 128 x TP)
     masked out: the sampler draws from the real vocabulary only, so the trainer's log-probs and
     entropies must too (and must not depend on the TP size through the padding)."""
+    return mask_vocab_padding(model(*inputs), vocab_size)
+
+
+def _model_inputs(mb: dict) -> tuple:
+    """(tokens, position ids, attention mask) of the rows as they are, or of their shared-prefix layout."""
+    layout = SharedPrefixLayout.of(mb)
+    if layout is not None:
+        return layout.model_inputs()
     tokens = mb["tokens"]
-    return mask_vocab_padding(model(tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device)),
-                              vocab_size)
+    return tokens, position_ids(tokens), causal_attention_mask(tokens.shape[1], tokens.device)
+
+
+def _at(mb: dict, output: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """The model's output at the ``sel`` positions of the micro-batch's rows."""
+    layout = SharedPrefixLayout.of(mb)
+    return output[sel] if layout is None else layout.pick(output, sel)
+
+
+def _routing_rows(mb: dict, layout: Optional[SharedPrefixLayout]) -> dict:
+    """The routing and response mask per position of the rows the model sees."""
+    if layout is None or "routing" not in mb:
+        return mb
+    return {"routing": layout.rows_of(mb["routing"], -1), "response_mask": layout.rows_of(mb["response_mask"], False)}
 
 
 def _logp_loss_func(mb: dict, temperature: float, vocab_start: int, logp_fn, logits: torch.Tensor):
     sel = mb["response_mask"]
-    logp, entropy = logp_fn(logits[sel], mb["targets"][sel], temperature=temperature,
+    logp, entropy = logp_fn(_at(mb, logits, sel), mb["targets"][sel], temperature=temperature,
                             tp_group=_tp_group(), vocab_start_index=vocab_start)
     full = torch.zeros(sel.shape, device=logits.device)
     full[sel] = logp.float()
@@ -69,7 +90,7 @@ def _grpo_loss_func(mb: dict, algo: AlgoConfig, vocab_start: int, scale: float, 
     loss, m = loss_fn(
         # no old_logp: on-policy (``logprobs`` scores the old policy only for more than one update
         # per rollout), so the loss takes its own log-probs, detached: ratio 1, no extra pass
-        logits[sel], mb["targets"][sel], mb["old_logp"][sel] if "old_logp" in mb else None,
+        _at(mb, logits, sel), mb["targets"][sel], mb["old_logp"][sel] if "old_logp" in mb else None,
         mb["advantages"][sel], mb["weights"][sel],
         ref_logp=mb["ref_logp"][sel] if "ref_logp" in mb else None,
         tis_weight=mb["tis_weight"][sel] if "tis_weight" in mb else None,
@@ -94,8 +115,7 @@ class GRPOUpdate:
     def logprobs(self, policy: Engine, reference: Optional[Engine], rows: dict) -> dict:
         """``rows`` with old-policy log-probs (when the step takes more than one update, or truncated
         IS needs them) and reference log-probs (when the loss has a KL term), row-aligned."""
-        micro = split_rows(rows, self.cfg.micro_batch_size, max(1, self._global_micro_count(rows["tokens"].shape[0])),
-                           policy.seq_multiple)
+        micro = self._split(rows, max(1, self._global_micro_count(rows["tokens"].shape[0])), policy)
         if self.cfg.mini_batches * self.cfg.epochs > 1 or self.algo.corrects_rollout:
             for mb, lp in zip(micro, self.forward_logp(policy, micro)):
                 mb["old_logp"] = lp
@@ -103,6 +123,16 @@ class GRPOUpdate:
             for mb, lp in zip(micro, self.forward_logp(reference, micro)):
                 mb["ref_logp"] = lp
         return self._merge_micro(rows, micro)
+
+    def _split(self, rows: dict, n_micro: int, engine: Engine) -> list[dict]:
+        """``n_micro`` micro-batches of ``rows``, each with its shared-prefix layout when the step uses one."""
+        micro = split_rows(rows, self.cfg.micro_batch_size, n_micro, engine.seq_multiple)
+        if self.cfg.shared_prefix:
+            for mb in micro:
+                layout = shared_prefix_layout(mb["tokens"], mb["response_mask"], engine.seq_multiple)
+                if layout is not None:  # else a filler: its rows as they are
+                    mb["shared_prefix"] = layout
+        return micro
 
     def forward_logp(self, engine: Engine, micro: list[dict]) -> list[torch.Tensor]:
         width = max(mb["tokens"].shape[1] for mb in micro)
@@ -118,12 +148,18 @@ class GRPOUpdate:
 
     def _forward(self, model, mb: dict):
         """(output, logp_fn, loss_fn): the logits with token_logp and grpo_loss, or with
-        algo.fused_output the hidden states with the fused output layer's equivalents."""
-        with self.routing.forward(model, mb) if self.routing else contextlib.nullcontext():  # R3 replay / record
+        algo.fused_output the hidden states with the fused output layer's equivalents; of the rows as
+        they are or of their shared-prefix layout (the loss functions read them back with ``_at``)."""
+        layout = SharedPrefixLayout.of(mb)
+        with contextlib.ExitStack() as scope:
+            if layout is not None:
+                scope.enter_context(shared_prefix_forward(model, layout))
+            if self.routing:  # R3 replay / record
+                scope.enter_context(self.routing.forward(model, _routing_rows(mb, layout)))
             if self.algo.fused_output:
                 layer = FusedOutputLayer(model, self.vocab_size)
-                return layer.forward(mb["tokens"]), layer.logp, layer.loss
-            return _logits(model, mb, self.vocab_size), token_logp, grpo_loss
+                return layer.forward(*_model_inputs(mb)), layer.logp, layer.loss
+            return _logits(model, _model_inputs(mb), self.vocab_size), token_logp, grpo_loss
 
     def _merge_micro(self, rows: dict, micro: list[dict]) -> dict:
         """Write per-micro-batch log-probs back into row-aligned [B, L] tensors."""
@@ -216,7 +252,7 @@ class GRPOUpdate:
         n_micro = self._global_micro_count(int(keep.sum()))
         if n_micro == 0:  # every group on every rank has zero advantage: nothing to learn
             return None
-        micro = split_rows(sub, self.cfg.micro_batch_size, n_micro, policy.seq_multiple)
+        micro = self._split(sub, n_micro, policy)
         scale = float(n_micro * self.dp)
         step = partial(self._loss_step, _vocab_start(policy), scale)
         width = max(mb["tokens"].shape[1] for mb in micro)

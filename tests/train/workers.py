@@ -26,10 +26,11 @@ TEMPLATE = TemplateConfig(kind="short")
 
 
 def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_kw: dict, steps: int = 2,
-             routing_kw: dict | None = None) -> dict:
+             routing_kw: dict | None = None, grpo_kw: dict | None = None) -> dict:
     """Two GRPO steps (rollout with TP-identical sampling, old and reference log-probs, two mini-batch
     updates) from weights saved by the single-process run ('save') or resharded from it ('load').
-    ``routing_kw``: a RoutingReplayConfig's keys (None: no routing replay or agreement).
+    ``routing_kw``: a RoutingReplayConfig's keys (None: no routing replay or agreement); ``grpo_kw``:
+    GRPOConfig keys beyond the two mini-batches of four rows.
     Returns every non-timing metric per step and the logits of a fixed sequence afterwards."""
     corpus = build_corpus(MIX, CorpusConfig(size=200), TEMPLATE)
     tok = build_tokenizer(TokenizerConfig(vocab_size=300, train_examples=200), corpus)
@@ -46,7 +47,7 @@ def grpo_run(model_kw: dict, parallel_kw: dict, ckpt_dir: str, mode: str, algo_k
     algo = AlgoConfig(**algo_kw)
     trainer = GRPOTrainer(policy, reference, tokenizer=tok, scorer=ResponseShapeScorer(), algo=algo,
                           rollout=RolloutConfig(group_size=4, prompts_per_step=4, max_new_tokens=16),
-                          grpo=GRPOConfig(mini_batches=2, micro_batch_size=4),
+                          grpo=GRPOConfig(mini_batches=2, micro_batch_size=4, **(grpo_kw or {})),
                           render=lambda q: render_prompt(q, TEMPLATE), problems=stream(MIX, "train", seed=0), seed=5,
                           routing=RoutingReplayConfig(**routing_kw) if routing_kw is not None else None)
     before = _probe_logits(policy.module, tok)
