@@ -12,7 +12,6 @@ TP, the wrong output weight) moves the loss or a gradient by far more.
 """
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch
@@ -20,12 +19,9 @@ import torch
 from r1hpc.algo.loss import AlgoConfig
 from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distributed
 from r1hpc.model.config import ModelConfig
-from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
-from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
-from r1hpc.train.grpo_update import _vocab_start
 from tests.multiproc import run_workers
-from tests.train.workers import MODEL
+from tests.train.workers import MODEL, update_probe
 
 pytestmark = pytest.mark.multiproc
 VOCAB, B, S = 300, 4, 24  # 300 real ids: megatron pads the vocabulary to 384 (TP 1) or 512 (TP 2)
@@ -52,32 +48,14 @@ def _steps(model_kw: dict, parallel_kw: dict, on_policy: bool) -> dict:
     init_distributed(parallel_cfg, model_cfg, seed=3)
     engine = Engine(model_cfg, parallel_cfg, OptimConfig())
     algo = AlgoConfig(beta=0.04, entropy_coef=0.01, dual_clip_c=3.0, temperature=0.8)
-    trainer = GRPOTrainer(engine, engine, tokenizer=types.SimpleNamespace(vocab_size=VOCAB), scorer=None, algo=algo,
-                          rollout=RolloutConfig(prompts_per_step=1), grpo=GRPOConfig(micro_batch_size=B),
-                          render=None, problems=iter(()), seed=0)
-    losses = []
-
-    def recording_step(data_iterator, model):
-        output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, data_iterator, model)
-
-        def recorded(out):
-            loss, stats = loss_func(out)
-            losses.append(loss.detach().clone())
-            return loss, stats
-        return output, recorded
-
+    trainer, measure = update_probe(engine, algo, VOCAB, B)
     out = {}
     for fused in (False, True):
         trainer.algo.fused_output = fused
         mb = _micro_batch()
         if on_policy:
             del mb["old_logp"]
-        logp = trainer.updater.forward_logp(engine, [dict(mb)])[0]
-        for m in engine.model:
-            m.zero_grad_buffer()
-        engine.run_schedule(recording_step, [mb], seq_length=S, micro_batch_size=B, forward_only=False)
-        grads = {name: p.main_grad.detach().clone() for name, p in engine.module.named_parameters()}
-        out[fused] = {"loss": losses[-1], "logp": logp, "grads": grads}
+        out[fused] = measure(mb)
     destroy_distributed()
     return out
 

@@ -26,13 +26,10 @@ from r1hpc.distributed import ParallelConfig, destroy_distributed, init_distribu
 from r1hpc.model.config import ModelConfig
 from r1hpc.model.sdpa_attention import MASKED_SCORE
 from r1hpc.model.shared_prefix_attention import shared_prefix_attention
-from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
-from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
-from r1hpc.train.grpo_update import _vocab_start
 from r1hpc.train.shared_prefix import check_shared_prefix_supported, shared_prefix_layout
 from tests.multiproc import run_workers
-from tests.train.workers import MODEL, MOE, grpo_run
+from tests.train.workers import MODEL, MOE, grpo_run, update_probe
 
 VOCAB = 300
 # (prompt, response) lengths of each row: three rows on one prompt, two on a prompt of the same
@@ -127,34 +124,15 @@ def _steps(model_kw: dict, parallel_kw: dict, fused: bool) -> dict:
     model_cfg = ModelConfig(vocab_size=VOCAB, **model_kw)
     init_distributed(ParallelConfig(**parallel_kw), model_cfg, seed=3)
     engine = Engine(model_cfg, ParallelConfig(**parallel_kw), OptimConfig())
-    algo = AlgoConfig(beta=0.04, entropy_coef=0.01, temperature=0.8, fused_output=fused)
-    trainer = GRPOTrainer(engine, engine, tokenizer=types.SimpleNamespace(vocab_size=VOCAB), scorer=None, algo=algo,
-                          rollout=RolloutConfig(prompts_per_step=1), grpo=GRPOConfig(micro_batch_size=len(ROWS)),
-                          render=None, problems=iter(()), seed=0)
-    losses = []
-
-    def recording_step(data_iterator, model):
-        output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, data_iterator, model)
-
-        def recorded(out):
-            loss, stats = loss_func(out)
-            losses.append(loss.detach().clone())
-            return loss, stats
-        return output, recorded
-
+    _, measure = update_probe(engine, AlgoConfig(beta=0.04, entropy_coef=0.01, temperature=0.8, fused_output=fused),
+                              VOCAB, len(ROWS))
     out = {}
     tokens, mask = _rows()
     for shared in (False, True):
         mb = _micro_batch(tokens, mask)
         if shared:
             mb["shared_prefix"] = shared_prefix_layout(tokens, mask, engine.seq_multiple)
-        logp = trainer.updater.forward_logp(engine, [dict(mb)])[0]
-        for m in engine.model:
-            m.zero_grad_buffer()
-        engine.run_schedule(recording_step, [mb], seq_length=mb["tokens"].shape[1], micro_batch_size=len(ROWS),
-                            forward_only=False)
-        grads = {name: p.main_grad.detach().clone() for name, p in engine.module.named_parameters()}
-        out[shared] = {"loss": losses[-1], "logp": logp, "grads": grads}
+        out[shared] = measure(mb)
     destroy_distributed()
     return out
 

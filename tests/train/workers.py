@@ -1,6 +1,8 @@
 """Rank functions for the multi-process GRPO trainer tests (top level so spawn can import them)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from r1hpc.algo.loss import AlgoConfig
@@ -71,6 +73,38 @@ def _probe_logits(model, tok) -> torch.Tensor:
                        runtime_gather_output=True)
     model.train(was_training)
     return logits[..., :tok.vocab_size].clone()
+
+
+def update_probe(engine: Engine, algo: AlgoConfig, vocab_size: int, micro_batch_size: int):
+    """A GRPOTrainer with ``engine`` as policy and reference, and a function of one micro-batch that
+    returns its log-prob pass and the loss and every parameter's gradient of one GRPO update on it
+    (the trainer's own forward steps through megatron's schedule; no optimizer step)."""
+    from r1hpc.train.grpo_update import _vocab_start
+
+    trainer = GRPOTrainer(engine, engine, tokenizer=SimpleNamespace(vocab_size=vocab_size), scorer=None, algo=algo,
+                          rollout=RolloutConfig(prompts_per_step=1), grpo=GRPOConfig(micro_batch_size=micro_batch_size),
+                          render=None, problems=iter(()), seed=0)
+
+    def measure(mb: dict) -> dict:
+        losses = []
+
+        def recording_step(data_iterator, model):
+            output, loss_func = trainer.updater._loss_step(_vocab_start(engine), 1.0, data_iterator, model)
+
+            def recorded(out):
+                loss, stats = loss_func(out)
+                losses.append(loss.detach().clone())
+                return loss, stats
+            return output, recorded
+
+        logp = trainer.updater.forward_logp(engine, [dict(mb)])[0]
+        for m in engine.model:
+            m.zero_grad_buffer()
+        engine.run_schedule(recording_step, [mb], seq_length=mb["tokens"].shape[1],
+                            micro_batch_size=mb["tokens"].shape[0], forward_only=False)
+        grads = {name: p.main_grad.detach().clone() for name, p in engine.module.named_parameters()}
+        return {"loss": losses[-1], "logp": logp, "grads": grads}
+    return trainer, measure
 
 
 def lm_loss_vs_real_vocabulary(vocab_size: int) -> dict:
