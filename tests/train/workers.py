@@ -19,6 +19,7 @@ from r1hpc.rewards.shape import ResponseShapeScorer
 from r1hpc.rollout.generate import RolloutConfig
 from r1hpc.train.engine import Engine, OptimConfig
 from r1hpc.train.grpo import GRPOConfig, GRPOTrainer
+from r1hpc.train.grpo_update import _vocab_start
 from r1hpc.train.lm_loss import lm_forward_step, make_lm_batch, position_ids
 
 MODEL = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, max_seq_length=64)
@@ -79,8 +80,6 @@ def update_probe(engine: Engine, algo: AlgoConfig, vocab_size: int, micro_batch_
     """A GRPOTrainer with ``engine`` as policy and reference, and a function of one micro-batch that
     returns its log-prob pass and the loss and every parameter's gradient of one GRPO update on it
     (the trainer's own forward steps through megatron's schedule; no optimizer step)."""
-    from r1hpc.train.grpo_update import _vocab_start
-
     trainer = GRPOTrainer(engine, engine, tokenizer=SimpleNamespace(vocab_size=vocab_size), scorer=None, algo=algo,
                           rollout=RolloutConfig(prompts_per_step=1), grpo=GRPOConfig(micro_batch_size=micro_batch_size),
                           render=None, problems=iter(()), seed=0)
