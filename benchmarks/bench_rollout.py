@@ -63,12 +63,14 @@ def prompts_for(vocab: int, n: int) -> list[list[int]]:
     return [[rng.randrange(vocab) for _ in range(rng.randint(8, 48))] for _ in range(n)]
 
 
-def run_r1hpc(model, engine: str, prompts, stop, vocab: int, max_new: int, seed: int, rows: int) -> list[int]:
+def run_r1hpc(model, engine: str, prompts, stop, vocab: int, max_new: int, seed: int, rows: int,
+              kv_block_tokens: int | None = None) -> list[int]:
     from r1hpc.rollout.engines import generate_with
 
     samples = generate_with(engine, model, prompts, vocab_size=vocab, stop_ids=stop, temperature=1.0,
                             max_new_tokens=max_new, max_seq_length=model.config_max_seq,
-                            generator=torch.Generator().manual_seed(seed), sampler="native", max_batch_rows=rows)
+                            generator=torch.Generator().manual_seed(seed), sampler="native", max_batch_rows=rows,
+                            kv_block_tokens=kv_block_tokens)
     return [len(s.response_ids) for s in samples]
 
 
@@ -123,6 +125,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="static,dynamic,hf")
+    p.add_argument("--kv-block-tokens", type=int, help="the dynamic engine's KV block (rollout.kv_block_tokens)")
     p.add_argument("--out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,7 +150,8 @@ def main() -> None:
     results = {}
     for name, stop in workloads(vocab, args.max_new).items():
         fns = {engine: (lambda s=stop: run_hf(hf, prompts, s, vocab, args.max_new, 0, rows)) if engine == "hf" else
-               (lambda e=engine, s=stop: run_r1hpc(mega, e, prompts, s, vocab, args.max_new, 0, rows))
+               (lambda e=engine, s=stop: run_r1hpc(mega, e, prompts, s, vocab, args.max_new, 0, rows,
+                                                   args.kv_block_tokens))
                for engine in args.engines.split(",")}
         for engine, result in timed_round_robin(fns, args.repeats, args.max_new).items():
             results[f"{name}/{engine}"] = result

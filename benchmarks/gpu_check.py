@@ -8,8 +8,9 @@
             token agreement with the CPU build of the same contract, time per call at [256, 151936].
 3. grpo     real GRPO steps (rollout, log-probs, updates: r1hpc.train.grpo.GRPOTrainer) on the MoE
             of configs/fp8_moe_*.yaml from random weights, in bf16 (also with grpo.shared_prefix on local
-            layers: the layout moved to the device with each micro-batch) and in each FP8 recipe this GPU
-            and Transformer Engine support: tokens/s and peak memory.
+            layers: the layout moved to the device with each micro-batch; and with rollout.engine=dynamic,
+            megatron's engine with flash-attn's paged kernels, where flash-attn is installed) and in each
+            FP8 recipe this GPU and Transformer Engine support: tokens/s and peak memory.
 
     python benchmarks/gpu_check.py                 # everything, real shapes
     python benchmarks/gpu_check.py --quick         # smaller shapes and steps
@@ -167,6 +168,7 @@ def check_grpo(quick: bool) -> dict:
     supports."""
     from r1hpc.config import ConfigError
     from r1hpc.model.provider import check_fp8_support, fp8_environment
+    from r1hpc.rollout.engines import check_dynamic_supported
     from r1hpc.run_config import load_run_config
 
     runs, ok = [], True
@@ -175,6 +177,9 @@ def check_grpo(quick: bool) -> dict:
                 # one forward per prompt: needs local layers (Transformer Engine's causal attention ignores masks)
                 ("bf16-shared-prefix", "delayed", ["model.fp8=null", "model.transformer_impl=local",
                                                    "grpo.shared_prefix=true"]),
+                # rollouts on megatron's dynamic engine (continuous batching over 256-token KV blocks)
+                ("bf16-dynamic-rollout", "delayed", ["model.fp8=null", "model.transformer_impl=auto",
+                                                     "rollout.engine=dynamic"]),
                 *((recipe, recipe, []) for recipe in ("delayed", "tensorwise", "blockwise"))]
     for name, recipe, overrides in variants:
         cfg_path = ROOT / "configs" / f"fp8_moe_{recipe}.yaml"
@@ -188,6 +193,12 @@ def check_grpo(quick: bool) -> dict:
             status = "not run: Transformer Engine unavailable" if te_version is None else "not run: unsupported here"
             runs.append({"precision": name, "status": status, "skipped": str(e)})
             continue
+        if cfg.rollout.engine == "dynamic":
+            try:
+                check_dynamic_supported()
+            except ConfigError as e:
+                runs.append({"precision": name, "status": "not run: flash-attn unavailable", "skipped": str(e)})
+                continue
         try:
             runs.append({"precision": name, **_grpo_steps(cfg, steps=2 if quick else 3)})
         except Exception:  # noqa: BLE001 - report and go on with the other precisions

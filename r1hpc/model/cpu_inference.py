@@ -59,7 +59,7 @@ def flash_decode_and_prefill_torch(self, q, k, v, max_seqlen_q, max_seqlen_k, cu
                                    seqlens_k, block_table, is_decode_only) -> torch.Tensor:
     """``Attention.flash_decode_and_prefill`` without flash-attn: :func:`paged_attention` (same shapes)."""
     scale = getattr(self, "softmax_scale", None) or q.shape[-1] ** -0.5
-    return paged_attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, scale)
+    return paged_attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, scale, decode_only=is_decode_only)
 
 
 def append_key_value_cache_torch(*, layer_number: int, key: torch.Tensor, value: torch.Tensor,
@@ -69,15 +69,24 @@ def append_key_value_cache_torch(*, layer_number: int, key: torch.Tensor, value:
     """The Triton KV-append kernel's job in torch: write the step's keys and values [T, 1, Hk, D] into
     their (block, position) slots of ``memory_buffer`` [2, layers, blocks, block_size, Hk, D].
     One ``index_copy_`` per cache on flat slot ids; megatron's own fallback indexes by two index
-    tensors, a general advanced-indexing write several times slower at decode sizes. Block -1 (the
-    padding tokens' dummy block) is the last block, as in that fallback."""
+    tensors, a general advanced-indexing write several times slower at decode sizes."""
     n = padded_active_token_count
-    caches = memory_buffer[:, layer_number]
-    slots_per_block = caches.shape[2]
-    slots = (token_to_block_idx[:n].long() * slots_per_block
-             + token_to_local_position_within_kv_block[:n].long()).remainder(caches.shape[1] * slots_per_block)
-    for cache, new in zip(caches, (key, value)):
-        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new[:n].squeeze(1))
+    slots = kv_cache_slots(memory_buffer, token_to_block_idx[:n], token_to_local_position_within_kv_block[:n])
+    write_key_value(memory_buffer, layer_number, slots, key[:n], value[:n])
+
+
+def kv_cache_slots(memory_buffer: torch.Tensor, block_idx: torch.Tensor, position_in_block: torch.Tensor) -> torch.Tensor:
+    """Flat slot ids (block * block_size + position) of tokens in ``memory_buffer``'s caches. Block -1 (the
+    padding tokens' dummy block) is the last block, as in megatron's fallback."""
+    blocks, block_size = memory_buffer.shape[2], memory_buffer.shape[3]
+    return (block_idx.long() * block_size + position_in_block.long()).remainder(blocks * block_size)
+
+
+def write_key_value(memory_buffer: torch.Tensor, layer_number: int, slots: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor) -> None:
+    """Keys and values [T, 1, Hk, D] into layer ``layer_number``'s caches at flat ``slots`` [T]."""
+    for cache, new in zip(memory_buffer[:, layer_number], (key, value)):
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new.squeeze(1))
 
 
 def apply(patch: Callable[..., None]) -> None:

@@ -30,19 +30,20 @@ def compiled_decode() -> Optional[ModuleType]:
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                    seqlens_k: torch.Tensor, block_table: torch.Tensor, scale: float) -> torch.Tensor:
+                    seqlens_k: torch.Tensor, block_table: torch.Tensor, scale: float,
+                    decode_only: bool = False) -> torch.Tensor:
     """q [T, 1, Hq, D] (tokens of all requests, padding after the last) -> output of the same shape.
 
     ``cu_seqlens_q`` [R + 1] and ``seqlens_k`` [R]: query offsets and key counts per request (the key
     count includes this step's tokens, already appended); ``block_table`` [R, max_blocks] the KV block
-    ids (-1 past the end). Padding tokens get zeros."""
+    ids (-1 past the end). Padding tokens get zeros. ``decode_only``: no request has more than one
+    query (the engine knows; then only padding is left to rule out, not each request's kind)."""
     flat = q.reshape(q.shape[0], q.shape[-2], q.shape[-1])
-    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
     kernel = compiled_decode() if _in_place_readable(flat, k_cache, v_cache) else None
-    requests = q_lens.numel()
-    if kernel is not None and requests == flat.shape[0] and bool((q_lens == 1).all()):
-        # a decode-only step without padding (a CPU step's tokens are not rounded up): query r is token r
+    if decode_only and kernel is not None and seqlens_k.shape[0] == flat.shape[0] == int(cu_seqlens_q[-1]):
+        # as many queries as tokens and requests: no padding token or padding request, query r is token r
         return kernel.paged_decode(flat, k_cache, v_cache, seqlens_k, block_table, scale).reshape(q.shape)
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
     out = torch.zeros_like(flat)
     decode, prefill = (q_lens == 1).nonzero().squeeze(1), (q_lens > 1).nonzero().squeeze(1)
     if decode.numel() and kernel is not None:

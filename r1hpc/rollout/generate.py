@@ -42,6 +42,9 @@ class RolloutConfig:
     # DynamicInferenceEngine (continuous batching, paged KV cache; r1hpc.rollout.dynamic)
     engine: Literal["static", "dynamic"] = "static"
     kv_cache_gb: Optional[float] = None  # dynamic engine's KV pool per rank; None: every row at full length
+    # dynamic engine's tokens per KV block; None: 256 on a GPU (flash-attn's paged kernels need a
+    # multiple of 256), 64 on a CPU (r1hpc.rollout.dynamic.block_tokens_for)
+    kv_block_tokens: Optional[int] = None
     # GPU, colocated: optimizer state and grad buffers go to host memory while the rollout runs
     offload_train_state: bool = False
 
@@ -57,6 +60,8 @@ class RolloutConfig:
         check_engine(self.engine)
         if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
             raise ConfigError(f"key 'kv_cache_gb' must be positive or null, got {self.kv_cache_gb}")
+        if self.kv_block_tokens is not None and not self.kv_block_tokens >= 1:
+            raise ConfigError(f"key 'kv_block_tokens' must be >= 1 or null, got {self.kv_block_tokens}")
 
 
 @dataclasses.dataclass

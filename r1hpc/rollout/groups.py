@@ -23,7 +23,8 @@ def rollout_groups(module, tok, problems: Sequence[Problem], *, render: Callable
     prompts = [tok.encode(render(p.question)) for p in problems for _ in range(G)]
     gen = torch.Generator().manual_seed(hash((seed, step, shard, len(problems))) % 2**62)
     with train_state_offloaded(train_state, rollout.offload_train_state):
-        return generate_with(rollout.engine, module, prompts, kv_cache_gb=rollout.kv_cache_gb, vocab_size=tok.vocab_size,
+        return generate_with(rollout.engine, module, prompts, kv_cache_gb=rollout.kv_cache_gb,
+                             kv_block_tokens=rollout.kv_block_tokens, vocab_size=tok.vocab_size,
                              stop_ids=tok.stop_token_ids, temperature=rollout.temperature, top_p=rollout.top_p,
                              top_k=rollout.top_k, max_new_tokens=rollout.max_new_tokens,
                              max_seq_length=max_seq_length, generator=gen, max_batch_rows=rollout.max_batch_rows,

@@ -59,13 +59,18 @@ def _paged_batch(q_lens, k_lens, hq, hk, d, pad_tokens, seed):
 @pytest.mark.parametrize("q_lens,k_lens,hq,hk,pad", [
     ([1, 1, 1], [5, 1, 9], 4, 4, 0),  # decode only
     ([1, 1], [3, 8], 4, 2, 2),  # decode only, padding tokens after
+    ([1, 1, 0], [3, 8, 0], 4, 2, 1),  # decode only, a padding request (no query, no key; TP rounding)
     ([7, 1, 3, 1], [7, 12, 10, 4], 4, 2, 3),  # prefills (one a later chunk) mixed with decodes, GQA, padding
     ([13], [13], 6, 1, 1),  # one prefill spanning several blocks, multi-query
-], ids=["decode", "decode-padded", "mixed-gqa-padded", "prefill-mqa"])
-def test_paged_attention_equals_direct_causal_attention(q_lens, k_lens, hq, hk, pad, decode_path):
+], ids=["decode", "decode-padded", "decode-padding-request", "mixed-gqa-padded", "prefill-mqa"])
+@pytest.mark.parametrize("told", [False, True], ids=["step-kind-found", "step-kind-told"])
+def test_paged_attention_equals_direct_causal_attention(q_lens, k_lens, hq, hk, pad, decode_path, told):
+    """``told``: the engine says whether the step is decode-only (as megatron's does), else the
+    function finds each request's kind from the query offsets."""
     d, scale = 8, 8 ** -0.5
     q, k_cache, v_cache, cu, k_lens_t, table, seqs = _paged_batch(q_lens, k_lens, hq, hk, d, pad, seed=len(q_lens))
-    out = paged_attention(q, k_cache, v_cache, cu, k_lens_t, table, scale)
+    out = paged_attention(q, k_cache, v_cache, cu, k_lens_t, table, scale,
+                          decode_only=told and max(q_lens) == 1)
     assert out.shape == q.shape and torch.isfinite(out).all()
     for r, (lq, (k, v)) in enumerate(zip(q_lens, seqs)):
         rows = slice(int(cu[r]), int(cu[r + 1]))

@@ -26,6 +26,7 @@ STOP = list(range(3, 97, 7))
 # engine settings that change how requests share steps: all at once; at most 5 together (the rest join as
 # others finish, so one step mixes prefills and decodes at different steps); a KV pool of 3 blocks of 16
 # tokens (requests wait for blocks, are paused and evicted and come back)
+BLOCK_TOKENS = 16  # the small pool's blocks (in the CPU default, 64, a whole request fits one block)
 VARIANTS = {"all-at-once": {}, "5-rows": {"max_batch_rows": 5}, "small-pool": {"kv_blocks": 3}}
 
 
@@ -37,9 +38,7 @@ def prompts(n: int = 24, seed: int = 0) -> list[list[int]]:
 
 
 def _pool_gb(model, blocks: int) -> float:
-    """A KV pool of ``blocks`` usable blocks (r1hpc.rollout.dynamic's block size) for ``model``."""
-    from r1hpc.rollout.dynamic import BLOCK_TOKENS
-
+    """A KV pool of ``blocks`` usable blocks of ``BLOCK_TOKENS`` for ``model``."""
     c = model.config
     per_block = 4 * 2 * c.num_layers * BLOCK_TOKENS * c.kv_channels * c.num_query_groups // c.tensor_model_parallel_size
     return (blocks + 1) * per_block / 1024**3
@@ -75,6 +74,7 @@ def _run(engine: str, model, variant: dict, *, temperature: float, seed: int = 5
     variant = dict(variant)
     if "kv_blocks" in variant:
         variant["kv_cache_gb"] = _pool_gb(model, variant.pop("kv_blocks"))
+        variant["kv_block_tokens"] = BLOCK_TOKENS
     if engine == "static":
         variant = {}
     seen = {"mixed": False, "paused": False, "evicted": False}

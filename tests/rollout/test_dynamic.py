@@ -86,10 +86,39 @@ def test_engine_key_is_checked():
         RolloutConfig(engine="vllm").validate()
     with pytest.raises(ConfigError, match="kv_cache_gb"):
         RolloutConfig(kv_cache_gb=0.0).validate()
+    with pytest.raises(ConfigError, match="kv_block_tokens"):
+        RolloutConfig(kv_block_tokens=0).validate()
     with pytest.raises(ConfigError, match="rollout.engine"):
         generate_with("paged", None, [[1]])
     with pytest.raises(ConfigError, match="key 'engine' must be static or dynamic"):
         EvalConfig(engine="vllm").validate()
+
+
+@needs_dynamic
+def test_kv_block_size_by_device():
+    """flash-attn's paged kernels take blocks of a multiple of 256 tokens: the GPU default, and a GPU
+    setting that is not one is refused before the engine is built; a CPU takes any size (default 64)."""
+    from r1hpc.rollout.dynamic import block_tokens_for
+
+    assert (block_tokens_for("cuda"), block_tokens_for("cpu"), block_tokens_for("cpu", 16)) == (256, 64, 16)
+    assert block_tokens_for("cuda", 512) == 512
+    with pytest.raises(ConfigError, match="'rollout.kv_block_tokens' must be a multiple of 256 on a GPU"):
+        block_tokens_for("cuda", 64)
+
+
+def test_a_gpu_without_flash_attn_refuses_the_dynamic_engine_clearly(monkeypatch):
+    """On a GPU megatron's engine calls flash-attn's paged kernels; without them it would fail inside
+    the first rollout's forward (a None called). The check runs here with CUDA and flash-attn's
+    presence stood in for, both ways."""
+    from megatron.core.transformer import attention
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "HAVE_FA3", False)
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", None)
+    with pytest.raises(ConfigError, match="rollout.engine=dynamic on a GPU needs flash-attn"):
+        check_dynamic_supported()
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", lambda *a, **k: None)
+    check_dynamic_supported()
 
 
 @pytest.mark.skipif(DYNAMIC_ON_CPU, reason="the dynamic engine runs here")
@@ -108,7 +137,7 @@ def test_per_step_rope_tables_rotate_bit_for_bit_as_megatron(interleaved, rotary
 
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
-    from r1hpc.rollout.dynamic import UnpaddedContext
+    from r1hpc.rollout.cpu_context import UnpaddedContext
 
     g = torch.Generator().manual_seed(0)
     config = SimpleNamespace(rotary_interleaved=interleaved, apply_rope_fusion=False, multi_latent_attention=False)
@@ -122,3 +151,40 @@ def test_per_step_rope_tables_rotate_bit_for_bit_as_megatron(interleaved, rotary
         want = _apply_rotary_pos_emb_bshd(t, emb[positions], rotary_interleaved=interleaved, mscale=mscale)
         assert torch.equal(context._rotate(t, emb, positions, config, mscale), want)
     assert len(context._rope_tables) == 1  # one table for the step, reused
+
+
+@needs_dynamic
+@pytest.mark.parametrize("decode,prefill,padded", [(5, 0, 5), (3, 2, 5), (3, 0, 4)],
+                         ids=["decode", "mixed", "padding-request"])
+def test_attention_metadata_without_padded_copies_equals_megatrons(decode, prefill, padded):
+    """The CPU context's metadata (views and two prefix sums) holds what megatron's padded buffers hold,
+    value and dtype, for every entry the attention reads; a step with padding requests takes megatron's."""
+    from megatron.core.inference.batch_dimensions_utils import InferenceBatchDimensions
+    from megatron.core.inference.contexts.attention_context.mha_metadata import NonGraphedMHAMetadata
+
+    from r1hpc.model import cpu_compat
+    from r1hpc.rollout.cpu_context import UnpaddedMHAMetadata
+
+    cpu_compat.apply()  # megatron allocates its buffers on torch.cuda.current_device()
+    g = torch.Generator().manual_seed(decode + prefill)
+    n = decode + prefill
+    query_lengths = torch.cat([torch.ones(decode), torch.randint(2, 9, (prefill,), generator=g)]).int()
+    offsets = torch.cat([torch.randint(1, 40, (decode,), generator=g), torch.zeros(prefill)]).int()
+    table = torch.randint(0, 30, (n, 6), generator=g, dtype=torch.int32)
+    real = InferenceBatchDimensions(token_count=int(query_lengths.sum()), prefill_req_count=prefill,
+                                    decode_req_count=decode, has_explicit_chunked_prefill_req=False)
+    pad = InferenceBatchDimensions(token_count=int(query_lengths.sum()) + padded - n, prefill_req_count=prefill,
+                                   decode_req_count=padded - prefill, has_explicit_chunked_prefill_req=False)
+    made = {}
+    for cls in (NonGraphedMHAMetadata, UnpaddedMHAMetadata):
+        metadata = cls(block_count_total=30, max_kv_block_count=6, max_requests=8, block_size_tokens=4, max_seqlen=64)
+        metadata.reset()
+        metadata.update(query_lengths, offsets, table, real, pad)
+        made[cls] = metadata.state_data
+    megatron, ours = made[NonGraphedMHAMetadata], made[UnpaddedMHAMetadata]
+    assert megatron.keys() == ours.keys()
+    for key, value in megatron.items():
+        if isinstance(value, torch.Tensor):
+            assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+        else:
+            assert ours[key] == value, key
