@@ -7,7 +7,9 @@ averages 8 x 128 = 1024 sampled responses; the binomial standard error of such a
 0.015, so 0.08 is over five standard errors. A trainer that does nothing (zero gradient, wrong
 sign, no optimizer step) leaves the reward flat or lowers it; with fixed seeds the run is
 deterministic, so the check cannot flicker. The run also has to produce every artifact a user
-gets: metrics, TensorBoard, the PNG and the summary.
+gets: metrics, TensorBoard, the PNG and the summary. The same GRPO job then runs from the same base
+with its rollouts on megatron's dynamic engine (rollout.engine=dynamic) and must learn by the same
+margin.
 """
 import json
 import os
@@ -16,19 +18,34 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from r1hpc.model import mcore_compat
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+def _train(out: Path, *overrides: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "MASTER_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1hpc.cli", "train", str(ROOT / "configs/ci_r1zero.yaml"), f"run.output_dir={out}",
+         *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "MASTER_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "r1hpc.cli", "train", str(ROOT / "configs/ci_r1zero.yaml"), f"run.output_dir={out}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _train(out)
+    return out / "ci_r1zero"
+
+
+@pytest.fixture(scope="module")
+def dynamic_run_dir(run_dir, tmp_path_factory) -> Path:
+    """The same GRPO job from the same base with rollouts on megatron's dynamic engine."""
+    out = tmp_path_factory.mktemp("runs_dynamic")
+    _train(out, "rollout.engine=dynamic", f"pretrain.base_dir={run_dir / 'base'}", "eval.num_problems=16")
     return out / "ci_r1zero"
 
 
@@ -37,12 +54,25 @@ def _steps(run_dir: Path) -> list[dict]:
     return [r for r in rows if "reward/mean" in r]
 
 
-def test_training_reward_rises(run_dir):
-    steps = _steps(run_dir)
+def _assert_reward_rises(steps: list[dict]) -> None:
     assert len(steps) == 24
     first = sum(r["reward/mean"] for r in steps[:8]) / 8
     last = sum(r["reward/mean"] for r in steps[-8:]) / 8
     assert last >= first + 0.08, (first, last)
+
+
+def test_training_reward_rises(run_dir):
+    _assert_reward_rises(_steps(run_dir))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and not mcore_compat.features().dynamic_engine_cpu,
+                    reason="this megatron-core series' dynamic engine has no CPU patches")
+def test_training_reward_rises_with_the_dynamic_engine(run_dir, dynamic_run_dir):
+    """The learning check again with rollout.engine=dynamic. Its first step samples from the same base
+    with the same keyed sampler, so its responses, and so its reward, are the static loop's."""
+    steps = _steps(dynamic_run_dir)
+    assert steps[0]["reward/mean"] == _steps(run_dir)[0]["reward/mean"]
+    _assert_reward_rises(steps)
 
 
 def test_run_directory_has_every_artifact(run_dir):
