@@ -53,30 +53,32 @@ class _NoText:
 
 
 class DrawLog:
-    """Each request's draws (token, log-prob, entropy), step by step, in tensors indexed by request id:
-    one indexed write per engine step rather than a Python append per request."""
+    """Each request's draws (token, log-prob, entropy) in draw order: one record of tensors per engine
+    step rather than a Python append per request, sorted by request once at the end. Memory grows with
+    the tokens drawn, not with requests x max_new_tokens (long chains of thought)."""
 
-    def __init__(self, budgets: Sequence[int]):
-        n, width = len(budgets), max(budgets)
-        self.count = torch.zeros(n, dtype=torch.long, device=HOST)  # tokens each request has drawn
-        self.tokens = torch.zeros(n, width, dtype=torch.long, device=HOST)
-        self.logps = torch.zeros(n, width, device=HOST)
-        self.ents = torch.zeros(n, width, device=HOST)
+    def __init__(self, requests: int):
+        self.count = torch.zeros(requests, dtype=torch.long, device=HOST)  # tokens each request has drawn
+        self._steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def add(self, request_ids: torch.Tensor, steps: torch.Tensor, tokens: torch.Tensor, logps: torch.Tensor,
-            ents: torch.Tensor) -> None:
-        self.tokens[request_ids, steps] = tokens.to(HOST)
-        self.logps[request_ids, steps] = logps.float().to(HOST)
-        self.ents[request_ids, steps] = ents.float().to(HOST)
+    def add(self, request_ids: torch.Tensor, tokens: torch.Tensor, logps: torch.Tensor, ents: torch.Tensor) -> None:
+        self._steps.append((request_ids, tokens.to(HOST), logps.float().to(HOST), ents.float().to(HOST)))
         self.count[request_ids] += 1  # an engine step holds each request once
 
-    def sample(self, i: int, prompt: Sequence[int], stop: torch.Tensor) -> Sample:
-        """Request ``i``'s draws as a Sample, cut after its first stop token (as the static loop does)."""
-        drawn = int(self.count[i])
-        hits = torch.isin(self.tokens[i, :drawn], stop).nonzero()
-        n = int(hits[0]) + 1 if len(hits) else drawn
-        return Sample(list(prompt), self.tokens[i, :n].tolist(), self.logps[i, :n].clone(), self.ents[i, :n].clone(),
-                      truncated=not len(hits))
+    def samples(self, prompts: Sequence[Sequence[int]], stop: torch.Tensor) -> list[Sample]:
+        """One Sample per request, cut after its first stop token (as the static loop does)."""
+        ids, tokens, logps, ents = (torch.cat(column) for column in zip(*self._steps))
+        order = torch.sort(ids, stable=True).indices  # by request; a request's draws stay in step order
+        tokens, logps, ents = tokens[order], logps[order], ents[order]
+        hits = torch.isin(tokens, stop)
+        out, start = [], 0
+        for prompt, drawn in zip(prompts, self.count.tolist()):
+            first = hits[start:start + drawn].nonzero()
+            n = int(first[0]) + 1 if len(first) else drawn
+            out.append(Sample(list(prompt), tokens[start:start + n].tolist(), logps[start:start + n].clone(),
+                              ents[start:start + n].clone(), truncated=not len(first)))
+            start += drawn
+        return out
 
 
 class R1SamplingController(TextGenerationController):
@@ -107,13 +109,12 @@ class R1SamplingController(TextGenerationController):
         rows = slice(ctx.paused_request_count, ctx.total_request_count)
         request_ids = ctx.request_ids[rows].long().to(HOST)
         last = logits.squeeze(0)[:, :self.vocab_size]  # [active requests, V]; drops the TP vocab padding
-        steps = self.log.count[request_ids]
-        tokens, logps, ents = self._draw_by_step(last, request_ids, steps)
-        self.log.add(request_ids, steps, tokens, logps, ents)
+        tokens, logps, ents = self._draw_by_step(last, request_ids, self.log.count[request_ids])
+        self.log.add(request_ids, tokens, logps, ents)
         hit = torch.isin(tokens, self.stop.to(tokens.device))
         if hit.any():
             ctx.request_metadata["termination_id"][rows][hit] = tokens[hit]
-        self._sampled_tokens_cuda[:len(steps)] = tokens
+        self._sampled_tokens_cuda[:len(tokens)] = tokens
 
     def _draw_by_step(self, last: torch.Tensor, request_ids: torch.Tensor, steps: torch.Tensor):
         """(tokens, log-probs, entropies) of the rows of ``last``, each drawn at its request's decode step:
@@ -166,7 +167,7 @@ def generate_dynamic(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *
         model.train(was_training)
         if recorder:
             recorder.stop()
-    samples = [log.sample(i, p, engine.controller.stop) for i, p in enumerate(prompts)]
+    samples = log.samples(prompts, engine.controller.stop)
     if recorder:  # the positions the trainer feeds: the prompt and every response token but the last
         for i, s in enumerate(samples):
             s.routing = recorder.take(i, 0, len(s.prompt_ids) + len(s.response_ids) - 1)
@@ -214,7 +215,7 @@ def _build_engine(model, prompts, budgets, *, draw: DrawFn, vocab_size: int, sto
                                             inference_max_seq_length=max_seq_length)
     wrapped = GPTInferenceWrapper(model, wrapper_config, context)
     controller = R1SamplingController(wrapped, draw=draw, vocab_size=vocab_size, stop_ids=stop_ids,
-                                      log=DrawLog(budgets), recorder=recorder)
+                                      log=DrawLog(len(prompts)), recorder=recorder)
     return DynamicInferenceEngine(controller, context, random_seed=0, enable_chunked_prefill=False)
 
 
