@@ -8,8 +8,9 @@ megatron's: the same draw function as the static loop (:func:`r1hpc.rollout.gene
 keyed by request id and decode step, and the same per-token log-prob and entropy, so with the
 compiled sampler both engines draw the same responses from the same logits. A MoE policy whose
 routers carry replay instances records each fed token's experts (routing replay, R3) as the static
-loop does. Under TP the logits are gathered and every rank draws the same tokens. The KV pool holds ``rollout.kv_cache_gb``
-(by default: every request of the call at its full length, so nothing waits for blocks).
+loop does. Under TP the logits are gathered and every rank draws the same tokens. The KV pool holds
+``rollout.kv_cache_gb`` (by default: every request of the call at its full length, so nothing waits
+for blocks) in blocks of ``rollout.kv_block_tokens`` (:func:`block_tokens_for`).
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ MIN_STEP_TOKENS = 16384  # megatron's default token budget of one forward pass (
 
 def block_tokens_for(device_type: str, configured: Optional[int] = None) -> int:
     """Tokens per KV block (``rollout.kv_block_tokens``, else the device's default). On a GPU megatron's
-    default, 256: flash-attn's paged kernels need a multiple of 256. On a CPU 64: small enough that a
-    short response wastes little, large enough that a request needs a new block (megatron pauses,
-    moves and resumes it, ~0.1 ms a step on a CPU) only every 64 tokens."""
+    default, 256: flash-attn's paged kernels need a multiple of 256. On a CPU 64: a short response
+    wastes little of its block, and a request needs a new one (megatron pauses and resumes it for
+    that) only every 64 tokens; 16, 64 and 128 timed within 3% of each other on the tiny MoE."""
     if configured is None:
         return 256 if device_type == "cuda" else 64
     if device_type == "cuda" and configured % 256:

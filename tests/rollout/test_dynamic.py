@@ -156,16 +156,17 @@ def test_per_step_rope_tables_rotate_bit_for_bit_as_megatron(interleaved, rotary
 @needs_dynamic
 @pytest.mark.parametrize("decode,prefill,padded", [(5, 0, 5), (3, 2, 5), (3, 0, 4)],
                          ids=["decode", "mixed", "padding-request"])
-def test_attention_metadata_without_padded_copies_equals_megatrons(decode, prefill, padded):
+def test_attention_metadata_without_padded_copies_equals_megatrons(decode, prefill, padded, monkeypatch):
     """The CPU context's metadata (views and two prefix sums) holds what megatron's padded buffers hold,
     value and dtype, for every entry the attention reads; a step with padding requests takes megatron's."""
     from megatron.core.inference.batch_dimensions_utils import InferenceBatchDimensions
     from megatron.core.inference.contexts.attention_context.mha_metadata import NonGraphedMHAMetadata
 
-    from r1hpc.model import cpu_compat
     from r1hpc.rollout.cpu_context import UnpaddedMHAMetadata
 
-    cpu_compat.apply()  # megatron allocates its buffers on torch.cuda.current_device()
+    # megatron allocates the buffers on torch.cuda.current_device(); not cpu_compat.apply() here, whose
+    # other patches (denormals flushed, process-wide) would outlive this test in the pytest process
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
     g = torch.Generator().manual_seed(decode + prefill)
     n = decode + prefill
     query_lengths = torch.cat([torch.ones(decode), torch.randint(2, 9, (prefill,), generator=g)]).int()
