@@ -9,7 +9,10 @@ layer caches, as a decode step does, so the KV history comes from memory. Roofli
 must read every key and value once, so GB/s is KV bytes over time, against the copy bandwidth
 measured in the same run.
 
-    python benchmarks/bench_paged_attention.py --out benchmarks/results/paged_attention_smollm2_intel_cpu.json
+Prefill rows (several queries per request) always take the torch path: timed at 16-, 64- and 256-token
+blocks for one layer, against SDPA on the same prompts contiguous and padded.
+
+    python benchmarks/bench_paged_attention.py --out benchmarks/results/paged_attention_smollm2_xeon_noamx_cpu.json
 """
 from __future__ import annotations
 
@@ -33,16 +36,8 @@ def copy_bandwidth(repeats: int) -> float:
     return 2 * x.numel() * 4 / seconds(lambda: x.clone(), repeats) / 1e9
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    from r1hpc.eval.benchmarks import describe_device
-
-    assert paged.compiled_decode() is not None, "r1hpc._cpu_attention is not built (pip install --no-build-isolation)"
+def decode_rows(repeats: int) -> dict:
+    """One decode query per request: the compiled kernel, the torch path, SDPA on a contiguous cache."""
     results = {}
     for requests, (low, high) in ((16, (32, 160)), (16, (400, 600)), (4, (32, 160))):
         g = torch.Generator().manual_seed(requests + low)
@@ -79,7 +74,7 @@ def main() -> None:
         kv_gb = int(k_lens.sum()) * HK * DIM * 4 * 2 / 1e9
         row = {}
         for name, fn in (("compiled", compiled), ("torch_gather_sdpa", torch_path), ("sdpa_contiguous", sdpa_contiguous)):
-            per_layer = seconds(fn, args.repeats) / LAYERS
+            per_layer = seconds(fn, repeats) / LAYERS
             row[f"{name}_us"] = round(per_layer * 1e6, 1)
             row[f"{name}_GB_per_s"] = round(kv_gb / per_layer, 2)
         row["compiled_speedup_over_torch"] = round(row["torch_gather_sdpa_us"] / row["compiled_us"], 2)
@@ -87,12 +82,53 @@ def main() -> None:
         key = f"requests{requests}/keys{low}-{high}"
         results[key] = row
         print(key, row, flush=True)
+    return results
+
+
+def prefill_rows(repeats: int) -> dict:
+    """A first prefill of 16 prompts of 32-160 tokens through the torch path (gather, mask, SDPA) at
+    several block sizes, against SDPA on the same keys contiguous and padded (a static batch's
+    prefill). Its keys are cut at the longest prompt, not at a block multiple, so a large block
+    costs the gather, not the attention."""
+    g = torch.Generator().manual_seed(7)
+    lens = torch.randint(32, 161, (16,), generator=g, dtype=torch.int32)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int32), lens.cumsum(0, dtype=torch.int32)])
+    q = torch.randn(int(lens.sum()), 1, HQ, DIM, generator=g)
+    longest = int(lens.max())
+    padded_q, padded_kv = (torch.randn(16, h, longest, DIM, generator=g) for h in (HQ, HK))
+    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+    results = {"sdpa_contiguous_us": round(seconds(lambda: F.scaled_dot_product_attention(
+        padded_q, padded_kv, padded_kv, attn_mask=causal, enable_gqa=True), repeats) * 1e6, 1)}
+    for block in (16, 64, 256):
+        blocks = math.ceil(longest / block)
+        table = torch.randperm(16 * blocks + 1, generator=g)[:16 * blocks].reshape(16, blocks).int()
+        k, v = (torch.randn(16 * blocks + 1, block, HK, DIM, generator=g) for _ in range(2))
+        results[f"torch_path_block{block}_us"] = round(seconds(
+            lambda: paged.paged_attention(q, k, v, cu, lens, table, DIM ** -0.5), repeats) * 1e6, 1)
+    print("prefill", results, flush=True)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from r1hpc.eval.benchmarks import describe_device
+
+    assert paged.compiled_decode() is not None, "r1hpc._cpu_attention is not built (pip install --no-build-isolation)"
+    results = decode_rows(args.repeats)
+    prefill = prefill_rows(args.repeats)
     bandwidth = copy_bandwidth(args.repeats)
     print(f"copy bandwidth {bandwidth:.1f} GB/s (read + write)")
     out = {"what": "decode attention over a paged fp32 KV cache, SmolLM2-135M heads (9 q / 3 kv x 64), 16-token "
                    "blocks, 30 layer caches cold: r1hpc._cpu_attention vs gather + mask + SDPA vs SDPA on a "
-                   "contiguous padded cache; GB/s = KV bytes read / time",
-           **describe_device(), "threads": args.threads, "copy_GB_per_s": round(bandwidth, 1), "results": results}
+                   "contiguous padded cache; GB/s = KV bytes read / time. prefill: one layer, 16 prompts of "
+                   "32-160 tokens, the torch path at 16/64/256-token blocks vs SDPA on contiguous padded keys",
+           **describe_device(), "threads": args.threads, "copy_GB_per_s": round(bandwidth, 1), "results": results,
+           "prefill": prefill}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 

@@ -68,9 +68,9 @@ def _attend_rows(flat, out, k_cache, v_cache, starts, q_lens, k_lens, block_tabl
     longest_q, longest_k = int(q_lens.max()), int(k_lens.max())
     blocks = block_table[:, :math.ceil(longest_k / block)].long().clamp(min=0)  # -1 (unused) -> any block, masked
     # keys past a request's length are stale or never written (NaN bits would poison even masked scores)
-    in_use = (torch.arange(blocks.shape[1] * block, device=flat.device)[None] < k_lens[:, None])[:, None, :, None]
-    keys = _gather(k_cache, blocks).where(in_use, 0.0)  # [r, kv_heads, S, D]
-    values = _gather(v_cache, blocks).where(in_use, 0.0)
+    in_use = (torch.arange(longest_k, device=flat.device)[None] < k_lens[:, None])[:, None, :, None]
+    keys = _gather(k_cache, blocks)[:, :, :longest_k].where(in_use, 0.0)  # [r, kv_heads, longest_k, D]
+    values = _gather(v_cache, blocks)[:, :, :longest_k].where(in_use, 0.0)
     offsets = torch.arange(longest_q, device=flat.device)
     valid = offsets[None] < q_lens[:, None]  # [r, Lq]
     token = torch.where(valid, starts[:, None] + offsets[None], 0)

@@ -239,6 +239,13 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, pre_process: Op
     return gpt
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside megatron's DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def causal_attention_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """megatron's boolean mask convention: True = masked out. Shape [1, 1, s, s]."""
     return torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)[None, None]

@@ -22,6 +22,7 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.device import HOST
+from r1hpc.model.provider import unwrap
 
 ROUTING_DTYPE = torch.int16  # expert ids; megatron's largest MoEs have 256 experts
 
@@ -46,13 +47,6 @@ class RoutingReplayConfig:
     def records(self) -> bool:
         """Whether the rollout records routing (for replay or for the agreement metric)."""
         return self.replay == "rollout" or self.agreement
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside megatron's DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def moe_routers(model: torch.nn.Module) -> list:

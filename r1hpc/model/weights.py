@@ -18,6 +18,7 @@ import torch
 from packaging.version import Version
 
 from r1hpc.model.mcore_compat import CheckpointCorruptError, CheckpointVersionError, release, version_record
+from r1hpc.model.provider import unwrap
 
 VERSIONS_FILE = "versions.json"
 
@@ -26,14 +27,8 @@ def _chunks(model) -> list:
     return model if isinstance(model, (list, tuple)) else [model]
 
 
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
-
 def sharded_model_state(model) -> dict:
-    chunks = [_unwrap(m) for m in _chunks(model)]
+    chunks = [unwrap(m) for m in _chunks(model)]
     if len(chunks) == 1:
         return chunks[0].sharded_state_dict(prefix="model.")
     return {k: v for i, m in enumerate(chunks) for k, v in m.sharded_state_dict(prefix=f"model{i}.").items()}
@@ -62,7 +57,7 @@ def load_model_weights(model, directory: str | Path, *, strict: bool = True) -> 
         raise FileNotFoundError(f"{directory}: not a megatron distributed checkpoint (no metadata.json)")
     state = load_dist_checkpoint(sharded_model_state(model), directory,
                                  strict=StrictHandling.RAISE_ALL if strict else StrictHandling.LOG_UNEXPECTED)
-    chunks = [_unwrap(m) for m in _chunks(model)]
+    chunks = [unwrap(m) for m in _chunks(model)]
     if len(chunks) == 1:
         chunks[0].load_state_dict(_strip(state, "model."), strict=False)
     else:

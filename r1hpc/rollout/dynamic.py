@@ -150,12 +150,13 @@ def generate_dynamic(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *
 
     _check_parallelism()
     budgets = _budgets(prompts, max_new_tokens, max_seq_length)
-    block_tokens = block_tokens_for(next(model.parameters()).device.type, kv_block_tokens)
+    device_type = next(model.parameters()).device.type
+    block_tokens = block_tokens_for(device_type, kv_block_tokens)
     if not prompts:
         return []
     was_training = model.training
     model.eval()
-    draw = make_draw(resolve_sampler(sampler, next(model.parameters()).device.type), generator,
+    draw = make_draw(resolve_sampler(sampler, device_type), generator,
                      temperature=temperature, top_k=top_k, top_p=top_p)
     recorder = RoutingRecorder.start(model, len(prompts), max(len(p) + n for p, n in zip(prompts, budgets)))
     try:

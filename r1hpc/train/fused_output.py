@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from r1hpc.algo.fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
-from r1hpc.model.routing_replay import unwrap
+from r1hpc.model.provider import unwrap
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import torch
 
 from r1hpc.device import HOST, collective_device
 from r1hpc.model.routing_replay import (RoutingReplayConfig, attach, attach_for_rollout, check_replayable,
-                                        replay_instances, set_action, unwrap, valid_sets)
+                                        replay_instances, set_action, valid_sets)
+from r1hpc.model.provider import unwrap
 
 AGREEMENT = "rollout_corr/router_agreement"
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from r1hpc.config import ConfigError
 from r1hpc.device import HOST
-from r1hpc.model.routing_replay import unwrap
+from r1hpc.model.provider import unwrap
 from r1hpc.model.shared_prefix_attention import PrefixAttentionIndex, prefix_attention_active
 from r1hpc.train.batching import round_up
 

@@ -17,6 +17,7 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.model.config import ModelConfig
+from r1hpc.model.provider import unwrap
 from r1hpc.model.hf.families import Family, family_of, model_config_from_hf, read_hf_config
 from r1hpc.model.hf.layout import ParamSpec, global_plan, param_spec, read_shard
 from r1hpc.model.hf.provenance import safetensors_provenance
@@ -60,18 +61,12 @@ def resolve_model_config(model: ModelConfig) -> ModelConfig:
     return dataclasses.replace(hf_model_config(model.hf_path, base=model), hf_path=model.hf_path)
 
 
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
-
 def local_param_specs(chunks) -> Iterator[tuple[torch.nn.Parameter, ParamSpec]]:
     """(parameter, role) for every parameter this rank holds, global layer and expert indices resolved."""
     from megatron.core import parallel_state
 
     for chunk in chunks if isinstance(chunks, (list, tuple)) else [chunks]:
-        chunk = _unwrap(chunk)
+        chunk = unwrap(chunk)
         layers = chunk.decoder.layers
         layer_offset = layers[0].layer_number - 1 if len(layers) else 0
         num_experts = chunk.config.num_moe_experts or 0
