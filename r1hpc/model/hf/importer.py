@@ -17,11 +17,11 @@ import torch
 
 from r1hpc.config import ConfigError
 from r1hpc.model.config import ModelConfig
-from r1hpc.model.provider import unwrap
 from r1hpc.model.hf.families import Family, family_of, model_config_from_hf, read_hf_config
 from r1hpc.model.hf.layout import ParamSpec, global_plan, param_spec, read_shard
 from r1hpc.model.hf.provenance import safetensors_provenance
 from r1hpc.model.hf.safetensors_io import INDEX, SafetensorsReader
+from r1hpc.model.provider import unwrap
 
 log = logging.getLogger(__name__)
 
