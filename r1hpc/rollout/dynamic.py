@@ -35,7 +35,7 @@ def block_tokens_for(device_type: str, configured: Optional[int] = None) -> int:
     """Tokens per KV block (``rollout.kv_block_tokens``, else the device's default). On a GPU megatron's
     default, 256: flash-attn's paged kernels need a multiple of 256. On a CPU 64: a short response
     wastes little of its block, and a request needs a new one (megatron pauses and resumes it for
-    that) only every 64 tokens; 16, 64 and 128 timed within 3% of each other on the tiny MoE."""
+    that) only every 64 tokens; 16, 64 and 128 timed within 3-5% of each other on the tiny MoE."""
     if configured is None:
         return 256 if device_type == "cuda" else 64
     if device_type == "cuda" and configured % 256:
